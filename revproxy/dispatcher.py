@@ -1,0 +1,63 @@
+"""Hands a session to the outbound that routing picks for it.
+
+Two ways in: ``handle`` gives the outbound a stream to serve (it relays until done), ``open``
+asks the outbound for a new connected stream (used by the bridge to dial its tunnels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from revproxy.log import access_log, log
+from revproxy.routing import Router
+from revproxy.session import Session
+from revproxy.stream import Stream
+
+
+class Outbound(Protocol):
+    tag: str
+
+    def handle(self, session: Session, stream: Stream) -> None: ...
+
+    def open(self, session: Session) -> Stream: ...
+
+
+class NoRoute(ConnectionError):
+    """No outbound is configured for the session."""
+
+
+class Dispatcher:
+    def __init__(self, router: Router, outbounds: Mapping[str, Outbound]) -> None:
+        self.router = router
+        self.outbounds = outbounds
+
+    def route(self, session: Session) -> Outbound:
+        tag = self.router.pick(session.inbound_tag, session.target)
+        outbound = self.outbounds.get(tag) if tag is not None else None
+        if outbound is None:
+            raise NoRoute(f"no outbound for {session.describe()} (tag {tag!r})")
+        return outbound
+
+    def handle(self, session: Session, stream: Stream) -> None:
+        """Serve ``stream`` through the routed outbound; always closes the stream."""
+        try:
+            outbound = self.route(session)
+        except NoRoute as exc:
+            log.warning("dispatcher: %s", exc)
+            stream.close()
+            return
+        access_log.info("%s accepted %s [%s -> %s]", session.source or "-", session.describe(),
+                        session.inbound_tag or "", outbound.tag)
+        log.debug("dispatcher: taking detour [%s] for [%s]", outbound.tag, session.describe())
+        try:
+            outbound.handle(session, stream)
+        except Exception:  # one connection must never take the server down
+            log.exception("dispatcher: outbound %s failed for %s", outbound.tag,
+                          session.describe())
+            stream.close()
+
+    def open(self, session: Session) -> Stream:
+        outbound = self.route(session)
+        log.debug("dispatcher: dialing [%s] for [%s]", outbound.tag, session.describe())
+        return outbound.open(session)

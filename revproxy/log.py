@@ -1,0 +1,70 @@
+"""Logging in V2Ray's style: ``2026/11/24 20:30:00 [Warning] message`` on stderr or a file.
+
+Two loggers: ``revproxy`` for general messages at the configured level, ``revproxy.access``
+for one line per accepted or rejected connection (V2Ray's access log format).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "none": logging.CRITICAL + 10,
+}
+_SEVERITY = {
+    logging.DEBUG: "Debug",
+    logging.INFO: "Info",
+    logging.WARNING: "Warning",
+    logging.ERROR: "Error",
+    logging.CRITICAL: "Error",
+}
+
+log = logging.getLogger("revproxy")
+access_log = logging.getLogger("revproxy.access")
+
+
+class V2RayFormatter(logging.Formatter):
+    """Formats records the way V2Ray's logger writes them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created))
+        if record.name == access_log.name:
+            return f"{stamp} {record.getMessage()}"
+        return f"{stamp} [{_SEVERITY.get(record.levelno, 'Info')}] {record.getMessage()}"
+
+
+def _handler(path: str | None) -> logging.Handler:
+    if path:
+        handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(V2RayFormatter())
+    return handler
+
+
+def setup(level: str = "warning", error_path: str | None = None,
+          access_path: str | None = None) -> None:
+    """(Re)configure both loggers; called at start and again to reopen files after rotation."""
+    for logger in (log, access_log):
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+            old.close()
+    log.setLevel(LEVELS.get(level, logging.WARNING))
+    log.addHandler(_handler(error_path))
+    log.propagate = False
+    access_log.propagate = False
+    if access_path:
+        access_log.setLevel(logging.INFO)
+        access_log.addHandler(_handler(access_path))
+    elif level in ("debug", "info"):
+        # V2Ray prints access lines to stdout when no access file is set; we use stderr.
+        access_log.setLevel(logging.INFO)
+        access_log.addHandler(_handler(None))
+    else:
+        access_log.setLevel(LEVELS["none"])

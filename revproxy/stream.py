@@ -1,0 +1,61 @@
+"""The byte-stream interface every connection end offers, and its plain-socket implementation.
+
+A *stream* is what the relay moves bytes between: a TCP socket, a VMess-wrapped socket, or a
+mux session inside a tunnel. ``recv`` returns ``b""`` at end of stream and raises
+``TimeoutError`` when nothing arrives within the stream's timeout.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Protocol
+
+RECV_SIZE = 65536
+
+
+class Stream(Protocol):
+    def recv(self) -> bytes: ...
+
+    def send(self, data: bytes | memoryview) -> None: ...
+
+    def close_write(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def settimeout(self, seconds: float | None) -> None: ...
+
+
+class SocketStream:
+    """A connected TCP socket as a stream."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def recv(self) -> bytes:
+        return self.sock.recv(RECV_SIZE)
+
+    def send(self, data: bytes | memoryview) -> None:
+        self.sock.sendall(data)
+
+    def close_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """Options every proxied TCP connection gets: no Nagle delay, keepalive probes."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    except OSError:
+        pass
