@@ -1,0 +1,7 @@
+"""``python -m revproxy``."""
+
+import sys
+
+from revproxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,35 @@
+"""Mux.Cool client: opens sessions inside a tunnel (the portal's side of a reverse tunnel)."""
+
+from __future__ import annotations
+
+from revproxy.mux.connection import MuxConnection, MuxSession
+from revproxy.mux.frame import Frame, encode_new
+
+MAX_SESSION_ID = 0xFFFF
+
+
+class TunnelExhausted(ConnectionError):
+    """Every session id of the tunnel has been used once."""
+
+
+class MuxClient(MuxConnection):
+    def __init__(self, tunnel, name: str = "") -> None:
+        super().__init__(tunnel, name)
+        self._last_id = 0
+
+    def open_session(self, network: int, address: str, port: int,
+                     first_payload: bytes | None = None) -> MuxSession:
+        """Start a session; ``first_payload`` rides on the New frame."""
+        if self._last_id >= MAX_SESSION_ID:
+            raise TunnelExhausted("mux: no session ids left")
+        self._last_id += 1
+        self.total_sessions += 1
+        session = MuxSession(self, self._last_id, network)
+        self.sessions[session.id] = session
+        if first_payload:
+            session.bytes_out += len(first_payload)
+        self.write(encode_new(session.id, network, address, port, first_payload or None))
+        return session
+
+    def on_new(self, frame: Frame) -> None:
+        """A server never opens sessions; V2Ray discards such frames and so do we."""

@@ -1,0 +1,228 @@
+"""One Mux.Cool connection over a tunnel stream: its sessions, its frame reader, its writes.
+
+``MuxConnection`` runs the read loop and keeps the session table; ``MuxClient`` (opens
+sessions) and ``MuxServer`` (accepts them) add what differs. A ``MuxSession`` is a stream:
+payloads are queued for ``recv`` (a full queue blocks the tunnel reader: back-pressure as in
+V2Ray), or handed to a ``sink`` callable for packet sessions such as the reverse control.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from gevent.lock import Semaphore
+from gevent.queue import Empty, Queue
+
+from revproxy.mux.frame import (
+    NETWORK_UDP,
+    OPTION_DATA,
+    STATUS_END,
+    STATUS_KEEP,
+    STATUS_KEEPALIVE,
+    STATUS_NEW,
+    Frame,
+    FrameDecoder,
+    MuxError,
+    encode_end,
+    encode_keep,
+    encode_keep_chunks,
+    encode_keepalive,
+)
+from revproxy.stream import Stream
+
+MAX_STREAM_FRAME = 8192  # V2Ray writes stream payloads in frames of at most 8 KiB
+SESSION_QUEUE = 64  # frames buffered per session before the tunnel reader waits
+
+_EOF = b""
+
+
+class MuxSession:
+    """One session of a mux connection, usable as a stream."""
+
+    __slots__ = ("conn", "id", "network", "sink", "_queue", "_timeout", "_ended_local",
+                 "_ended_remote", "closed", "bytes_in", "bytes_out")
+
+    def __init__(self, conn: MuxConnection, session_id: int, network: int) -> None:
+        self.conn = conn
+        self.id = session_id
+        self.network = network
+        self.sink: Callable[[bytes], None] | None = None
+        self._queue: Queue = Queue(SESSION_QUEUE)
+        self._timeout: float | None = None
+        self._ended_local = False
+        self._ended_remote = False
+        self.closed = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # -- fed by the connection's reader
+    def _deliver(self, payload: bytes) -> None:
+        self.bytes_in += len(payload)
+        if self.sink is not None:
+            self.sink(payload)
+        elif not self.closed:
+            self._queue.put(payload)
+
+    def _remote_end(self, error: bool) -> None:
+        self._ended_remote = True
+        if not self.closed:
+            self._queue.put(ConnectionResetError("mux: session reset by peer") if error else _EOF)
+
+    def _abort(self) -> None:
+        """The tunnel is gone: wake the reader with an error."""
+        self._ended_local = self._ended_remote = True
+        if not self.closed:
+            self.closed = True
+            self._drain()
+            self._queue.put_nowait(ConnectionResetError("mux: tunnel closed"))
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                self._queue.get_nowait()
+        except Empty:
+            pass
+
+    # -- the stream interface
+    def recv(self) -> bytes:
+        if self.closed and self._queue.empty():
+            return _EOF
+        try:
+            item = self._queue.get(timeout=self._timeout)
+        except Empty:
+            raise TimeoutError("mux: session idle") from None
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def send(self, data: bytes | memoryview) -> None:
+        if self.closed or self._ended_local:
+            raise ConnectionResetError("mux: session closed")
+        self.bytes_out += len(data)
+        self.conn.send_payload(self, data)
+
+    def close_write(self) -> None:
+        if not self._ended_local and not self.closed:
+            self._ended_local = True
+            self.conn.send_end(self.id, error=False)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self._ended_local:
+            self._ended_local = True
+            self.conn.send_end(self.id, error=not self._ended_remote)
+        self.conn.forget(self.id)
+        self._drain()  # unblocks a reader waiting to queue into a full session
+
+    def settimeout(self, seconds: float | None) -> None:
+        self._timeout = seconds
+
+
+class MuxConnection:
+    """The frame reader and session table shared by both ends."""
+
+    def __init__(self, tunnel: Stream, name: str = "") -> None:
+        self.tunnel = tunnel
+        self.name = name
+        self.sessions: dict[int, MuxSession] = {}
+        self.total_sessions = 0
+        self.closed = False
+        self.last_received = time.monotonic()
+        self.peer_sends_keepalive = False
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self._write_lock = Semaphore()
+        self._on_close: list[Callable[[], None]] = []
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self.sessions)
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._on_close.append(callback)
+
+    # -- writing
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionResetError("mux: tunnel closed")
+        with self._write_lock:
+            try:
+                self.tunnel.send(data)
+                self.bytes_sent += len(data)
+            except OSError:
+                self.close()
+                raise ConnectionResetError("mux: tunnel write failed") from None
+
+    def send_payload(self, session: MuxSession, data: bytes | memoryview) -> None:
+        if session.network == NETWORK_UDP or len(data) <= MAX_STREAM_FRAME:
+            self.write(encode_keep(session.id, data))
+        else:
+            self.write(encode_keep_chunks(session.id, data, MAX_STREAM_FRAME))
+
+    def send_end(self, session_id: int, error: bool) -> None:
+        try:
+            self.write(encode_end(session_id, error))
+        except ConnectionResetError:
+            pass
+
+    def send_keepalive(self) -> None:
+        self.write(encode_keepalive())
+
+    def forget(self, session_id: int) -> None:
+        self.sessions.pop(session_id, None)
+
+    # -- reading
+    def run(self) -> None:
+        """Read frames until the tunnel ends or misbehaves; then close everything."""
+        decoder = FrameDecoder()
+        try:
+            while True:
+                data = self.tunnel.recv()
+                if not data:
+                    break
+                self.last_received = time.monotonic()
+                self.bytes_received += len(data)
+                for frame in decoder.feed(data):
+                    self._handle(frame)
+        except (OSError, MuxError):
+            pass
+        finally:
+            self.close()
+
+    def _handle(self, frame: Frame) -> None:
+        status = frame.status
+        if status == STATUS_KEEP:
+            session = self.sessions.get(frame.session_id)
+            if session is not None:
+                if frame.payload:
+                    session._deliver(frame.payload)
+            elif frame.option & OPTION_DATA:
+                self.send_end(frame.session_id, error=False)  # tell the peer it is gone
+        elif status == STATUS_NEW:
+            self.on_new(frame)
+        elif status == STATUS_END:
+            session = self.sessions.get(frame.session_id)
+            if session is not None:
+                session._remote_end(error=bool(frame.option & 0x02))
+        elif status == STATUS_KEEPALIVE:
+            self.peer_sends_keepalive = True
+        else:
+            raise MuxError(f"unknown frame status {status}")
+
+    def on_new(self, frame: Frame) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.tunnel.close()
+        sessions = list(self.sessions.values())
+        self.sessions.clear()
+        for session in sessions:
+            session._abort()
+        for callback in self._on_close:
+            callback()

@@ -1,0 +1,27 @@
+"""Mux.Cool server: accepts the sessions a client opens (the bridge's side of a tunnel)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from revproxy.mux.connection import MuxConnection, MuxSession
+from revproxy.mux.frame import Frame
+from revproxy.stream import Stream
+
+
+class MuxServer(MuxConnection):
+    def __init__(self, tunnel: Stream, accept: Callable[[MuxSession, Frame], None],
+                 name: str = "") -> None:
+        super().__init__(tunnel, name)
+        self._accept = accept
+
+    def on_new(self, frame: Frame) -> None:
+        session = MuxSession(self, frame.session_id, frame.network or 0)
+        old = self.sessions.get(frame.session_id)
+        if old is not None:
+            old._abort()
+        self.sessions[session.id] = session
+        self.total_sessions += 1
+        self._accept(session, frame)
+        if frame.payload:
+            session._deliver(frame.payload)

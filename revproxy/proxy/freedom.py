@@ -1,0 +1,43 @@
+"""Freedom outbound: connects straight to the session's destination, or to its ``redirect``."""
+
+from __future__ import annotations
+
+from gevent import socket
+
+from revproxy.log import log
+from revproxy.relay import relay
+from revproxy.session import Session
+from revproxy.stream import SocketStream, Stream, tune_socket
+
+CONNECT_TIMEOUT = 10.0
+
+
+class FreedomOutbound:
+    def __init__(self, tag: str, redirect: tuple[str, int] | None = None) -> None:
+        self.tag = tag
+        self.redirect = redirect
+
+    def destination(self, session: Session) -> tuple[str, int]:
+        host, port = session.target.address, session.target.port
+        if self.redirect is not None:
+            host = self.redirect[0] or host
+            port = self.redirect[1] or port
+        return host, port
+
+    def open(self, session: Session) -> Stream:
+        if session.target.network != "tcp":
+            raise ConnectionRefusedError(f"freedom: {session.target.network} is not supported")
+        sock = socket.create_connection(self.destination(session), timeout=CONNECT_TIMEOUT)
+        sock.settimeout(None)
+        tune_socket(sock)
+        return SocketStream(sock)
+
+    def handle(self, session: Session, stream: Stream) -> None:
+        try:
+            upstream = self.open(session)
+        except OSError as exc:
+            host, port = self.destination(session)
+            log.warning("freedom: failed to open connection to %s:%s: %s", host, port, exc)
+            stream.close()
+            return
+        relay(stream, upstream)

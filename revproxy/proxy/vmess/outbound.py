@@ -1,0 +1,64 @@
+"""VMess AEAD outbound: dials a VMess server and carries the session over it."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gevent import socket
+
+from revproxy.log import log
+from revproxy.proxy.vmess.crypto import User
+from revproxy.proxy.vmess.header import (
+    COMMAND_TCP,
+    COMMAND_UDP,
+    new_request_header,
+    seal_request,
+)
+from revproxy.proxy.vmess.stream import VMessClientStream
+from revproxy.relay import relay
+from revproxy.session import Session
+from revproxy.stream import Stream, tune_socket
+
+CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class VMessServer:
+    address: str
+    port: int
+    user: User
+    security: int
+
+
+class VMessOutbound:
+    def __init__(self, tag: str, servers: Sequence[VMessServer]) -> None:
+        self.tag = tag
+        self.servers = tuple(servers)
+        self._next = itertools.cycle(self.servers)
+
+    def open(self, session: Session) -> Stream:
+        server = next(self._next)
+        command = COMMAND_UDP if session.target.network == "udp" else COMMAND_TCP
+        sock = socket.create_connection((server.address, server.port), timeout=CONNECT_TIMEOUT)
+        try:
+            tune_socket(sock)
+            header = new_request_header(command, session.target.address, session.target.port,
+                                        server.security)
+            sock.sendall(seal_request(server.user.cmd_key, header, int(time.time())))
+            sock.settimeout(None)
+        except OSError:
+            sock.close()
+            raise
+        return VMessClientStream(sock, header)
+
+    def handle(self, session: Session, stream: Stream) -> None:
+        try:
+            upstream = self.open(session)
+        except OSError as exc:
+            log.warning("vmess: failed to reach a server for %s: %s", session.describe(), exc)
+            stream.close()
+            return
+        relay(stream, upstream)

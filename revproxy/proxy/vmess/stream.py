@@ -1,0 +1,130 @@
+"""VMess body streams over a socket: the server end (after a request header was read) and the
+client end (which sends the request header). Codec errors surface as ``ConnectionError``."""
+
+from __future__ import annotations
+
+import socket
+
+from revproxy.proxy.vmess.body import BodyError, BodyReader, BodyWriter
+from revproxy.proxy.vmess.header import (
+    HandshakeError,
+    RequestHeader,
+    ResponseDecoder,
+    response_body_key_iv,
+    seal_response,
+)
+from revproxy.stream import RECV_SIZE
+
+
+class _VMessStream:
+    """Shared reading/writing of body chunks; subclasses decide the keys and the preamble."""
+
+    def __init__(self, sock: socket.socket, reader: BodyReader | None, writer: BodyWriter,
+                 preamble: bytes) -> None:
+        self.sock = sock
+        self._reader = reader
+        self._writer = writer
+        self._preamble = preamble  # sent in front of the first body bytes
+        self._write_ended = False
+
+    def _feed(self, data: bytes) -> bytes | None:
+        """Decode received bytes; None means 'need more'."""
+        assert self._reader is not None
+        try:
+            payloads = self._reader.feed(data)
+        except BodyError as exc:
+            raise ConnectionError(f"vmess: bad body: {exc}") from None
+        if payloads:
+            return payloads[0] if len(payloads) == 1 else b"".join(payloads)
+        if self._reader.finished:
+            return b""
+        return None
+
+    def recv(self) -> bytes:
+        while True:
+            reader = self._reader
+            if reader is not None and reader.finished:
+                return b""
+            data = self.sock.recv(RECV_SIZE)
+            if not data:
+                return b""
+            out = self._decode(data)
+            if out is not None:
+                return out
+
+    def _decode(self, data: bytes) -> bytes | None:
+        return self._feed(data)
+
+    def send(self, data: bytes | memoryview) -> None:
+        out = self._writer.seal(data)
+        if self._preamble:
+            out = self._preamble + out
+            self._preamble = b""
+        self.sock.sendall(out)
+
+    def close_write(self) -> None:
+        if self._write_ended:
+            return
+        self._write_ended = True
+        try:
+            self.sock.sendall(self._preamble + self._writer.end())
+            self._preamble = b""
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
+
+
+class VMessServerStream(_VMessStream):
+    """Server end: decodes the request body, encodes the response (header sent lazily)."""
+
+    def __init__(self, sock: socket.socket, header: RequestHeader, rest: bytes) -> None:
+        key, iv = response_body_key_iv(header)
+        super().__init__(
+            sock,
+            BodyReader(header.security, header.body_key, header.body_iv, header.option),
+            BodyWriter(header.security, key, iv, header.option),
+            seal_response(header),
+        )
+        self._early = rest
+
+    def recv(self) -> bytes:
+        if self._early:
+            early, self._early = self._early, b""
+            out = self._feed(early)
+            if out is not None:
+                return out
+        return super().recv()
+
+
+class VMessClientStream(_VMessStream):
+    """Client end: the request header went out on connect; the response header comes first."""
+
+    def __init__(self, sock: socket.socket, header: RequestHeader) -> None:
+        super().__init__(
+            sock,
+            None,
+            BodyWriter(header.security, header.body_key, header.body_iv, header.option),
+            b"",
+        )
+        self._header = header
+        self._response = ResponseDecoder(header)
+
+    def _decode(self, data: bytes) -> bytes | None:
+        if self._reader is None:
+            try:
+                if not self._response.feed(data):
+                    return None
+            except HandshakeError as exc:
+                raise ConnectionError(f"vmess: bad response header: {exc}") from None
+            key, iv = response_body_key_iv(self._header)
+            self._reader = BodyReader(self._header.security, key, iv, self._header.option)
+            data = self._response.rest
+            if not data:
+                return None
+        return self._feed(data)

@@ -1,0 +1,132 @@
+"""One serving process: builds outbounds, routing, inbound servers and bridges from a Config.
+
+``Worker.__init__`` only stores what it is given, so a supervisor can fork first and build
+after; ``start`` does the wiring, ``stop`` winds it down. Listening sockets may be handed in
+(inherited from a supervisor) or are bound here.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from revproxy.config import Config, InboundConfig
+from revproxy.config.model import (
+    BlackholeSettings,
+    DokodemoSettings,
+    FreedomSettings,
+    VMessInboundSettings,
+    VMessOutboundSettings,
+)
+from revproxy.dispatcher import Dispatcher, Outbound
+from revproxy.log import log
+from revproxy.proxy.blackhole import BlackholeOutbound
+from revproxy.proxy.dokodemo import DokodemoInbound
+from revproxy.proxy.freedom import FreedomOutbound
+from revproxy.proxy.vmess.crypto import User
+from revproxy.proxy.vmess.header import security_from_name
+from revproxy.proxy.vmess.inbound import VMessInbound
+from revproxy.proxy.vmess.outbound import VMessOutbound, VMessServer
+from revproxy.proxy.vmess.replay import MemoryReplayFilter, ReplayFilter
+from revproxy.reverse.bridge import Bridge
+from revproxy.reverse.portal import PortalOutbound
+from revproxy.routing import Router
+
+MAX_CONNECTIONS = 10000  # per inbound; gevent's Pool gives back-pressure beyond it
+
+
+def outbound_key(index: int, tag: str | None) -> str:
+    """Untagged outbounds still need a name for routing's default."""
+    return tag if tag else f"outbounds[{index}]"
+
+
+def bind_inbound(inbound: InboundConfig, backlog: int = 1024) -> socket.socket:
+    family = socket.AF_INET6 if ":" in inbound.listen else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((inbound.listen, inbound.port))
+    sock.listen(backlog)
+    return sock
+
+
+class Worker:
+    def __init__(self, config: Config, listeners: Mapping[int, socket.socket] | None = None,
+                 replay: ReplayFilter | None = None) -> None:
+        self.config = config
+        self.listeners = dict(listeners or {})
+        self.replay = replay
+        self.outbounds: dict[str, Outbound] = {}
+        self.portals: list[PortalOutbound] = []
+        self.bridges: list[Bridge] = []
+        self.servers: list[StreamServer] = []
+        self.dispatcher: Dispatcher | None = None
+
+    def start(self) -> None:
+        config = self.config
+        for index, outbound in enumerate(config.outbounds):
+            key = outbound_key(index, outbound.tag)
+            self.outbounds[key] = build_outbound(key, outbound.settings)
+        for portal_config in config.reverse.portals:
+            portal = PortalOutbound(portal_config.tag, portal_config.domain)
+            self.portals.append(portal)
+            self.outbounds[portal.tag] = portal
+        default = outbound_key(0, config.outbounds[0].tag) if config.outbounds else None
+        self.dispatcher = Dispatcher(Router(config.routing, default), self.outbounds)
+        replay = self.replay if self.replay is not None else MemoryReplayFilter()
+        for index, inbound in enumerate(config.inbounds):
+            handler = build_inbound(inbound, self.dispatcher, replay)
+            listener = self.listeners.get(index) or bind_inbound(inbound)
+            self.listeners[index] = listener
+            server = StreamServer(listener, handler, spawn=Pool(MAX_CONNECTIONS))
+            server.start()
+            self.servers.append(server)
+            log.info("worker: %s inbound %s listening on %s:%d", inbound.protocol,
+                     inbound.tag or f"inbounds[{index}]", *listener.getsockname()[:2])
+        for bridge_config in config.reverse.bridges:
+            bridge = Bridge(bridge_config.tag, bridge_config.domain, self.dispatcher,
+                            min_tunnels=bridge_config.min_tunnels or 1,
+                            max_tunnels=bridge_config.max_tunnels)
+            bridge.start()
+            self.bridges.append(bridge)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, wait up to ``timeout`` for running connections, then cut them."""
+        for bridge in self.bridges:
+            bridge.stop()
+        for portal in self.portals:
+            portal.drain_all()
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            server.stop(timeout=timeout)
+
+
+def build_outbound(tag: str, settings: object) -> Outbound:
+    if isinstance(settings, FreedomSettings):
+        return FreedomOutbound(tag, settings.redirect)
+    if isinstance(settings, BlackholeSettings):
+        return BlackholeOutbound(tag)
+    if isinstance(settings, VMessOutboundSettings):
+        servers = [
+            VMessServer(server.address, server.port, User(user.id, email=user.email),
+                        security_from_name(user.security))
+            for server in settings.servers
+            for user in server.users[:1]
+        ]
+        return VMessOutbound(tag, servers)
+    raise ValueError(f"unsupported outbound settings {settings!r}")
+
+
+def build_inbound(inbound: InboundConfig, dispatcher: Dispatcher,
+                  replay: ReplayFilter) -> Callable[[socket.socket, tuple], None]:
+    settings = inbound.settings
+    if isinstance(settings, DokodemoSettings):
+        return DokodemoInbound(inbound.tag, settings.address, settings.port,
+                               settings.follow_redirect, dispatcher).handle_connection
+    if isinstance(settings, VMessInboundSettings):
+        users = [User(client.id, email=client.email) for client in settings.clients]
+        return VMessInbound(inbound.tag, users, replay, dispatcher).handle_connection
+    raise ValueError(f"unsupported inbound settings {settings!r}")
