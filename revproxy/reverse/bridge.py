@@ -20,7 +20,7 @@ from revproxy.log import log
 from revproxy.mux.connection import MuxSession
 from revproxy.mux.frame import NETWORK_UDP, Frame
 from revproxy.mux.server import MuxServer
-from revproxy.reverse.control import CONTROL_DOMAIN, STATE_DRAIN, ControlError, decode_control
+from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, ControlError, decode_control
 from revproxy.routing import Target
 from revproxy.session import Session
 
@@ -67,7 +67,7 @@ class BridgeTunnel:
         except ControlError as exc:
             log.warning("bridge: tunnel %s: bad control message: %s", self.name, exc)
             return
-        if state == STATE_DRAIN and not self.draining:
+        if state != STATE_ACTIVE and not self.draining:
             log.info("bridge: tunnel %s drained by the portal", self.name)
             self.draining = True
             self.drained_at = time.monotonic()
