@@ -37,9 +37,11 @@ def _site(environ, start_response):
     return [PAGE]
 
 
-def portal_config(user_id: str, public_port: int, tunnel_port: int) -> dict:
+def portal_config(user_id: str, public_port: int, tunnel_port: int,
+                  loglevel: str = "warning") -> dict:
+    """The V2Ray document's portal, on loopback ports."""
     return {
-        "log": {"loglevel": "warning"},
+        "log": {"loglevel": loglevel},
         "reverse": {"portals": [{"tag": "portal", "domain": DOMAIN}]},
         "inbounds": [
             {"tag": "external", "listen": "127.0.0.1", "port": public_port,
@@ -55,16 +57,18 @@ def portal_config(user_id: str, public_port: int, tunnel_port: int) -> dict:
     }
 
 
-def bridge_config(user_id: str, backend_port: int, tunnel_port: int) -> dict:
+def bridge_config(user_id: str, backend_port: int, tunnel_port: int,
+                  security: str = "auto", loglevel: str = "warning") -> dict:
+    """The V2Ray document's bridge, on loopback ports."""
     return {
-        "log": {"loglevel": "warning"},
+        "log": {"loglevel": loglevel},
         "reverse": {"bridges": [{"tag": "bridge", "domain": DOMAIN}]},
         "outbounds": [
             {"tag": "out", "protocol": "freedom",
              "settings": {"redirect": f"127.0.0.1:{backend_port}"}},
             {"tag": "interconn", "protocol": "vmess",
              "settings": {"vnext": [{"address": "127.0.0.1", "port": tunnel_port,
-                                     "users": [{"id": user_id}]}]}},
+                                     "users": [{"id": user_id, "security": security}]}]}},
         ],
         "routing": {"rules": [
             {"type": "field", "inboundTag": ["bridge"], "domain": [f"full:{DOMAIN}"],
