@@ -7,6 +7,7 @@ tunnel. The demo fetches the public URL once to prove the round trip, then serve
 
 from __future__ import annotations
 
+import os
 import signal
 import socket as stdsocket
 import uuid
@@ -29,6 +30,7 @@ def _listener() -> stdsocket.socket:
     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
+    sock.setblocking(False)  # served by gevent
     return sock
 
 
@@ -93,7 +95,7 @@ def fetch(port: int, timeout: float = 10.0) -> bytes:
 
 
 def run_demo(once: bool = False) -> int:
-    logging_setup.setup("warning")
+    logging_setup.setup(os.environ.get("REVPROXY_LOGLEVEL", "warning"))
     user_id = str(uuid.uuid4())
     backend, public, tunnel = _listener(), _listener(), _listener()
     backend_port, public_port, tunnel_port = (s.getsockname()[1] for s in (backend, public,

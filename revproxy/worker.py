@@ -80,6 +80,7 @@ class Worker:
             handler = build_inbound(inbound, self.dispatcher, replay)
             listener = self.listeners.get(index) or bind_inbound(inbound)
             self.listeners[index] = listener
+            listener.setblocking(False)  # gevent's accept loop must never block the hub
             server = StreamServer(listener, handler, spawn=Pool(MAX_CONNECTIONS))
             server.start()
             self.servers.append(server)

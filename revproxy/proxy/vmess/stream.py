@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import socket
 
-from revproxy.proxy.vmess.body import BodyError, BodyReader, BodyWriter
+from revproxy.proxy.vmess.body import (
+    BodyError,
+    BodyReader,
+    BodyWriter,
+    request_body_reader,
+    request_body_writer,
+    response_body_reader,
+    response_body_writer,
+)
 from revproxy.proxy.vmess.header import (
     HandshakeError,
     RequestHeader,
     ResponseDecoder,
-    response_body_key_iv,
     seal_response,
 )
 from revproxy.stream import RECV_SIZE
@@ -84,13 +91,8 @@ class VMessServerStream(_VMessStream):
     """Server end: decodes the request body, encodes the response (header sent lazily)."""
 
     def __init__(self, sock: socket.socket, header: RequestHeader, rest: bytes) -> None:
-        key, iv = response_body_key_iv(header)
-        super().__init__(
-            sock,
-            BodyReader(header.security, header.body_key, header.body_iv, header.option),
-            BodyWriter(header.security, key, iv, header.option),
-            seal_response(header),
-        )
+        super().__init__(sock, request_body_reader(header), response_body_writer(header),
+                         seal_response(header))
         self._early = rest
 
     def recv(self) -> bytes:
@@ -106,12 +108,7 @@ class VMessClientStream(_VMessStream):
     """Client end: the request header went out on connect; the response header comes first."""
 
     def __init__(self, sock: socket.socket, header: RequestHeader) -> None:
-        super().__init__(
-            sock,
-            None,
-            BodyWriter(header.security, header.body_key, header.body_iv, header.option),
-            b"",
-        )
+        super().__init__(sock, None, request_body_writer(header), b"")
         self._header = header
         self._response = ResponseDecoder(header)
 
@@ -122,8 +119,7 @@ class VMessClientStream(_VMessStream):
                     return None
             except HandshakeError as exc:
                 raise ConnectionError(f"vmess: bad response header: {exc}") from None
-            key, iv = response_body_key_iv(self._header)
-            self._reader = BodyReader(self._header.security, key, iv, self._header.option)
+            self._reader = response_body_reader(self._header)
             data = self._response.rest
             if not data:
                 return None
