@@ -1,0 +1,148 @@
+"""The validated configuration: frozen dataclasses mirroring V2Ray's JSON schema plus
+revproxy's own ``server`` section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``access``/``error``: a file path, "none" (disabled), or None (standard error)."""
+
+    level: str = "warning"
+    access: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class VMessUserConfig:
+    """``id`` is the canonical lowercase UUID text."""
+
+    id: str
+    alter_id: int = 0
+    security: str = "auto"
+    email: str | None = None
+    level: int = 0
+
+
+@dataclass(frozen=True)
+class DokodemoSettings:
+    address: str | None
+    port: int | None
+    network: tuple[str, ...] = ("tcp",)
+    follow_redirect: bool = False
+    timeout: int = 300
+
+
+@dataclass(frozen=True)
+class VMessInboundSettings:
+    clients: tuple[VMessUserConfig, ...]
+    disable_insecure_encryption: bool = False
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    tag: str | None
+    listen: str
+    port: int
+    protocol: str
+    settings: DokodemoSettings | VMessInboundSettings
+
+
+@dataclass(frozen=True)
+class FreedomSettings:
+    """``redirect`` is (host, port); host "" keeps the session's address, port 0 its port."""
+
+    redirect: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class VMessServerConfig:
+    address: str
+    port: int
+    users: tuple[VMessUserConfig, ...]
+
+
+@dataclass(frozen=True)
+class VMessOutboundSettings:
+    servers: tuple[VMessServerConfig, ...]
+
+
+@dataclass(frozen=True)
+class BlackholeSettings:
+    """``response``: "none" (just close) or "http" (answer 403 first)."""
+
+    response: str = "none"
+
+
+@dataclass(frozen=True)
+class MuxConfig:
+    enabled: bool = False
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    tag: str | None
+    protocol: str
+    settings: FreedomSettings | VMessOutboundSettings | BlackholeSettings
+    mux: MuxConfig = MuxConfig()
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    """A "field" rule; ``domains``/``ips`` keep V2Ray's text (prefixes included), ``ports``
+    are inclusive ranges. Every non-empty condition must hold."""
+
+    outbound_tag: str
+    inbound_tags: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+    ports: tuple[tuple[int, int], ...] = ()
+    networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    tag: str
+    domain: str
+    min_tunnels: int | None = None
+    max_tunnels: int | None = None
+
+
+@dataclass(frozen=True)
+class PortalConfig:
+    tag: str
+    domain: str
+
+
+@dataclass(frozen=True)
+class ReverseConfig:
+    bridges: tuple[BridgeConfig, ...] = ()
+    portals: tuple[PortalConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """revproxy's own settings; ``workers`` None means one per CPU ("auto")."""
+
+    workers: int | None = None
+    pid_file: str | None = None
+    state_file: str | None = None
+    user: str | None = None
+    group: str | None = None
+    graceful_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole configuration; ``source`` (where it was read from) is not compared."""
+
+    source: str = field(compare=False)
+    log: LogConfig
+    inbounds: tuple[InboundConfig, ...]
+    outbounds: tuple[OutboundConfig, ...]
+    routing: tuple[RoutingRule, ...]
+    reverse: ReverseConfig
+    server: ServerConfig

@@ -1,0 +1,231 @@
+"""Parsers for ``inbounds`` and ``outbounds``: each handler, its protocol settings
+(dokodemo-door, vmess, freedom, blackhole), its mux object, and the check that
+``streamSettings`` asks for nothing but plain TCP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+from revproxy.config import fields as f
+from revproxy.config.errors import Invalid, Node, show
+from revproxy.config.fields import NOT_SUPPORTED, Obj
+from revproxy.config.model import (
+    BlackholeSettings,
+    DokodemoSettings,
+    FreedomSettings,
+    InboundConfig,
+    MuxConfig,
+    OutboundConfig,
+    VMessInboundSettings,
+    VMessOutboundSettings,
+    VMessServerConfig,
+    VMessUserConfig,
+)
+
+_V2RAY_ONLY_INBOUNDS = ("http", "shadowsocks", "socks", "vless", "trojan", "mtproto")
+_V2RAY_ONLY_OUTBOUNDS = ("http", "shadowsocks", "socks", "vless", "trojan", "mtproto", "dns",
+                         "loopback")
+_V2RAY_TRANSPORTS = ("kcp", "mkcp", "ws", "websocket", "h2", "http", "ds", "domainsocket", "quic")
+_SECURITIES = ("auto", "aes-128-gcm", "chacha20-poly1305", "none", "zero")
+
+
+def inbound(node: Node, raw: Any) -> InboundConfig:
+    o = Obj(node, raw, ("protocol", "port", "listen", "settings", "tag", "streamSettings"),
+            ignored=("sniffing", "domainOverride"), unsupported=("allocate",))
+    tag = o.get("tag", f.tag, None)
+    listen = o.get("listen", f.ip_address, "0.0.0.0")
+    port = o.get("port", f.single_port, 0, required=True)
+    protocol = o.get("protocol", _protocol(_INBOUND_SETTINGS, _V2RAY_ONLY_INBOUNDS), None,
+                     required=True)
+    o.nested("streamSettings", _plain_tcp, None)
+    return InboundConfig(tag, listen, port, protocol or "",
+                         _settings(o, protocol, _INBOUND_SETTINGS))
+
+
+def outbound(node: Node, raw: Any) -> OutboundConfig:
+    o = Obj(node, raw, ("protocol", "settings", "tag", "streamSettings", "mux"),
+            unsupported=("sendThrough", "proxySettings"))
+    tag = o.get("tag", f.tag, None)
+    protocol = o.get("protocol", _protocol(_OUTBOUND_SETTINGS, _V2RAY_ONLY_OUTBOUNDS), None,
+                     required=True)
+    o.nested("streamSettings", _plain_tcp, None)
+    return OutboundConfig(tag, protocol or "", _settings(o, protocol, _OUTBOUND_SETTINGS),
+                          o.nested("mux", _mux, MuxConfig()))
+
+
+def _protocol(supported: Collection[str], v2ray_only: Collection[str]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if f.string(value) in supported:
+            return value
+        if value in v2ray_only:
+            raise Invalid(f"protocol {show(value)} is {NOT_SUPPORTED}")
+        raise Invalid(f"unknown protocol {show(value)}{f.suggest(value, supported)}")
+
+    return parse
+
+
+def _settings(o: Obj, protocol: str | None, builders: Mapping[str, Callable[[Node, Any], Any]]
+              ) -> Any:
+    """The protocol's settings object; V2Ray reads a missing one as {}."""
+    if protocol is None:
+        return None
+    build = builders[protocol]
+    return o.nested("settings", build, None) or build(o.node.at("settings"), {})
+
+
+def _dokodemo(node: Node, raw: Any) -> DokodemoSettings:
+    o = Obj(node, raw, ("address", "port", "network", "followRedirect", "timeout"),
+            ignored=("userLevel",))
+    follow_redirect = o.get("followRedirect", f.boolean, False)
+    if o.ok and not follow_redirect:
+        for key in ("address", "port"):
+            if not o.has(key):
+                node.report(f'missing required key "{key}" (needed unless followRedirect is true)')
+    return DokodemoSettings(
+        address=o.get("address", f.host, None),
+        port=o.get("port", f.port, None),
+        network=o.get("network", _tcp_network, ("tcp",)),
+        follow_redirect=follow_redirect,
+        timeout=o.get("timeout", f.integer(0, 2**32 - 1), 0) or 300,
+    )
+
+
+def _tcp_network(value: Any) -> tuple[str, ...]:
+    networks = f.networks(value)
+    if "tcp" not in networks:
+        raise Invalid(f'network "udp" is {NOT_SUPPORTED}: include "tcp"')
+    return networks
+
+
+def _vmess_inbound(node: Node, raw: Any) -> VMessInboundSettings:
+    o = Obj(node, raw, ("clients", "default", "disableInsecureEncryption"),
+            unsupported=("detour", "features"))
+    o.nested("default", _vmess_default, None)
+    return VMessInboundSettings(
+        clients=o.nested("clients", _users, (), required=True),
+        disable_insecure_encryption=o.get("disableInsecureEncryption", f.boolean, False),
+    )
+
+
+def _vmess_default(node: Node, raw: Any) -> None:
+    o = Obj(node, raw, ("alterId", "level"))
+    o.get("alterId", _alter_id, 0)
+    o.get("level", f.integer(0, 255), 0)
+
+
+def _users(node: Node, raw: Any) -> tuple[VMessUserConfig, ...]:
+    return f.items(node, raw, _user, nonempty=True)
+
+
+def _user(node: Node, raw: Any) -> VMessUserConfig:
+    o = Obj(node, raw, ("id", "alterId", "security", "email", "level"))
+    return VMessUserConfig(
+        id=o.get("id", f.uuid, "", required=True),
+        alter_id=o.get("alterId", _alter_id, 0),
+        security=o.get("security", f.choice(*_SECURITIES), "auto"),
+        email=o.get("email", f.string, None) or None,
+        level=o.get("level", f.integer(0, 255), 0),
+    )
+
+
+def _alter_id(value: Any) -> int:
+    alter_id = f.integer(0, 65535)(value)
+    if alter_id:
+        raise Invalid(f"alterId {alter_id} is {NOT_SUPPORTED}: it speaks VMess AEAD only, "
+                      "set alterId to 0")
+    return alter_id
+
+
+def _vmess_outbound(node: Node, raw: Any) -> VMessOutboundSettings:
+    o = Obj(node, raw, ("vnext",))
+    servers = o.nested("vnext", lambda n, v: f.items(n, v, _vmess_server, nonempty=True), (),
+                       required=True)
+    return VMessOutboundSettings(servers=servers)
+
+
+def _vmess_server(node: Node, raw: Any) -> VMessServerConfig:
+    o = Obj(node, raw, ("address", "port", "users"))
+    return VMessServerConfig(
+        address=o.get("address", f.host, "", required=True),
+        port=o.get("port", f.port, 0, required=True),
+        users=o.nested("users", _users, (), required=True),
+    )
+
+
+def _freedom(node: Node, raw: Any) -> FreedomSettings:
+    o = Obj(node, raw, ("redirect",), ignored=("domainStrategy", "timeout", "userLevel"))
+    return FreedomSettings(redirect=o.get("redirect", _redirect, None))
+
+
+def _redirect(value: Any) -> tuple[str, int] | None:
+    """V2Ray's "redirect": "host:port" (host may be empty, port 0 keeps the session's)."""
+    return f.host_port(value) if f.string(value) else None
+
+
+def _blackhole(node: Node, raw: Any) -> BlackholeSettings:
+    o = Obj(node, raw, ("response",))
+    return BlackholeSettings(response=o.nested("response", _blackhole_response, "none"))
+
+
+def _blackhole_response(node: Node, raw: Any) -> str:
+    return Obj(node, raw, ("type",)).get("type", f.choice("none", "http"), "none")
+
+
+def _mux(node: Node, raw: Any) -> MuxConfig:
+    o = Obj(node, raw, ("enabled", "concurrency"))
+    enabled = o.get("enabled", f.boolean, False)
+    concurrency = o.get("concurrency", f.integer(-32768, 1024), 0)
+    if concurrency < 0:  # V2Ray: a negative concurrency turns mux off entirely
+        return MuxConfig()
+    return MuxConfig(enabled=enabled, concurrency=concurrency or 8)
+
+
+def _plain_tcp(node: Node, raw: Any) -> None:
+    """Accept streamSettings only when they mean plain TCP (other transports' settings are
+    unused then, as in V2Ray, and ignored)."""
+    o = Obj(node, raw, ("network", "security", "tcpSettings"),
+            ignored=("tlsSettings", "kcpSettings", "wsSettings", "httpSettings", "dsSettings",
+                     "quicSettings"),
+            unsupported=("sockopt",))
+    o.get("network", _transport, None)
+    o.get("security", _security, None)
+    o.nested("tcpSettings", _tcp_settings, None)
+
+
+def _transport(value: Any) -> None:
+    name = f.string(value).lower()
+    if name in _V2RAY_TRANSPORTS:
+        raise Invalid(f'transport {show(value)} is {NOT_SUPPORTED} (only plain "tcp")')
+    if name != "tcp":
+        raise Invalid(f"unknown transport {show(value)}")
+
+
+def _security(value: Any) -> None:
+    name = f.string(value).lower()
+    if name in ("tls", "xtls"):
+        raise Invalid(f"security {show(value)} is {NOT_SUPPORTED} (only \"none\")")
+    if name not in ("", "none"):
+        raise Invalid(f'unknown security {show(value)} (expected "none")')
+
+
+def _tcp_settings(node: Node, raw: Any) -> None:
+    o = Obj(node, raw, ("header",), unsupported=("acceptProxyProtocol",))
+    o.nested("header", _tcp_header, None)
+
+
+def _tcp_header(node: Node, raw: Any) -> None:
+    o = Obj(node, raw, ("type",), ignored=("request", "response"))
+    if o.get("type", f.choice("none", "http"), "none") == "http":
+        node.at("type").report(f'header type "http" is {NOT_SUPPORTED}')
+
+
+_INBOUND_SETTINGS: dict[str, Callable[[Node, Any], Any]] = {
+    "dokodemo-door": _dokodemo,
+    "vmess": _vmess_inbound,
+}
+_OUTBOUND_SETTINGS: dict[str, Callable[[Node, Any], Any]] = {
+    "freedom": _freedom,
+    "vmess": _vmess_outbound,
+    "blackhole": _blackhole,
+}
