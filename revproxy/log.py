@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -36,7 +37,17 @@ class V2RayFormatter(logging.Formatter):
         stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created))
         if record.name == access_log.name:
             return f"{stamp} {record.getMessage()}"
-        return f"{stamp} [{_SEVERITY.get(record.levelno, 'Info')}] {record.getMessage()}"
+        line = f"{stamp} [{_SEVERITY.get(record.levelno, 'Info')}] {record.getMessage()}"
+        if record.exc_info and record.exc_info[1] is not None:
+            line += ": " + _one_line(record.exc_info[1])
+        return line
+
+
+def _one_line(exc: BaseException) -> str:
+    """An unexpected error as one log line: type, message and where it was raised."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 2)[-1]}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def _handler(path: str | None) -> logging.Handler:

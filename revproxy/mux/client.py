@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from revproxy.mux.connection import MuxConnection, MuxSession
-from revproxy.mux.frame import Frame, encode_new
+from revproxy.mux.connection import MAX_STREAM_FRAME, MuxConnection, MuxSession
+from revproxy.mux.frame import Frame, encode_keep_chunks, encode_new
 
 MAX_SESSION_ID = 0xFFFF
 
@@ -26,9 +26,16 @@ class MuxClient(MuxConnection):
         self.total_sessions += 1
         session = MuxSession(self, self._last_id, network)
         self.sessions[session.id] = session
-        if first_payload:
-            session.bytes_out += len(first_payload)
-        self.write(encode_new(session.id, network, address, port, first_payload or None))
+        if not first_payload:
+            self.write(encode_new(session.id, network, address, port))
+            return session
+        session.bytes_out += len(first_payload)
+        head = first_payload[:MAX_STREAM_FRAME]
+        frames = encode_new(session.id, network, address, port, head)
+        if len(first_payload) > MAX_STREAM_FRAME:
+            frames += encode_keep_chunks(session.id, memoryview(first_payload)[MAX_STREAM_FRAME:],
+                                         MAX_STREAM_FRAME)
+        self.write(frames)
         return session
 
     def on_new(self, frame: Frame) -> None:

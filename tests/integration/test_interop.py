@@ -18,7 +18,7 @@ from tests.integration.conftest import USER_ID, free_port, needs_v2ray, start_en
 pytestmark = needs_v2ray
 
 COMBOS = [
-    pytest.param((bridge, portal, security), id=f"bridge={bridge}-portal={portal}-{security}")
+    pytest.param((bridge, portal, security), id=f"{bridge}_bridge-{portal}_portal-{security}")
     for bridge, portal, security in itertools.product(
         ("revproxy", "v2ray"), ("revproxy", "v2ray"), ("aes-128-gcm", "chacha20-poly1305"))
 ]
