@@ -52,6 +52,31 @@ class SocketStream:
         self.sock.settimeout(seconds)
 
 
+class DatagramStream:
+    """A connected UDP socket as a stream of datagrams: each ``recv`` is one datagram and there
+    is no end of stream (the relay's idle timeout ends it)."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def recv(self) -> bytes:
+        return self.sock.recv(RECV_SIZE)
+
+    def send(self, data: bytes | memoryview) -> None:
+        self.sock.send(data)
+
+    def close_write(self) -> None:
+        """UDP has no half-close."""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
+
+
 def tune_socket(sock: socket.socket) -> None:
     """Options every proxied TCP connection gets: no Nagle delay, keepalive probes."""
     try:

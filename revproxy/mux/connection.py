@@ -185,7 +185,13 @@ class MuxConnection:
                     break
                 self.last_received = time.monotonic()
                 self.bytes_received += len(data)
-                for frame in decoder.feed(data):
+                try:
+                    frames = decoder.feed(data)
+                except MuxError as exc:
+                    for frame in exc.frames:  # what came before the bad frame still counts
+                        self._handle(frame)
+                    raise
+                for frame in frames:
                     self._handle(frame)
         except (OSError, MuxError):
             pass

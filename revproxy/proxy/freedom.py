@@ -1,4 +1,5 @@
-"""Freedom outbound: connects straight to the session's destination, or to its ``redirect``."""
+"""Freedom outbound: connects straight to the session's destination (TCP or UDP), or to its
+``redirect``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from gevent import socket
 from revproxy.log import log
 from revproxy.relay import relay
 from revproxy.session import Session
-from revproxy.stream import SocketStream, Stream, tune_socket
+from revproxy.stream import DatagramStream, SocketStream, Stream, tune_socket
 
 CONNECT_TIMEOUT = 10.0
 
@@ -25,12 +26,23 @@ class FreedomOutbound:
         return host, port
 
     def open(self, session: Session) -> Stream:
-        if session.target.network != "tcp":
-            raise ConnectionRefusedError(f"freedom: {session.target.network} is not supported")
+        if session.target.network == "udp":
+            return self._open_udp(session)
         sock = socket.create_connection(self.destination(session), timeout=CONNECT_TIMEOUT)
         sock.settimeout(None)
         tune_socket(sock)
         return SocketStream(sock)
+
+    def _open_udp(self, session: Session) -> Stream:
+        host, port = self.destination(session)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        return DatagramStream(sock)
 
     def handle(self, session: Session, stream: Stream) -> None:
         try:
