@@ -1,12 +1,18 @@
-"""Command line: ``revproxy run | check | demo | uuid``."""
+"""Command line: ``revproxy run | check | status | reload | stop | uuid | demo``."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import uuid
 
 from revproxy import __version__
+
+
+class CliError(Exception):
+    """A one-line error for the user; exit status 1."""
 
 
 def _load(path: str):
@@ -33,15 +39,73 @@ def cmd_uuid(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    from revproxy.runner import run_single
+    from revproxy.supervisor import Supervisor
 
-    return run_single(config)
+    return Supervisor(config, workers=args.workers).run()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from revproxy.demo import run_demo
 
     return run_demo(once=args.once)
+
+
+def master_pid(args: argparse.Namespace) -> int:
+    """The master's pid from --pid, --pidfile or the config's server.pidFile."""
+    if args.pid:
+        return args.pid
+    path = args.pidfile
+    if path is None and args.config:
+        path = _load(args.config).server.pid_file
+        if path is None:
+            raise CliError(f"{args.config}: server.pidFile is not set; use --pid")
+    if path is None:
+        raise CliError("say which server: --pidfile FILE, --pid PID or -c CONFIG")
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{path}: cannot read a pid: {exc}") from None
+
+
+def _send(args: argparse.Namespace, signum: int, what: str) -> int:
+    pid = master_pid(args)
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        raise CliError(f"no process {pid}: is revproxy running?") from None
+    except PermissionError:
+        raise CliError(f"not allowed to signal process {pid}") from None
+    print(f"{what} requested (pid {pid})")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    return _send(args, signal.SIGHUP, "reload")
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    return _send(args, signal.SIGINT if args.fast else signal.SIGTERM, "stop")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from revproxy.status import StatusError, collect, render, to_json
+
+    state = args.state
+    if state is None and args.config and not args.pid and not args.pidfile:
+        state = _load(args.config).server.state_file
+    try:
+        report = collect(master_pid(args), state)
+    except StatusError as exc:
+        raise CliError(str(exc)) from None
+    print(to_json(report) if args.json else render(report))
+    return 0
+
+
+def _which_server(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", help="the server's config (for server.pidFile)")
+    parser.add_argument("--pidfile", help="the master's pid file")
+    parser.add_argument("--pid", type=int, help="the master's pid")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,11 +116,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a portal and/or bridge from a config file")
     run.add_argument("-c", "--config", required=True, help="V2Ray JSON or YAML config")
+    run.add_argument("-w", "--workers", type=int, help="worker processes (default: "
+                     "server.workers, else the CPU count)")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a config file and exit")
     check.add_argument("-c", "--config", required=True)
     check.set_defaults(func=cmd_check)
+
+    status = sub.add_parser("status", help="show the master, workers and tunnels")
+    _which_server(status)
+    status.add_argument("--state", help="the state table file (default: found via the master)")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(func=cmd_status)
+
+    reload = sub.add_parser("reload", help="re-read the config without dropping connections")
+    _which_server(reload)
+    reload.set_defaults(func=cmd_reload)
+
+    stop = sub.add_parser("stop", help="stop gracefully (--fast: at once)")
+    _which_server(stop)
+    stop.add_argument("--fast", action="store_true")
+    stop.set_defaults(func=cmd_stop)
 
     demo = sub.add_parser("demo", help="portal + bridge + backend on loopback")
     demo.add_argument("--once", action="store_true", help="exit after the first round trip")
@@ -69,8 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        print("revproxy: --workers must be at least 1", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
+    except CliError as exc:
+        print(f"revproxy: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

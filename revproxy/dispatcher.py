@@ -31,6 +31,8 @@ class Dispatcher:
     def __init__(self, router: Router, outbounds: Mapping[str, Outbound]) -> None:
         self.router = router
         self.outbounds = outbounds
+        self.active = 0  # sessions being served right now
+        self.total = 0
 
     def route(self, session: Session) -> Outbound:
         tag = self.router.pick(session.inbound_tag, session.target)
@@ -50,12 +52,16 @@ class Dispatcher:
         access_log.info("%s accepted %s [%s -> %s]", session.source or "-", session.describe(),
                         session.inbound_tag or "", outbound.tag)
         log.debug("dispatcher: taking detour [%s] for [%s]", outbound.tag, session.describe())
+        self.active += 1
+        self.total += 1
         try:
             outbound.handle(session, stream)
         except Exception:  # one connection must never take the server down
             log.exception("dispatcher: outbound %s failed for %s", outbound.tag,
                           session.describe())
             stream.close()
+        finally:
+            self.active -= 1
 
     def open(self, session: Session) -> Stream:
         outbound = self.route(session)

@@ -1,18 +1,23 @@
-"""One serving process: builds outbounds, routing, inbound servers and bridges from a Config.
+"""The serving part of a worker: outbounds, routing, inbound servers and bridges from a Config.
 
 ``Worker.__init__`` only stores what it is given, so a supervisor can fork first and build
 after; ``start`` does the wiring, ``stop`` winds it down. Listening sockets may be handed in
-(inherited from a supervisor) or are bound here.
+(inherited from the supervisor) or are bound here; ``cluster`` links the worker to its
+siblings (tunnel sharing and hand-off) when there are any.
 """
 
 from __future__ import annotations
 
+import math
 import socket
+import time
 from collections.abc import Callable, Mapping
 
+import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from revproxy.cluster import Cluster
 from revproxy.config import Config, InboundConfig
 from revproxy.config.model import (
     BlackholeSettings,
@@ -33,6 +38,7 @@ from revproxy.proxy.vmess.outbound import VMessOutbound, VMessServer
 from revproxy.proxy.vmess.replay import MemoryReplayFilter, ReplayFilter
 from revproxy.reverse.bridge import Bridge
 from revproxy.reverse.portal import PortalOutbound
+from revproxy.reverse.tunnel import Tunnel
 from revproxy.routing import Router
 
 MAX_CONNECTIONS = 10000  # per inbound; gevent's Pool gives back-pressure beyond it
@@ -54,10 +60,13 @@ def bind_inbound(inbound: InboundConfig, backlog: int = 1024) -> socket.socket:
 
 class Worker:
     def __init__(self, config: Config, listeners: Mapping[int, socket.socket] | None = None,
-                 replay: ReplayFilter | None = None) -> None:
+                 replay: ReplayFilter | None = None, cluster: Cluster | None = None,
+                 workers: int = 1) -> None:
         self.config = config
         self.listeners = dict(listeners or {})
         self.replay = replay
+        self.cluster = cluster
+        self.workers = workers  # how many siblings share the bridges' tunnel quota
         self.outbounds: dict[str, Outbound] = {}
         self.portals: list[PortalOutbound] = []
         self.bridges: list[Bridge] = []
@@ -70,7 +79,7 @@ class Worker:
             key = outbound_key(index, outbound.tag)
             self.outbounds[key] = build_outbound(key, outbound.settings)
         for portal_config in config.reverse.portals:
-            portal = PortalOutbound(portal_config.tag, portal_config.domain)
+            portal = PortalOutbound(portal_config.tag, portal_config.domain, self.cluster)
             self.portals.append(portal)
             self.outbounds[portal.tag] = portal
         default = outbound_key(0, config.outbounds[0].tag) if config.outbounds else None
@@ -82,27 +91,75 @@ class Worker:
             self.listeners[index] = listener
             listener.setblocking(False)  # gevent's accept loop must never block the hub
             server = StreamServer(listener, handler, spawn=Pool(MAX_CONNECTIONS))
+            # Workers share the listening socket: taking one connection per wake-up spreads
+            # a burst over all of them instead of the first one to wake taking it all.
+            server.max_accept = 1
             server.start()
             self.servers.append(server)
             log.info("worker: %s inbound %s listening on %s:%d", inbound.protocol,
                      inbound.tag or f"inbounds[{index}]", *listener.getsockname()[:2])
         for bridge_config in config.reverse.bridges:
+            # The quotas are for the whole server: each worker takes its share.
+            minimum = bridge_config.min_tunnels or self.workers
+            maximum = bridge_config.max_tunnels
             bridge = Bridge(bridge_config.tag, bridge_config.domain, self.dispatcher,
-                            min_tunnels=bridge_config.min_tunnels or 1,
-                            max_tunnels=bridge_config.max_tunnels)
+                            min_tunnels=math.ceil(minimum / self.workers),
+                            max_tunnels=math.ceil(maximum / self.workers) if maximum else None,
+                            cluster=self.cluster)
             bridge.start()
             self.bridges.append(bridge)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting, wait up to ``timeout`` for running connections, then cut them."""
-        for bridge in self.bridges:
-            bridge.stop()
+    def tunnels(self) -> list[Tunnel]:
+        tunnels: list[Tunnel] = []
         for portal in self.portals:
-            portal.drain_all()
+            tunnels.extend(portal.tunnels)
+        for bridge in self.bridges:
+            tunnels.extend(bridge.tunnels + bridge.retired)
+        return tunnels
+
+    def summary(self) -> str:
+        """What this worker does, for its process title."""
+        parts = []
+        if self.portals:
+            tunnels = sum(len(p.tunnels) for p in self.portals)
+            sessions = sum(max(0, t.active_sessions - 1) for p in self.portals
+                           for t in p.tunnels)
+            parts.append(f"portal: {tunnels} tunnels, {sessions} sessions")
+        if self.bridges:
+            tunnels = sum(len(b.tunnels) for b in self.bridges)
+            sessions = sum(b.sessions for b in self.bridges)
+            parts.append(f"bridge: {tunnels} tunnels, {sessions} sessions")
+        if not parts:
+            active = self.dispatcher.active if self.dispatcher else 0
+            parts.append(f"{active} connections")
+        return "; ".join(parts)
+
+    def busy(self) -> int:
+        """Sessions that a graceful stop waits for (tunnels themselves are not counted)."""
+        assert self.dispatcher is not None
+        tunnels = sum(len(portal.tunnels) for portal in self.portals)
+        handed_in = sum(portal.handed_in for portal in self.portals)
+        return max(0, self.dispatcher.active - tunnels) + handed_in
+
+    def stop_accepting(self) -> None:
+        """First step of a graceful stop: close listeners, drain tunnels, dial no more."""
         for server in self.servers:
             server.close()
+        for portal in self.portals:
+            portal.drain_all()
+        for bridge in self.bridges:
+            bridge.stop_dialing()
+
+    def stop(self, timeout: float = 0.0) -> None:
+        """Stop accepting, wait up to ``timeout`` s for running sessions, then cut the rest."""
+        self.stop_accepting()
+        deadline = time.monotonic() + timeout
+        while self.busy() and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        for bridge in self.bridges:
+            bridge.stop()
         for server in self.servers:
-            server.stop(timeout=timeout)
+            server.stop(timeout=0)
 
 
 def build_outbound(tag: str, settings: object) -> Outbound:

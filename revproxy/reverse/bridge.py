@@ -4,50 +4,51 @@ A tunnel is dialed as a TCP session to ``<domain>:0`` with the bridge's inbound 
 routing picks the outbound that reaches the portal. In it the bridge is the Mux.Cool server:
 each new session is dispatched with the bridge's tag, except the portal's control session.
 Every 2 s the monitor drops tunnels that were told DRAIN, closed, or stayed silent for 10 s
-(V2Ray waits for its 300 s idle timeout), and dials a new one when there is none or when the
-tunnels average more than 16 sessions each, backing off while dials fail.
+(V2Ray waits for its 300 s idle timeout), and dials a new one while there are fewer than
+``min_tunnels``, when the tunnels average more than 16 sessions each (V2Ray's rule) or when
+one carries more than ``GROW_THROUGHPUT`` bytes/s, up to ``max_tunnels``; idle tunnels beyond
+the minimum are closed after ``IDLE_EXTRA_CLOSE`` s. Failed dials back off up to 2 s.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import gevent
 from gevent.event import Event
 
+from revproxy.cluster import Cluster
 from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
 from revproxy.mux.connection import MuxSession
 from revproxy.mux.frame import NETWORK_UDP, Frame
 from revproxy.mux.server import MuxServer
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, ControlError, decode_control
+from revproxy.reverse.tunnel import Tunnel
 from revproxy.routing import Target
 from revproxy.session import Session
+from revproxy.statetable import ROLE_BRIDGE
+from revproxy.stream import Stream
 
 MONITOR_INTERVAL = 2.0
 SILENCE_LIMIT = 10.0
 SESSIONS_PER_TUNNEL = 16
+GROW_THROUGHPUT = 50_000_000.0  # bytes/s on one tunnel that justify another
+IDLE_EXTRA_CLOSE = 60.0
 DRAINED_IDLE_CLOSE = 30.0
 MAX_BACKOFF = 2.0
 
 
-class BridgeTunnel:
+class BridgeTunnel(Tunnel):
     """One dialed tunnel: the mux server in it and the portal's last control state."""
 
-    def __init__(self, bridge: Bridge, stream, name: str) -> None:
+    def __init__(self, bridge: Bridge, stream: Stream, tunnel_id: int) -> None:
+        super().__init__(tunnel_id, bridge.tag, "portal")
         self.bridge = bridge
-        self.name = name
-        self.mux = MuxServer(stream, self._accept, name)
-        self.draining = False
+        self.mux = MuxServer(stream, self._accept, self.name)
         self.drained_at = 0.0
-
-    @property
-    def closed(self) -> bool:
-        return self.mux.closed
-
-    @property
-    def active_sessions(self) -> int:
-        return self.mux.active_sessions
+        self.idle_since = time.monotonic()
 
     def silent_for(self, now: float) -> float:
         return now - self.mux.last_received
@@ -75,22 +76,34 @@ class BridgeTunnel:
 
 class Bridge:
     def __init__(self, tag: str, domain: str, dispatcher: Dispatcher,
-                 min_tunnels: int = 1, max_tunnels: int | None = None) -> None:
+                 min_tunnels: int = 1, max_tunnels: int | None = None,
+                 cluster: Cluster | None = None) -> None:
         self.tag = tag
         self.domain = domain
         self.dispatcher = dispatcher
         self.min_tunnels = max(1, min_tunnels)
         self.max_tunnels = max_tunnels
+        self.cluster = cluster
         self.tunnels: list[BridgeTunnel] = []  # in service
         self.retired: list[BridgeTunnel] = []  # drained, finishing their sessions
+        self.dialing = True
         self._wake = Event()
         self._failures = 0
         self._next_dial = 0.0
-        self._counter = 0
+        self._ids = itertools.count(1)
         self._runner: gevent.Greenlet | None = None
+
+    @property
+    def sessions(self) -> int:
+        """Sessions in progress, the control sessions left out."""
+        return sum(max(0, t.active_sessions - 1) for t in self.tunnels + self.retired)
 
     def start(self) -> None:
         self._runner = gevent.spawn(self._run)
+
+    def stop_dialing(self) -> None:
+        """For a graceful stop: keep serving the running sessions, open no new tunnel."""
+        self.dialing = False
 
     def stop(self) -> None:
         if self._runner is not None:
@@ -127,26 +140,50 @@ class Bridge:
                     log.info("bridge %s: portal reachable again", self.tag)
                     self._failures = 0
         self.tunnels = serving
-        self.retired = [t for t in self.retired if not t.closed]
         for tunnel in self.retired:
-            if not tunnel.active_sessions and now - tunnel.drained_at > DRAINED_IDLE_CLOSE:
+            if not tunnel.closed and tunnel.active_sessions <= 1 and \
+                    now - tunnel.drained_at > DRAINED_IDLE_CLOSE:
                 tunnel.mux.close()
-        for tunnel in serving:
+        self.retired = [t for t in self.retired if not t.closed]
+        self._close_idle_extras(now)
+        for tunnel in self.tunnels:
+            tunnel.measure(now)
             try:
                 tunnel.mux.send_keepalive()  # lets a revproxy portal notice a dead bridge
             except ConnectionError:
                 pass
-        if self._wants_tunnel() and now >= self._next_dial:
+        self._publish()
+        if self.dialing and self._wants_tunnel() and now >= self._next_dial:
             self._dial(now)
 
+    def _close_idle_extras(self, now: float) -> None:
+        for tunnel in self.tunnels:
+            if tunnel.active_sessions > 1:
+                tunnel.idle_since = now
+        extras = len(self.tunnels) - self.min_tunnels
+        for tunnel in sorted(self.tunnels, key=lambda t: t.idle_since):
+            if extras <= 0 or now - tunnel.idle_since < IDLE_EXTRA_CLOSE:
+                break
+            log.info("bridge %s: closing idle extra tunnel %s", self.tag, tunnel.name)
+            tunnel.mux.close()
+            extras -= 1
+
     def _wants_tunnel(self) -> bool:
-        count = len(self.tunnels)
+        count = len([t for t in self.tunnels if not t.closed])
         if self.max_tunnels is not None and count >= self.max_tunnels:
             return False
         if count < self.min_tunnels:
             return True
         sessions = sum(t.active_sessions for t in self.tunnels)
-        return sessions // count > SESSIONS_PER_TUNNEL
+        if sessions // count > SESSIONS_PER_TUNNEL:
+            return True
+        return any(t.throughput > GROW_THROUGHPUT for t in self.tunnels)
+
+    def _publish(self) -> None:
+        if self.cluster is None:
+            return
+        for tunnel in self.tunnels + self.retired:
+            self.cluster.publish(tunnel.row)
 
     def _dial_failed(self, now: float, reason: object) -> None:
         self._failures += 1
@@ -163,9 +200,13 @@ class Bridge:
         except (OSError, ConnectionError) as exc:
             self._dial_failed(now, exc)
             return
-        self._counter += 1
-        tunnel = BridgeTunnel(self, stream, f"{self.tag}#{self._counter}")
+        tunnel = BridgeTunnel(self, stream, next(self._ids))
         tunnel.mux.on_close(self._wake.set)
+        if self.cluster is not None:
+            tunnel.row = self.cluster.add_tunnel(ROLE_BRIDGE, tunnel)
+            tunnel.mux.on_close(lambda: self.cluster.remove_tunnel(tunnel.row))
         self.tunnels.append(tunnel)
         gevent.spawn(tunnel.mux.run)
         log.info("bridge %s: tunnel %s opened", self.tag, tunnel.name)
+        if self._wants_tunnel():
+            self._wake.set()  # more to dial (minimum not reached yet)

@@ -3,16 +3,23 @@
 The portal is an outbound. A session whose destination is the portal's domain *is* a tunnel:
 the portal becomes its Mux.Cool client, opens the UDP control session and sends a Control
 message at once and every 2 s. Any other session is a visitor, carried as a new mux session
-on the tunnel the picker chooses. A tunnel that has opened more than 256 sessions is drained.
+on the tunnel the picker chooses among this worker's tunnels and, through the cluster, its
+siblings'; a visitor bound for a sibling's tunnel is handed to that sibling. A tunnel that has
+opened more than 256 sessions is drained.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterable
 
 import gevent
+from gevent import socket
 from gevent.event import Event
 
+from revproxy.cluster import Cluster, RemoteTunnel
+from revproxy.handoff import Handoff
 from revproxy.log import log
 from revproxy.mux.client import MuxClient
 from revproxy.mux.connection import MuxSession
@@ -20,8 +27,11 @@ from revproxy.mux.frame import NETWORK_TCP, NETWORK_UDP
 from revproxy.relay import relay
 from revproxy.reverse.balance import pick_tunnel
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, STATE_DRAIN, encode_control
+from revproxy.reverse.tunnel import Tunnel
+from revproxy.routing import Target
 from revproxy.session import Session
-from revproxy.stream import Stream
+from revproxy.statetable import ROLE_PORTAL
+from revproxy.stream import SocketStream, Stream
 
 HEARTBEAT_INTERVAL = 2.0
 DRAIN_AFTER_SESSIONS = 256
@@ -31,23 +41,14 @@ FIRST_PAYLOAD_WAIT = 0.1
 TUNNEL_WAIT = 5.0  # how long a visitor may wait for a tunnel to (re)appear
 
 
-class PortalTunnel:
+class PortalTunnel(Tunnel):
     """One registered tunnel: a mux client plus its control session and heartbeat."""
 
-    def __init__(self, stream: Stream, name: str) -> None:
-        self.mux = MuxClient(stream, name)
-        self.name = name
-        self.draining = False
+    def __init__(self, stream: Stream, tunnel_id: int, tag: str, peer: str) -> None:
+        super().__init__(tunnel_id, tag, peer)
+        self.mux = MuxClient(stream, self.name)
         self.drained_at = 0.0
         self._control: MuxSession | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.mux.closed
-
-    @property
-    def active_sessions(self) -> int:
-        return self.mux.active_sessions
 
     def serve(self) -> None:
         """Run the tunnel until it closes (blocks the calling greenlet)."""
@@ -111,12 +112,14 @@ def _discard(_payload: bytes) -> None:
 
 
 class PortalOutbound:
-    def __init__(self, tag: str, domain: str) -> None:
+    def __init__(self, tag: str, domain: str, cluster: Cluster | None = None) -> None:
         self.tag = tag
         self.domain = domain
+        self.cluster = cluster
         self.tunnels: list[PortalTunnel] = []
+        self.handed_in = 0  # visitors a sibling passed here, in progress (for graceful stop)
         self._tunnel_added = Event()
-        self._counter = 0
+        self._ids = itertools.count(1)
 
     def open(self, session: Session) -> Stream:
         raise ConnectionRefusedError(f"portal {self.tag}: cannot dial out")
@@ -127,27 +130,48 @@ class PortalOutbound:
         else:
             self.serve_visitor(session, stream)
 
+    # -- tunnels
     def serve_tunnel(self, session: Session, stream: Stream) -> None:
-        self._counter += 1
-        tunnel = PortalTunnel(stream, f"{self.tag}#{self._counter}({session.source})")
-        log.info("portal: tunnel %s registered", tunnel.name)
+        tunnel = PortalTunnel(stream, next(self._ids), self.tag, session.source)
+        log.info("portal: tunnel %s from %s registered", tunnel.name, session.source)
         self.tunnels.append(tunnel)
+        if self.cluster is not None:
+            tunnel.row = self.cluster.add_tunnel(ROLE_PORTAL, tunnel)
         added, self._tunnel_added = self._tunnel_added, Event()
         added.set()  # wakes visitors waiting for a tunnel
         try:
             tunnel.serve()
         finally:
             self.tunnels.remove(tunnel)
+            if self.cluster is not None:
+                self.cluster.remove_tunnel(tunnel.row)
             log.info("portal: tunnel %s closed", tunnel.name)
 
-    def pick(self, wait: float = TUNNEL_WAIT) -> PortalTunnel | None:
+    def drain_all(self) -> None:
+        for tunnel in list(self.tunnels):
+            tunnel.drain()
+            self._publish(tunnel)
+
+    def _publish(self, tunnel: PortalTunnel) -> None:
+        if self.cluster is not None:
+            self.cluster.publish(tunnel.row)
+
+    # -- visitors
+    def candidates(self, local_only: bool = False) -> Iterable[PortalTunnel | RemoteTunnel]:
+        if self.cluster is None or local_only:
+            return self.tunnels
+        return [*self.tunnels, *self.cluster.remote_portal_tunnels(self.tag)]
+
+    def pick(self, wait: float = TUNNEL_WAIT,
+             local_only: bool = False) -> PortalTunnel | RemoteTunnel | None:
         deadline = time.monotonic() + wait
         while True:
-            tunnel = pick_tunnel(self.tunnels)
+            tunnel = pick_tunnel(self.candidates(local_only))
             remaining = deadline - time.monotonic()
             if tunnel is not None or remaining <= 0:
                 return tunnel
-            self._tunnel_added.wait(remaining)  # replaced by a fresh Event on each set
+            # Sleep until a tunnel registers here, or poll the siblings' tunnels now and then.
+            self._tunnel_added.wait(min(remaining, 0.25 if self.cluster else remaining))
 
     def serve_visitor(self, session: Session, stream: Stream) -> None:
         first: bytes | None = None
@@ -162,22 +186,56 @@ class PortalOutbound:
         except OSError:
             stream.close()
             return
-        tunnel = self.pick()
-        if tunnel is None:
+        can_hand_off = isinstance(stream, SocketStream)
+        choice = self.pick(local_only=not can_hand_off)
+        if isinstance(choice, RemoteTunnel):
+            assert self.cluster is not None and isinstance(stream, SocketStream)
+            meta = Handoff(choice.tunnel_id, self.tag, session.target.network,
+                           session.target.address, session.target.port, session.source,
+                           first or b"")
+            if self.cluster.hand_off(choice, meta, stream.sock):
+                stream.close()  # only our copy: the sibling received its own descriptor
+                return
+            choice = self.pick(wait=0, local_only=True)
+        if choice is None:
             log.warning("portal %s: no tunnel available for %s", self.tag, session.describe())
             stream.close()
             return
-        network = NETWORK_UDP if session.target.network == "udp" else NETWORK_TCP
-        try:
-            mux_session = tunnel.mux.open_session(network, session.target.address,
-                                                  session.target.port, first)
-        except ConnectionError as exc:
-            log.warning("portal %s: tunnel %s refused %s: %s", self.tag, tunnel.name,
-                        session.describe(), exc)
+        self._carry(choice, session.target, stream, first, session.describe())
+
+    def serve_handoff(self, meta: Handoff, sock: socket.socket) -> None:
+        """A sibling accepted this visitor for one of our tunnels."""
+        tunnel = next((t for t in self.tunnels if t.tunnel_id == meta.tunnel_id
+                       and not t.closed), None)
+        if tunnel is None:  # it closed meanwhile: any local tunnel will do
+            tunnel = self.pick(wait=0, local_only=True)
+        stream = SocketStream(sock)
+        target = Target(meta.network, meta.address, meta.port)
+        if tunnel is None:
+            log.warning("portal %s: handed-off %s found no tunnel", self.tag, meta.source)
             stream.close()
             return
-        relay(stream, mux_session)
+        log.debug("portal %s: hand-off of %s for tunnel %d", self.tag, meta.source,
+                  meta.tunnel_id)
+        self.handed_in += 1
+        try:
+            self._carry(tunnel, target, stream, meta.first_payload or None, meta.source)
+        finally:
+            self.handed_in -= 1
 
-    def drain_all(self) -> None:
-        for tunnel in list(self.tunnels):
-            tunnel.drain()
+    def _carry(self, tunnel: PortalTunnel, target: Target, stream: Stream,
+               first: bytes | None, what: str) -> None:
+        network = NETWORK_UDP if target.network == "udp" else NETWORK_TCP
+        try:
+            mux_session = tunnel.mux.open_session(network, target.address, target.port, first)
+        except ConnectionError as exc:
+            log.warning("portal %s: tunnel %s refused %s: %s", self.tag, tunnel.name, what, exc)
+            stream.close()
+            return
+        log.debug("portal %s: %s carried as session %d of tunnel %s", self.tag, what,
+                  mux_session.id, tunnel.name)
+        self._publish(tunnel)
+        try:
+            relay(stream, mux_session)
+        finally:
+            self._publish(tunnel)

@@ -1,0 +1,133 @@
+"""A worker's view of its siblings through the state table: it publishes its own tunnels and
+reads theirs, and hands visitors to the sibling that owns the chosen tunnel."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from revproxy import handoff
+from revproxy.statetable import (
+    ROLE_PORTAL,
+    TUNNEL_ACTIVE,
+    TUNNEL_DRAINING,
+    TUNNELS_PER_WORKER,
+    WORKER_RETIRING,
+    WORKER_RUNNING,
+    StateTable,
+    TunnelRow,
+)
+
+SIBLING_SILENCE = 10.0  # a sibling whose heartbeat is older is ignored
+
+
+class PublishedTunnel(Protocol):
+    tunnel_id: int
+    tag: str
+    peer: str
+    draining: bool
+    throughput: float
+    opened: float
+
+    @property
+    def active_sessions(self) -> int: ...
+
+    @property
+    def total_sessions(self) -> int: ...
+
+    @property
+    def bytes_up(self) -> int: ...
+
+    @property
+    def bytes_down(self) -> int: ...
+
+    @property
+    def last_heard(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteTunnel:
+    """A sibling's portal tunnel, as the table shows it."""
+
+    pid: int
+    tunnel_id: int
+    active_sessions: int
+    throughput: float
+    draining: bool
+    closed: bool = False
+
+
+class Cluster:
+    def __init__(self, table: StateTable, slot: int, generation: int,
+                 endpoint: socket.socket, send_lock: AbstractContextManager,
+                 sleep: Callable[[float], None]) -> None:
+        self.table = table
+        self.slot = slot
+        self.pid = os.getpid()
+        self.generation = generation
+        self.endpoint = endpoint
+        self._send_lock = send_lock
+        self._sleep = sleep
+        self._rows: dict[int, tuple[int, PublishedTunnel]] = {}  # row index -> (role, tunnel)
+
+    # -- publishing this worker's tunnels
+    def add_tunnel(self, role: int, tunnel: PublishedTunnel) -> int | None:
+        for index in range(TUNNELS_PER_WORKER):
+            if index not in self._rows:
+                self._rows[index] = (role, tunnel)
+                self.publish(index)
+                return index
+        return None  # the table is full: the tunnel works, it is just not shared
+
+    def publish(self, index: int | None) -> None:
+        if index is None or index not in self._rows:
+            return
+        role, tunnel = self._rows[index]
+        self.table.write_tunnel(self.slot, index, TunnelRow(
+            owner_pid=self.pid, slot=self.slot, tunnel_id=tunnel.tunnel_id, role=role,
+            state=TUNNEL_DRAINING if tunnel.draining else TUNNEL_ACTIVE, tag=tunnel.tag,
+            peer=tunnel.peer, active_sessions=tunnel.active_sessions,
+            total_sessions=tunnel.total_sessions, bytes_up=tunnel.bytes_up,
+            bytes_down=tunnel.bytes_down, throughput=tunnel.throughput, opened=tunnel.opened,
+            heartbeat=tunnel.last_heard, generation=self.generation))
+
+    def publish_all(self) -> None:
+        for index in self._rows:
+            self.publish(index)
+
+    def remove_tunnel(self, index: int | None) -> None:
+        if index is not None and self._rows.pop(index, None) is not None:
+            self.table.free_tunnel(self.slot, index)
+
+    # -- siblings
+    def live_siblings(self) -> dict[int, int]:
+        """slot -> pid of running or retiring siblings with a fresh heartbeat."""
+        now = time.time()
+        return {slot: row.pid for slot, row in self.table.workers()
+                if slot != self.slot and row.state in (WORKER_RUNNING, WORKER_RETIRING)
+                and now - row.heartbeat < SIBLING_SILENCE}
+
+    def remote_portal_tunnels(self, tag: str) -> Iterable[RemoteTunnel]:
+        siblings = self.live_siblings()
+        if not siblings:
+            return ()
+        return [RemoteTunnel(row.owner_pid, row.tunnel_id, row.active_sessions, row.throughput,
+                             row.state == TUNNEL_DRAINING)
+                for slot, _index, row in self.table.tunnels()
+                if slot in siblings and row.owner_pid == siblings[slot]
+                and row.role == ROLE_PORTAL and row.tag == tag]
+
+    def hand_off(self, target: RemoteTunnel, meta: handoff.Handoff,
+                 visitor: socket.socket) -> bool:
+        # One sender at a time: a cooperative socket allows a single waiting writer.
+        with self._send_lock:
+            try:
+                handoff.send(self.endpoint, target.pid, meta, visitor, self._sleep)
+            except OSError:
+                return False
+        return True

@@ -1,0 +1,138 @@
+"""``revproxy status``: the master and its workers as psutil sees them, plus the tunnel table
+from shared memory; as a table for people or one JSON object for scripts."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import psutil
+
+from revproxy.statetable import (
+    TUNNEL_DRAINING,
+    WORKER_BOOTING,
+    WORKER_RETIRING,
+    WORKER_RUNNING,
+    StateTable,
+    StateTableError,
+)
+
+_WORKER_STATES = {WORKER_BOOTING: "booting", WORKER_RUNNING: "running",
+                  WORKER_RETIRING: "retiring"}
+_ROLES = {1: "portal", 2: "bridge"}
+CPU_SAMPLE = 0.2
+
+
+class StatusError(Exception):
+    """Nothing to report on: no such master, or no state table."""
+
+
+def find_state_file(master: psutil.Process) -> str:
+    """The master keeps its state table open; find it among its open files."""
+    for opened in master.open_files():
+        if opened.path.endswith(".state"):
+            return opened.path
+    raise StatusError(f"process {master.pid} has no revproxy state table open")
+
+
+def _process_view(proc: psutil.Process) -> dict:
+    with proc.oneshot():
+        try:
+            connections = len(proc.connections(kind="inet"))
+        except (psutil.AccessDenied, AttributeError):
+            connections = None
+        return {
+            "pid": proc.pid,
+            "title": " ".join(proc.cmdline()),
+            "uptime": round(time.time() - proc.create_time(), 1),
+            "cpu_percent": proc.cpu_percent(None),
+            "rss": proc.memory_info().rss,
+            "fds": proc.num_fds(),
+            "connections": connections,
+        }
+
+
+def collect(master_pid: int, state_path: str | None = None) -> dict:
+    try:
+        master = psutil.Process(master_pid)
+    except psutil.NoSuchProcess:
+        raise StatusError(f"no process {master_pid}: is revproxy running?") from None
+    path = state_path or find_state_file(master)
+    try:
+        table = StateTable.open(path)
+    except (OSError, StateTableError) as exc:
+        raise StatusError(f"{path}: {exc}") from None
+    try:
+        children = {child.pid: child for child in master.children()}
+        procs = [master, *children.values()]
+        for proc in procs:  # first sample; the second, CPU_SAMPLE later, gives the percentage
+            try:
+                proc.cpu_percent(None)
+            except psutil.Error:
+                pass
+        time.sleep(CPU_SAMPLE)
+        report = {"master": _process_view(master), "state_file": path,
+                  "generation": table.generation, "workers": [], "tunnels": []}
+        now = time.time()
+        for slot, row in table.workers():
+            entry = {"slot": slot, "pid": row.pid, "index": row.index,
+                     "generation": row.generation,
+                     "state": _WORKER_STATES.get(row.state, str(row.state)),
+                     "heartbeat_age": round(now - row.heartbeat, 1),
+                     "sessions": row.connections, "total_sessions": row.total_connections,
+                     "bytes_in": row.bytes_in, "bytes_out": row.bytes_out}
+            proc = children.get(row.pid)
+            if proc is not None:
+                try:
+                    entry.update({k: v for k, v in _process_view(proc).items() if k != "pid"})
+                except psutil.Error:
+                    pass
+            report["workers"].append(entry)
+        for slot, index, row in table.tunnels():
+            report["tunnels"].append({
+                "worker_pid": row.owner_pid, "slot": slot, "row": index, "id": row.tunnel_id,
+                "role": _ROLES.get(row.role, str(row.role)), "tag": row.tag, "peer": row.peer,
+                "state": "draining" if row.state == TUNNEL_DRAINING else "active",
+                "active_sessions": row.active_sessions, "total_sessions": row.total_sessions,
+                "bytes_up": row.bytes_up, "bytes_down": row.bytes_down,
+                "throughput": round(row.throughput, 1), "age": round(now - row.opened, 1),
+                "heard_ago": round(now - row.heartbeat, 1), "generation": row.generation})
+        return report
+    finally:
+        table.close()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render(report: dict) -> str:
+    master = report["master"]
+    lines = [f"master  pid {master['pid']}  up {master['uptime']:.0f}s  "
+             f"generation {report['generation']}  rss {_size(master['rss'])}  "
+             f"state {report['state_file']}", "",
+             f"{'PID':>7} {'WORKER':>6} {'GEN':>3} {'STATE':8} {'UP':>7} {'CPU%':>5} "
+             f"{'RSS':>10} {'FDS':>4} {'CONNS':>5} {'SESS':>5}"]
+    for w in report["workers"]:
+        lines.append(f"{w['pid']:>7} {w['index']:>6} {w['generation']:>3} {w['state']:8} "
+                     f"{w.get('uptime', 0):>6.0f}s {w.get('cpu_percent', 0):>5.1f} "
+                     f"{_size(w.get('rss', 0)):>10} {w.get('fds', 0):>4} "
+                     f"{w.get('connections') or 0:>5} {w['sessions']:>5}")
+    lines += ["", f"{'TUNNEL':14} {'ROLE':6} {'WORKER':>7} {'STATE':8} {'ACTIVE':>6} "
+                  f"{'TOTAL':>6} {'UP':>10} {'DOWN':>10} {'RATE/s':>10}  PEER"]
+    for t in report["tunnels"]:
+        lines.append(f"{t['tag'] + '#' + str(t['id']):14} {t['role']:6} {t['worker_pid']:>7} "
+                     f"{t['state']:8} {t['active_sessions']:>6} {t['total_sessions']:>6} "
+                     f"{_size(t['bytes_up']):>10} {_size(t['bytes_down']):>10} "
+                     f"{_size(t['throughput']):>10}  {t['peer']}")
+    if not report["tunnels"]:
+        lines.append("(no tunnels)")
+    return "\n".join(lines)
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(report, sort_keys=True)

@@ -1,0 +1,188 @@
+"""Life of one forked worker process: drop privileges, build the Worker, publish its state in
+the table, receive hand-offs from siblings, obey the supervisor's signals (TERM graceful,
+INT/QUIT fast, USR1 reopen logs), and show what it does in its process title."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket as stdsocket
+import time
+from dataclasses import dataclass
+
+import gevent
+from gevent import socket
+from gevent.event import Event
+from gevent.lock import Semaphore
+from setproctitle import setproctitle
+
+from revproxy import handoff
+from revproxy import log as logging_setup
+from revproxy.cluster import Cluster
+from revproxy.config import Config
+from revproxy.log import log
+from revproxy.statetable import (
+    WORKER_BOOTING,
+    WORKER_RETIRING,
+    WORKER_RUNNING,
+    StateTable,
+    WorkerRow,
+)
+from revproxy.supervisor import BOOT_ERROR
+from revproxy.worker import Worker
+
+PUBLISH_INTERVAL = 1.0
+TITLE_INTERVAL = 3.0
+
+
+@dataclass
+class WorkerSpec:
+    config: Config
+    listeners: dict[int, stdsocket.socket]
+    table: StateTable
+    slot: int
+    index: int
+    count: int
+    generation: int
+
+
+class WorkerProcess:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.pid = os.getpid()
+        self.started = time.time()
+        self.state = WORKER_BOOTING
+        self.worker: Worker | None = None
+        self.stop_requested = Event()
+        self.graceful = True
+        self._last_title = 0.0
+
+    def run(self) -> int:
+        spec = self.spec
+        config = spec.config
+        logging_setup.setup(config.log.level, config.log.error, config.log.access)
+        self.publish()
+        self.set_title("booting")
+        try:
+            drop_privileges(config.server.user, config.server.group)
+            endpoint = handoff.bind_endpoint(self.pid, socket.socket)
+            cluster = Cluster(spec.table, spec.slot, spec.generation, endpoint, Semaphore(),
+                              gevent.sleep)
+            self.worker = Worker(config, spec.listeners, replay=spec.table.replay_filter(),
+                                 cluster=cluster, workers=spec.count)
+            self.worker.start()
+        except Exception as exc:
+            log.error("worker %d: cannot start: %s", self.pid, exc)
+            return BOOT_ERROR
+        self.state = WORKER_RUNNING
+        gevent.signal_handler(signal.SIGTERM, self.request_stop, True)
+        gevent.signal_handler(signal.SIGINT, self.request_stop, False)
+        gevent.signal_handler(signal.SIGQUIT, self.request_stop, False)
+        gevent.signal_handler(signal.SIGUSR1, self.reopen_logs)
+        for ignored in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(ignored, signal.SIG_IGN)
+        publisher = gevent.spawn(self._publish_loop)
+        receiver = gevent.spawn(self._receive_handoffs, endpoint)
+        log.info("worker %d: %d/%d gen %d running", self.pid, spec.index, spec.count,
+                 spec.generation)
+        self.stop_requested.wait()
+        self.state = WORKER_RETIRING
+        self.publish()
+        self.set_title("stopping")
+        timeout = config.server.graceful_timeout if self.graceful else 0.0
+        self.worker.stop(timeout)
+        receiver.kill(block=False)
+        publisher.kill(block=False)
+        return 0
+
+    def request_stop(self, graceful: bool) -> None:
+        self.graceful = self.graceful and graceful
+        self.stop_requested.set()
+        if not graceful and self.state == WORKER_RETIRING:
+            os._exit(0)  # a second, fast stop while finishing: leave now
+
+    def reopen_logs(self) -> None:
+        config = self.spec.config
+        logging_setup.setup(config.log.level, config.log.error, config.log.access)
+
+    # -- state table and title
+    def publish(self) -> None:
+        worker = self.worker
+        dispatcher = worker.dispatcher if worker is not None else None
+        bytes_in = bytes_out = 0
+        if worker is not None:
+            for tunnel in worker.tunnels():
+                bytes_in += tunnel.bytes_down
+                bytes_out += tunnel.bytes_up
+        self.spec.table.write_worker(self.spec.slot, WorkerRow(
+            pid=self.pid, generation=self.spec.generation, index=self.spec.index,
+            state=self.state, started=self.started, heartbeat=time.time(),
+            connections=dispatcher.active if dispatcher else 0,
+            total_connections=dispatcher.total if dispatcher else 0,
+            bytes_in=bytes_in, bytes_out=bytes_out))
+
+    def _publish_loop(self) -> None:
+        parent = os.getppid()
+        while True:
+            if os.getppid() != parent:
+                log.error("worker %d: the master is gone, exiting", self.pid)
+                os._exit(1)
+            try:
+                now = time.monotonic()
+                assert self.worker is not None
+                for tunnel in self.worker.tunnels():
+                    tunnel.measure(now)
+                if self.worker.cluster is not None:
+                    self.worker.cluster.publish_all()
+                self.publish()
+                if now - self._last_title >= TITLE_INTERVAL:
+                    self.set_title(self.worker.summary())
+                    self._last_title = now
+            except Exception:
+                log.exception("worker %d: publishing state failed", self.pid)
+            gevent.sleep(PUBLISH_INTERVAL)
+
+    def set_title(self, what: str) -> None:
+        spec = self.spec
+        setproctitle(f"revproxy: worker {spec.index}/{spec.count} gen {spec.generation} "
+                     f"[{what}]")
+
+    # -- hand-offs
+    def _receive_handoffs(self, endpoint: socket.socket) -> None:
+        assert self.worker is not None
+        portals = {portal.tag: portal for portal in self.worker.portals}
+        while True:
+            try:
+                meta, fd = handoff.receive(endpoint)
+            except OSError as exc:
+                log.warning("worker %d: hand-off receive failed: %s", self.pid, exc)
+                gevent.sleep(0.1)
+                continue
+            if fd is None:
+                continue
+            visitor = socket.socket(fileno=fd)
+            portal = portals.get(meta.portal_tag) if meta is not None else None
+            if portal is None:
+                log.warning("worker %d: dropped a malformed hand-off", self.pid)
+                visitor.close()
+                continue
+            gevent.spawn(portal.serve_handoff, meta, visitor)
+
+
+def drop_privileges(user: str | None, group: str | None) -> None:
+    """Become ``user``/``group`` when started as root (the sockets are already bound)."""
+    if os.geteuid() != 0 or not user:
+        return
+    import grp
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    os.setgroups([])
+    os.initgroups(user, gid)
+    os.setgid(gid)
+    os.setuid(entry.pw_uid)
+
+
+def run_worker(spec: WorkerSpec) -> int:
+    return WorkerProcess(spec).run()
