@@ -48,11 +48,14 @@ PACKAGE_PATHS = ("/usr/bin/revproxy", "/usr/lib/python3/dist-packages/revproxy",
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
 APT_ENV = {**CLEAN_ENV, "DEBIAN_FRONTEND": "noninteractive"}
 
-# Runs a command under the seccomp filter of systemd's MemoryDenyWriteExecute=yes (the same
-# four rules, via libseccomp, which apt itself needs): the units set it, so the installed
-# program must work with it.
-MDWE_LAUNCHER = r'''
-import ctypes, os, sys
+# Runs a command under the seccomp filters that revproxy.service asks systemd for, read from
+# the installed unit (see unit_confinement): SystemCallFilter= (an allow-list, EPERM for the
+# rest), RestrictAddressFamilies= and MemoryDenyWriteExecute= (systemd's four rules). Built with
+# libseccomp, which apt itself needs. systemd is not PID 1 in the containers this runs in, so
+# this is how the test makes sure the hardening does not break the program.
+SECCOMP_LAUNCHER = r"""
+import ctypes, json, os, sys
+spec = json.load(open(sys.argv[1]))
 lib = ctypes.CDLL("libseccomp.so.2")
 class Cmp(ctypes.Structure):
     _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
@@ -62,18 +65,76 @@ lib.seccomp_init.argtypes = [ctypes.c_uint32]
 lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
                                        ctypes.c_uint, ctypes.POINTER(Cmp)]
 lib.seccomp_load.argtypes = [ctypes.c_void_p]
-ctx = lib.seccomp_init(0x7FFF0000)                       # default: allow
-def deny(name, mask):                                    # EPERM when (arg2 & mask) == mask
-    rule = (Cmp * 1)(Cmp(2, 7, mask, mask))              # 7 = SCMP_CMP_MASKED_EQ
+ALLOW, EQ, GT, MASKED_EQ = 0x7FFF0000, 4, 6, 7
+def errno(n):
+    return 0x00050000 | n
+def rule(ctx, action, name, *cmps):
     nr = lib.seccomp_syscall_resolve_name(name.encode())
-    assert lib.seccomp_rule_add_array(ctx, 0x00050001, nr, 1, rule) == 0, name
-deny("mmap", 2 | 4)                                      # PROT_WRITE | PROT_EXEC
-deny("mprotect", 4)                                      # PROT_EXEC
-deny("pkey_mprotect", 4)
-deny("shmat", 0o100000)                                  # SHM_EXEC
-assert lib.seccomp_load(ctx) == 0
-os.execv(sys.argv[1], sys.argv[1:])
-'''
+    if nr >= 0:  # names this kernel/architecture does not have are skipped, as systemd does
+        arr = (Cmp * max(1, len(cmps)))(*[Cmp(*c) for c in cmps])
+        assert lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), arr) == 0, name
+filters = []
+if spec["mdwe"]:
+    ctx = lib.seccomp_init(ALLOW)
+    rule(ctx, errno(1), "mmap", (2, MASKED_EQ, 6, 6))            # PROT_WRITE|PROT_EXEC
+    rule(ctx, errno(1), "mprotect", (2, MASKED_EQ, 4, 4))        # PROT_EXEC
+    rule(ctx, errno(1), "pkey_mprotect", (2, MASKED_EQ, 4, 4))
+    rule(ctx, errno(1), "shmat", (2, MASKED_EQ, 0o100000, 0o100000))  # SHM_EXEC
+    filters.append(ctx)
+if spec["families"]:
+    ctx = lib.seccomp_init(ALLOW)
+    for family in range(max(spec["families"])):
+        if family not in spec["families"]:
+            rule(ctx, errno(97), "socket", (0, EQ, family, 0))   # EAFNOSUPPORT
+    rule(ctx, errno(97), "socket", (0, GT, max(spec["families"]), 0))
+    filters.append(ctx)
+if spec["allow"]:  # last: once loaded, seccomp() itself is no longer allowed
+    ctx = lib.seccomp_init(errno(1))
+    for name in spec["allow"]:
+        rule(ctx, ALLOW, name)
+    filters.append(ctx)
+for ctx in filters:
+    assert lib.seccomp_load(ctx) == 0
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10}
+
+
+def syscall_group(name: str, seen: set[str] | None = None) -> set[str]:
+    """The system calls of a systemd group such as @system-service, nested groups expanded."""
+    if not name.startswith("@"):
+        return {name}
+    seen = set() if seen is None else seen
+    seen.add(name)
+    listing = sh("systemd-analyze", "syscall-filter", name).stdout.splitlines()[1:]
+    calls: set[str] = set()
+    for entry in (line.strip() for line in listing):
+        if entry and not entry.startswith("#") and entry not in seen:
+            calls |= syscall_group(entry, seen)
+    return calls
+
+
+def unit_confinement() -> dict:
+    """The seccomp side of the installed revproxy.service, for SECCOMP_LAUNCHER."""
+    unit = next(Path(d, UNITS[0]) for d in ("/lib/systemd/system", "/usr/lib/systemd/system")
+                if Path(d, UNITS[0]).is_file())
+    settings: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            settings.setdefault(key.strip(), []).append(value.strip())
+    assert settings.get("SystemCallErrorNumber", ["EPERM"]) == ["EPERM"]  # what we emulate
+    allow: set[str] = set()
+    if shutil.which("systemd-analyze"):
+        for value in settings.get("SystemCallFilter", []):
+            if value.startswith("~"):
+                allow -= set().union(*(syscall_group(n) for n in value[1:].split()))
+            else:
+                allow |= set().union(*(syscall_group(n) for n in value.split()))
+    families = [FAMILIES[f] for v in settings.get("RestrictAddressFamilies", [])
+                for f in v.split()]
+    return {"allow": sorted(allow), "families": sorted(families),
+            "mdwe": settings.get("MemoryDenyWriteExecute") == ["yes"]}
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 300, env: dict | None = None,
@@ -125,20 +186,32 @@ def installed(deb: Path):
     sh("apt-get", "install", "-y", f"./{deb.relative_to(ROOT)}", env=APT_ENV, cwd=str(ROOT))
     assert dpkg_status() == "install ok installed"
     yield deb
+    stop_all_servers()
     purge_if_present()
+    if user_exists():  # purge could not delete it (a failed test left a process behind)
+        sh("deluser", "--quiet", "--system", "revproxy", check=False)
+        sh("delgroup", "--quiet", "--system", "revproxy", check=False)
+
+
+def runs_as_revproxy(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}").stat().st_uid == pwd.getpwnam("revproxy").pw_uid
+    except (FileNotFoundError, KeyError):
+        return False
 
 
 class Servers:
-    """Portal, bridge and backend run from the installed package as revproxy.service would:
-    user revproxy, no new privileges, MemoryDenyWriteExecute's filter, a clean environment,
-    working directory /."""
+    """Portal and bridge run from the installed package much as revproxy.service runs it: user
+    revproxy, no new privileges, the unit's seccomp filters, a clean environment, working
+    directory /. (The backend is the suite's own.)"""
 
     def __init__(self, backend_port: int) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="revproxy-deb-"))
         os.chmod(self.dir, 0o755)
         entry = pwd.getpwnam("revproxy")
         os.chown(self.dir, entry.pw_uid, entry.pw_gid)  # pid and state files go here
-        (self.dir / "mdwe.py").write_text(MDWE_LAUNCHER)
+        (self.dir / "seccomp.py").write_text(SECCOMP_LAUNCHER)
+        (self.dir / "seccomp.json").write_text(json.dumps(unit_confinement()))
         self.public_port = free_port()
         vmess_port = free_port()
         self.procs: dict[str, Proc] = {}
@@ -195,8 +268,8 @@ class Servers:
     def start(self, name: str) -> Proc:
         argv = ["env", "-i", *(f"{k}={v}" for k, v in CLEAN_ENV.items()), "--chdir=/",
                 "setpriv", "--reuid=revproxy", "--regid=revproxy", "--clear-groups",
-                "--no-new-privs", SYSTEM_PY, str(self.dir / "mdwe.py"),
-                BIN, "run", "-c", self.config_path(name)]
+                "--no-new-privs", SYSTEM_PY, str(self.dir / "seccomp.py"),
+                str(self.dir / "seccomp.json"), BIN, "run", "-c", self.config_path(name)]
         # env, setpriv and the launcher exec: the Popen pid is the revproxy master's.
         proc = Proc(name, argv, self.dir)
         self.procs[name] = proc
@@ -226,24 +299,35 @@ class Servers:
         for name in list(self.procs):
             self.stop(name)
         for pid in self.descendants:  # workers a crashed master left behind: ours only
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            if runs_as_revproxy(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def output(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in self.procs.values())
 
 
+_started: list[Servers] = []
+
+
+def stop_all_servers() -> None:
+    """Before remove/purge: nothing may still run as the revproxy user."""
+    while _started:
+        _started.pop().close()
+
+
 @pytest.fixture(scope="module")
 def servers(installed, backend):
     servers = Servers(backend)
+    _started.append(servers)
     # Started in this order so the first tunnel comes up at once (either order works).
     servers.start("portal")
     servers.start("bridge")
     yield servers
-    servers.close()
+    stop_all_servers()
 
 
 def worker_pids(master: int) -> set[int]:
@@ -318,6 +402,10 @@ def test_units_and_logrotate_are_accepted(installed, tmp_path: Path) -> None:
 
 def test_installed_program_serves_through_the_tunnel(servers: Servers) -> None:
     wait_served(servers.public_port, timeout=60, procs=tuple(servers.procs.values()))
+    confinement = json.loads((servers.dir / "seccomp.json").read_text())
+    assert confinement["mdwe"] and confinement["families"] == [1, 2, 10], confinement
+    if shutil.which("systemd-analyze"):
+        assert "execve" in confinement["allow"] and "setuid" not in confinement["allow"]
     for proc in servers.procs.values():  # as the revproxy user, confined as in the unit
         assert Path(f"/proc/{proc.pid}").stat().st_uid == pwd.getpwnam("revproxy").pw_uid
         status = Path(f"/proc/{proc.pid}/status").read_text()
@@ -371,7 +459,7 @@ def test_servers_stop_gracefully(servers: Servers) -> None:
         if hasattr(revproxy.cli, "cmd_stop"):
             assert not Path(servers.pidfile(name)).exists(), "pid file left after a stop"
     time.sleep(0.5)
-    left = [pid for pid in servers.descendants if Path(f"/proc/{pid}").exists()]
+    left = [pid for pid in servers.descendants if runs_as_revproxy(pid)]
     assert not left, f"workers outlived their master: {left}"
 
 
@@ -379,6 +467,7 @@ def test_servers_stop_gracefully(servers: Servers) -> None:
 
 
 def test_remove_keeps_configuration_logs_and_user(installed) -> None:
+    stop_all_servers()
     with open(CONFIG, "a") as f:
         f.write("# edited by the administrator\n")
     sh("apt-get", "remove", "-y", "revproxy", env=APT_ENV)
@@ -391,6 +480,7 @@ def test_remove_keeps_configuration_logs_and_user(installed) -> None:
 
 
 def test_purge_leaves_the_system_clean(installed) -> None:
+    stop_all_servers()
     uid = pwd.getpwnam("revproxy").pw_uid if user_exists() else None
     sh("apt-get", "purge", "-y", "revproxy", env=APT_ENV)
     assert dpkg_status() in ("", "unknown ok not-installed")
