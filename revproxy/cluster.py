@@ -112,6 +112,17 @@ class Cluster:
                 if slot != self.slot and row.state in (WORKER_RUNNING, WORKER_RETIRING)
                 and now - row.heartbeat < SIBLING_SILENCE}
 
+    def replaced(self, role: int, tag: str) -> bool:
+        """Does a running sibling hold an active tunnel of ``role`` and ``tag``? (A retiring
+        worker keeps its own tunnels until then, so visitors always find one.)"""
+        now = time.time()
+        running = {slot: row.pid for slot, row in self.table.workers()
+                   if slot != self.slot and row.state == WORKER_RUNNING
+                   and now - row.heartbeat < SIBLING_SILENCE}
+        return any(slot in running and row.owner_pid == running[slot] and row.role == role
+                   and row.tag == tag and row.state == TUNNEL_ACTIVE
+                   for slot, _index, row in self.table.tunnels())
+
     def remote_portal_tunnels(self, tag: str) -> Iterable[RemoteTunnel]:
         siblings = self.live_siblings()
         if not siblings:

@@ -13,6 +13,7 @@ from revproxy.stream import Stream
 
 IDLE_TIMEOUT = 300.0
 AFTER_HALF_CLOSE = 30.0
+YIELD_EVERY = 15  # mask: yield to the hub once every 16 transfers
 
 
 def relay(a: Stream, b: Stream, idle: float = IDLE_TIMEOUT,
@@ -31,12 +32,17 @@ def relay(a: Stream, b: Stream, idle: float = IDLE_TIMEOUT,
 
 
 def _pump(src: Stream, dst: Stream, after_half_close: float) -> None:
+    rounds = 0
     try:
         while True:
             data = src.recv()
             if not data:
                 break
             dst.send(data)
+            rounds += 1
+            if not rounds & YIELD_EVERY:
+                # Reads and writes that never block never yield: let the others run.
+                gevent.sleep(0)
         dst.close_write()
         # Only the opposite direction remains: bound how long it may stay silent.
         dst.settimeout(after_half_close)

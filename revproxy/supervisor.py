@@ -268,8 +268,9 @@ class Supervisor:
             self.next_spawn = now + self.respawn_delay
 
     def _retire(self, worker: WorkerInfo) -> None:
+        """Graceful stop of one worker whose siblings carry on (SIGUSR2, see workerprocess)."""
         worker.retiring = True
-        self._kill(worker.pid, signal.SIGTERM)
+        self._kill(worker.pid, signal.SIGUSR2)
 
     def _retire_replaced_generations(self) -> None:
         """Once the newest generation runs, send the older ones home."""

@@ -40,6 +40,7 @@ from revproxy.reverse.bridge import Bridge
 from revproxy.reverse.portal import PortalOutbound
 from revproxy.reverse.tunnel import Tunnel
 from revproxy.routing import Router
+from revproxy.statetable import ROLE_BRIDGE, ROLE_PORTAL
 
 MAX_CONNECTIONS = 10000  # per inbound; gevent's Pool gives back-pressure beyond it
 
@@ -150,10 +151,33 @@ class Worker:
         for bridge in self.bridges:
             bridge.stop_dialing()
 
-    def stop(self, timeout: float = 0.0) -> None:
-        """Stop accepting, wait up to ``timeout`` s for running sessions, then cut the rest."""
+    def replaced(self) -> bool:
+        """Whether siblings hold active tunnels for every portal and bridge that has some here."""
+        if self.cluster is None:
+            return True
+        for portal in self.portals:
+            if portal.tunnels and not self.cluster.replaced(ROLE_PORTAL, portal.tag):
+                return False
+        for bridge in self.bridges:
+            if bridge.tunnels and not self.cluster.replaced(ROLE_BRIDGE, bridge.tag):
+                return False
+        return True
+
+    def stop(self, timeout: float = 0.0, retire: bool = False) -> None:
+        """Stop accepting, wait up to ``timeout`` s for running sessions, then cut the rest.
+
+        ``retire`` (a reload or one worker less): first keep the tunnels until siblings have
+        their own, so that no visitor finds none.
+        """
         self.stop_accepting()
         deadline = time.monotonic() + timeout
+        if retire:
+            while not self.replaced() and time.monotonic() < deadline:
+                gevent.sleep(0.2)
+        for bridge in self.bridges:
+            bridge.retire()
+        if timeout:
+            gevent.sleep(min(0.5, timeout))  # sessions opened just before the portal heard
         while self.busy() and time.monotonic() < deadline:
             gevent.sleep(0.1)
         for bridge in self.bridges:

@@ -1,6 +1,6 @@
 """Life of one forked worker process: drop privileges, build the Worker, publish its state in
 the table, receive hand-offs from siblings, obey the supervisor's signals (TERM graceful,
-INT/QUIT fast, USR1 reopen logs), and show what it does in its process title."""
+USR2 retire, INT/QUIT fast, USR1 reopen logs), and show what it does in its process title."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ class WorkerProcess:
         self.worker: Worker | None = None
         self.stop_requested = Event()
         self.graceful = True
+        self.retire = False
         self._last_title = 0.0
 
     def run(self) -> int:
@@ -76,6 +77,7 @@ class WorkerProcess:
             return BOOT_ERROR
         self.state = WORKER_RUNNING
         gevent.signal_handler(signal.SIGTERM, self.request_stop, True)
+        gevent.signal_handler(signal.SIGUSR2, self.request_stop, True, True)
         gevent.signal_handler(signal.SIGINT, self.request_stop, False)
         gevent.signal_handler(signal.SIGQUIT, self.request_stop, False)
         gevent.signal_handler(signal.SIGUSR1, self.reopen_logs)
@@ -90,13 +92,16 @@ class WorkerProcess:
         self.publish()
         self.set_title("stopping")
         timeout = config.server.graceful_timeout if self.graceful else 0.0
-        self.worker.stop(timeout)
+        self.worker.stop(timeout, retire=self.retire and self.graceful)
         receiver.kill(block=False)
         publisher.kill(block=False)
         return 0
 
-    def request_stop(self, graceful: bool) -> None:
+    def request_stop(self, graceful: bool, retire: bool = False) -> None:
+        """TERM: graceful stop; USR2: retire (graceful, after siblings took over the
+        tunnels); INT/QUIT: fast stop."""
         self.graceful = self.graceful and graceful
+        self.retire = retire and not self.stop_requested.is_set()
         self.stop_requested.set()
         if not graceful and self.state == WORKER_RETIRING:
             os._exit(0)  # a second, fast stop while finishing: leave now

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import gevent
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Queue
 
@@ -40,7 +41,7 @@ _EOF = b""
 class MuxSession:
     """One session of a mux connection, usable as a stream."""
 
-    __slots__ = ("conn", "id", "network", "sink", "_queue", "_timeout", "_ended_local",
+    __slots__ = ("conn", "id", "network", "sink", "on_end", "_queue", "_timeout", "_ended_local",
                  "_ended_remote", "closed", "bytes_in", "bytes_out")
 
     def __init__(self, conn: MuxConnection, session_id: int, network: int) -> None:
@@ -48,6 +49,7 @@ class MuxSession:
         self.id = session_id
         self.network = network
         self.sink: Callable[[bytes], None] | None = None
+        self.on_end: Callable[[], None] | None = None  # the peer ended the session
         self._queue: Queue = Queue(SESSION_QUEUE)
         self._timeout: float | None = None
         self._ended_local = False
@@ -66,6 +68,8 @@ class MuxSession:
 
     def _remote_end(self, error: bool) -> None:
         self._ended_remote = True
+        if self.on_end is not None:
+            self.on_end()
         if not self.closed:
             self._queue.put(ConnectionResetError("mux: session reset by peer") if error else _EOF)
 
@@ -178,11 +182,15 @@ class MuxConnection:
     def run(self) -> None:
         """Read frames until the tunnel ends or misbehaves; then close everything."""
         decoder = FrameDecoder()
+        rounds = 0
         try:
             while True:
                 data = self.tunnel.recv()
                 if not data:
                     break
+                rounds += 1
+                if not rounds & 15:
+                    gevent.sleep(0)  # a tunnel that never blocks must not starve the others
                 self.last_received = time.monotonic()
                 self.bytes_received += len(data)
                 try:

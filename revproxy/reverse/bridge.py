@@ -49,6 +49,7 @@ class BridgeTunnel(Tunnel):
         self.mux = MuxServer(stream, self._accept, self.name)
         self.drained_at = 0.0
         self.idle_since = time.monotonic()
+        self._control: MuxSession | None = None
 
     def silent_for(self, now: float) -> float:
         return now - self.mux.last_received
@@ -56,11 +57,19 @@ class BridgeTunnel(Tunnel):
     def _accept(self, session: MuxSession, frame: Frame) -> None:
         if frame.address == CONTROL_DOMAIN:
             session.sink = self._on_control
+            self._control = session
             return
         network = "udp" if frame.network == NETWORK_UDP else "tcp"
         target = Target(network, frame.address or "", frame.port or 0)
         gevent.spawn(self.bridge.dispatcher.handle,
                      Session(target, self.bridge.tag, source=self.name), session)
+
+    def retire(self) -> None:
+        """Ask the portal to send no new sessions here: end the control session (a revproxy
+        portal then drains the tunnel; V2Ray's portal does not react)."""
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()
 
     def _on_control(self, payload: bytes) -> None:
         try:
@@ -104,6 +113,12 @@ class Bridge:
     def stop_dialing(self) -> None:
         """For a graceful stop: keep serving the running sessions, open no new tunnel."""
         self.dialing = False
+
+    def retire(self) -> None:
+        """For a graceful stop, once replacement tunnels exist: steer the portal away."""
+        self.dialing = False
+        for tunnel in self.tunnels + self.retired:
+            tunnel.retire()
 
     def stop(self) -> None:
         if self._runner is not None:

@@ -59,6 +59,7 @@ class PortalTunnel(Tunnel):
             self.mux.close()
             return
         self._control.sink = _discard
+        self._control.on_end = self._bridge_retires
         heartbeat = gevent.spawn(self._heartbeat)
         try:
             self.mux.run()
@@ -78,6 +79,12 @@ class PortalTunnel(Tunnel):
             except ConnectionError:
                 pass
             control.close()
+
+    def _bridge_retires(self) -> None:
+        """A revproxy bridge that is going away ends the control session: use other tunnels."""
+        if not self.draining:
+            log.info("portal: tunnel %s: the bridge retires it", self.name)
+            self.drain()
 
     def _heartbeat(self) -> None:
         while not self.mux.closed:
@@ -157,16 +164,18 @@ class PortalOutbound:
             self.cluster.publish(tunnel.row)
 
     # -- visitors
-    def candidates(self, local_only: bool = False) -> Iterable[PortalTunnel | RemoteTunnel]:
+    def candidates(self, local_only: bool = False,
+                   exclude_pid: int = 0) -> Iterable[PortalTunnel | RemoteTunnel]:
         if self.cluster is None or local_only:
             return self.tunnels
-        return [*self.tunnels, *self.cluster.remote_portal_tunnels(self.tag)]
+        remote = [t for t in self.cluster.remote_portal_tunnels(self.tag) if t.pid != exclude_pid]
+        return [*self.tunnels, *remote]
 
-    def pick(self, wait: float = TUNNEL_WAIT,
-             local_only: bool = False) -> PortalTunnel | RemoteTunnel | None:
+    def pick(self, wait: float = TUNNEL_WAIT, local_only: bool = False,
+             exclude_pid: int = 0) -> PortalTunnel | RemoteTunnel | None:
         deadline = time.monotonic() + wait
         while True:
-            tunnel = pick_tunnel(self.candidates(local_only))
+            tunnel = pick_tunnel(self.candidates(local_only, exclude_pid))
             remaining = deadline - time.monotonic()
             if tunnel is not None or remaining <= 0:
                 return tunnel
@@ -187,8 +196,9 @@ class PortalOutbound:
             stream.close()
             return
         can_hand_off = isinstance(stream, SocketStream)
+        deadline = time.monotonic() + TUNNEL_WAIT
         choice = self.pick(local_only=not can_hand_off)
-        if isinstance(choice, RemoteTunnel):
+        while isinstance(choice, RemoteTunnel):
             assert self.cluster is not None and isinstance(stream, SocketStream)
             meta = Handoff(choice.tunnel_id, self.tag, session.target.network,
                            session.target.address, session.target.port, session.source,
@@ -196,7 +206,9 @@ class PortalOutbound:
             if self.cluster.hand_off(choice, meta, stream.sock):
                 stream.close()  # only our copy: the sibling received its own descriptor
                 return
-            choice = self.pick(wait=0, local_only=True)
+            # That sibling just went away: choose again among what is left.
+            choice = self.pick(wait=max(0.0, deadline - time.monotonic()),
+                               exclude_pid=choice.pid)
         if choice is None:
             log.warning("portal %s: no tunnel available for %s", self.tag, session.describe())
             stream.close()

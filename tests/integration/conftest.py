@@ -38,8 +38,10 @@ class Proc:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
+        # A session of its own, so that the whole server (master and workers) can be
+        # signalled at once, as an operator's kill of the process group would.
         self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                      cwd=ROOT)
+                                      cwd=ROOT, start_new_session=True)
 
     @property
     def pid(self) -> int:
@@ -48,18 +50,26 @@ class Proc:
     def signal(self, signum: int) -> None:
         self.popen.send_signal(signum)
 
+    def signal_all(self, signum: int) -> None:
+        """Signal every process of this server (its process group)."""
+        try:
+            os.killpg(self.popen.pid, signum)
+        except ProcessLookupError:
+            pass
+
     def alive(self) -> bool:
         return self.popen.poll() is None
 
     def stop(self) -> int | None:
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGCONT)
+            self.signal_all(signal.SIGCONT)
             self.popen.terminate()
             try:
-                self.popen.wait(10)
+                self.popen.wait(20)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(10)
+        self.signal_all(signal.SIGKILL)  # nothing of it may outlive the test
         self._log.close()
         return self.popen.returncode
 

@@ -21,7 +21,7 @@ def test_portal_killed_and_restarted(portal_kind, backend, tmp_path):
     bridge = start_end("revproxy", "bridge", bridge_config(USER_ID, backend, tunnel), tmp_path)
     try:
         wait_served(public, procs=(portal, bridge))
-        portal.signal(signal.SIGKILL)
+        portal.signal_all(signal.SIGKILL)
         portal.stop()
         time.sleep(1.0)
         portal = start_end(portal_kind, "portal2", config, tmp_path)
@@ -39,11 +39,11 @@ def test_portal_frozen_then_resumed(backend, tmp_path):
                        bridge_config(USER_ID, backend, tunnel, loglevel="info"), tmp_path)
     try:
         wait_served(public, procs=(portal, bridge))
-        portal.signal(signal.SIGSTOP)
+        portal.signal_all(signal.SIGSTOP)
         time.sleep(15)
         log = bridge.output()
         assert "silent for" in log, log[-2000:]
-        portal.signal(signal.SIGCONT)
+        portal.signal_all(signal.SIGCONT)
         waited = wait_served(public, timeout=30, procs=(portal, bridge))
         assert waited < 5.0, f"served again only after {waited:.1f} s"
     finally:

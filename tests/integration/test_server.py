@@ -218,9 +218,10 @@ def test_ttin_ttou_change_worker_count(pair):
     public, portal, bridge, tmp = pair
     portal.signal(signal.SIGTTIN)
     wait_for(lambda: len(worker_pids(tmp / "portal.pid")) == 3, "a third worker")
-    portal.signal(signal.SIGTTOU)
-    portal.signal(signal.SIGTTOU)
-    wait_for(lambda: len(status(tmp / "portal.pid")["workers"]) == 1, "one worker left")
+    for left in (2, 1):  # one at a time: the kernel merges pending signals of one kind
+        portal.signal(signal.SIGTTOU)
+        wait_for(lambda n=left: len(status(tmp / "portal.pid")["workers"]) == n,
+                 f"{left} workers left")
     wait_served(public, timeout=20, procs=(portal, bridge))
 
 
@@ -313,7 +314,7 @@ def test_short_requests_avoid_the_busy_tunnel(backend, tmp_path):
         reader.start()
         time.sleep(2.5)  # the bulk tunnel's throughput shows in the table
         before = {t["id"]: t for t in status(tmp_path / "portal.pid")["tunnels"]}
-        busy = max(before.values(), key=lambda t: t["throughput"])["id"]
+        busy = max(before.values(), key=lambda t: t["active_sessions"])["id"]
         assert before[busy]["throughput"] > 1e6
         for _ in range(20):
             code, _ = request(public, timeout=TIMEOUT)

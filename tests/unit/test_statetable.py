@@ -42,7 +42,8 @@ from revproxy.statetable import (
 U8, U16, U32, U64 = (st.integers(0, 2**bits - 1) for bits in (8, 16, 32, 64))
 I32 = st.integers(-(2**31), 2**31 - 1)
 TIMES = st.floats(allow_nan=False)
-TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=60)
+TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+               max_size=60)  # spelled so that bookworm's hypothesis 6.67 accepts it
 
 
 @pytest.fixture
