@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import select
 import signal
 import socket
@@ -118,7 +119,10 @@ class Supervisor:
         except OSError as exc:
             log.error("master: cannot listen: %s", exc)
             return 1
-        state_path = config.server.state_file or default_state_path(os.getpid())
+        state_path = config.server.state_file
+        if not state_path:
+            state_path = default_state_path(os.getpid())
+            _remove_stale_state_files(os.path.dirname(state_path))
         try:
             self.table = StateTable.create(state_path, os.getpid())
         except OSError as exc:
@@ -465,12 +469,11 @@ class Supervisor:
         user = config.server.user
         if user is None or os.geteuid() != 0 or self.table is None:
             return
-        import grp
-        import pwd
-
-        entry = pwd.getpwnam(user)
-        gid = grp.getgrnam(config.server.group).gr_gid if config.server.group else entry.pw_gid
-        os.chown(self.table.path, entry.pw_uid, gid)
+        try:
+            uid, gid = resolve_user(user, config.server.group)
+        except ValueError:
+            return  # the workers will say so, and fail to boot
+        os.chown(self.table.path, uid, gid)
 
     def _write_pid_file(self, path: str | None) -> None:
         if not path:
@@ -502,6 +505,45 @@ class Supervisor:
                 except OSError as exc:
                     if exc.errno != errno.ENOENT:
                         log.warning("master: cannot remove %s: %s", path, exc)
+
+
+def resolve_user(user: str, group: str | None) -> tuple[int, int]:
+    """uid and gid for ``server.user``/``server.group``; ValueError with a clear message."""
+    import grp
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"server.user: no such user {user!r}") from None
+    if not group:
+        return entry.pw_uid, entry.pw_gid
+    try:
+        return entry.pw_uid, grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"server.group: no such group {group!r}") from None
+
+
+def _remove_stale_state_files(directory: str) -> None:
+    """Default state tables are named after their master; those of dead masters (killed
+    before they could clean up) are removed."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        match = re.fullmatch(r"revproxy-(\d+)\.state", name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def _describe_exit(code: int) -> str:

@@ -28,7 +28,7 @@ from revproxy.statetable import (
     StateTable,
     WorkerRow,
 )
-from revproxy.supervisor import BOOT_ERROR
+from revproxy.supervisor import BOOT_ERROR, resolve_user
 from revproxy.worker import Worker
 
 PUBLISH_INTERVAL = 1.0
@@ -178,15 +178,11 @@ def drop_privileges(user: str | None, group: str | None) -> None:
     """Become ``user``/``group`` when started as root (the sockets are already bound)."""
     if os.geteuid() != 0 or not user:
         return
-    import grp
-    import pwd
-
-    entry = pwd.getpwnam(user)
-    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    uid, gid = resolve_user(user, group)
     os.setgroups([])
     os.initgroups(user, gid)
     os.setgid(gid)
-    os.setuid(entry.pw_uid)
+    os.setuid(uid)
 
 
 def run_worker(spec: WorkerSpec) -> int:

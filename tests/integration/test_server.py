@@ -328,3 +328,24 @@ def test_short_requests_avoid_the_busy_tunnel(backend, tmp_path):
     finally:
         bridge.stop()
         portal.stop()
+
+
+def test_master_never_imports_gevent():
+    code = ("import sys, revproxy.cli, revproxy.supervisor, revproxy.statetable, "
+            "revproxy.status; sys.exit('gevent' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=TIMEOUT).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_worker_that_cannot_boot_halts_the_master(backend, tmp_path):
+    public, tunnel = free_port(), free_port()
+    config = portal_with(tmp_path, public, tunnel, 2, user="no-such-user-revproxy")
+    portal = start_end("revproxy", "portal", config, tmp_path)
+    try:
+        assert portal.popen.wait(TIMEOUT) == 1
+        log = portal.output()
+        assert "cannot start" in log and "no-such-user-revproxy" in log
+        assert "could not boot; halting" in log
+        assert "Traceback" not in log
+    finally:
+        portal.stop()
