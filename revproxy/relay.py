@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import gevent
 
-from revproxy.stream import Stream
+from revproxy.mux.connection import MuxSession
+from revproxy.stream import SocketStream, Stream
 
 IDLE_TIMEOUT = 300.0
 AFTER_HALF_CLOSE = 30.0
@@ -21,6 +22,13 @@ def relay(a: Stream, b: Stream, idle: float = IDLE_TIMEOUT,
     """Relay ``a`` ⇄ ``b``; returns when both directions are done, with both streams closed."""
     a.settimeout(idle)
     b.settimeout(idle)
+    try:
+        _write_through(a, b)
+        _write_through(b, a)
+    except OSError:
+        a.close()
+        b.close()
+        return
     other = gevent.spawn(_pump, b, a, after_half_close)
     try:
         _pump(a, b, after_half_close)
@@ -29,6 +37,13 @@ def relay(a: Stream, b: Stream, idle: float = IDLE_TIMEOUT,
         other.kill(block=False)
         a.close()
         b.close()
+
+
+def _write_through(src: Stream, dst: Stream) -> None:
+    """A mux session relayed to a socket: the tunnel reader writes its payloads straight to
+    the socket (no queue, no greenlet switch); the pump then only waits for the end."""
+    if isinstance(src, MuxSession) and isinstance(dst, SocketStream) and src.sink is None:
+        src.attach_sink(dst.sock.sendall)
 
 
 def _pump(src: Stream, dst: Stream, after_half_close: float) -> None:

@@ -2,18 +2,20 @@
 
 ``MuxConnection`` runs the read loop and keeps the session table; ``MuxClient`` (opens
 sessions) and ``MuxServer`` (accepts them) add what differs. A ``MuxSession`` is a stream:
-payloads are queued for ``recv`` (a full queue blocks the tunnel reader: back-pressure as in
-V2Ray), or handed to a ``sink`` callable for packet sessions such as the reverse control.
+payloads are buffered for ``recv`` (a full buffer blocks the tunnel reader: back-pressure as in
+V2Ray), or handed to a ``sink`` callable as they arrive: the reverse control session does
+that, and so does the relay for a session bound to a socket (no buffer, no switch).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 import gevent
+from gevent.event import Event
 from gevent.lock import Semaphore
-from gevent.queue import Empty, Queue
 
 from revproxy.mux.frame import (
     NETWORK_UDP,
@@ -33,7 +35,7 @@ from revproxy.mux.frame import (
 from revproxy.stream import Stream
 
 MAX_STREAM_FRAME = 8192  # V2Ray writes stream payloads in frames of at most 8 KiB
-SESSION_QUEUE = 64  # frames buffered per session before the tunnel reader waits
+SESSION_BUFFER = 512 * 1024  # bytes buffered per session before the tunnel reader waits
 
 _EOF = b""
 
@@ -41,8 +43,9 @@ _EOF = b""
 class MuxSession:
     """One session of a mux connection, usable as a stream."""
 
-    __slots__ = ("conn", "id", "network", "sink", "on_end", "_queue", "_timeout", "_ended_local",
-                 "_ended_remote", "closed", "bytes_in", "bytes_out")
+    __slots__ = ("conn", "id", "network", "sink", "on_end", "_items", "_buffered",
+                 "_readable", "_space", "_timeout", "_ended_local", "_ended_remote", "closed",
+                 "bytes_in", "bytes_out")
 
     def __init__(self, conn: MuxConnection, session_id: int, network: int) -> None:
         self.conn = conn
@@ -50,7 +53,11 @@ class MuxSession:
         self.network = network
         self.sink: Callable[[bytes], None] | None = None
         self.on_end: Callable[[], None] | None = None  # the peer ended the session
-        self._queue: Queue = Queue(SESSION_QUEUE)
+        # Payloads, then possibly one end marker (b"" or an exception), in arrival order.
+        self._items: deque[bytes | Exception] = deque()
+        self._buffered = 0
+        self._readable = Event()
+        self._space = Event()
         self._timeout: float | None = None
         self._ended_local = False
         self._ended_remote = False
@@ -61,43 +68,71 @@ class MuxSession:
     # -- fed by the connection's reader
     def _deliver(self, payload: bytes) -> None:
         self.bytes_in += len(payload)
-        if self.sink is not None:
-            self.sink(payload)
+        while self.sink is None and not self.closed and self._buffered >= SESSION_BUFFER:
+            self._space.clear()
+            self._space.wait()  # back-pressure: the whole tunnel waits, as in V2Ray
+        sink = self.sink
+        if sink is not None:
+            try:
+                sink(payload)
+            except OSError as exc:
+                # The receiving end is gone: this session fails, the tunnel goes on.
+                self.sink = None
+                self._push_end(exc)
         elif not self.closed:
-            self._queue.put(payload)
+            self._items.append(payload)
+            self._buffered += len(payload)
+            self._readable.set()
+
+    def _push_end(self, marker: bytes | Exception) -> None:
+        if not self.closed:
+            self._items.append(marker)
+            self._readable.set()
 
     def _remote_end(self, error: bool) -> None:
         self._ended_remote = True
         if self.on_end is not None:
             self.on_end()
-        if not self.closed:
-            self._queue.put(ConnectionResetError("mux: session reset by peer") if error else _EOF)
+        self._push_end(ConnectionResetError("mux: session reset by peer") if error else _EOF)
 
     def _abort(self) -> None:
         """The tunnel is gone: wake the reader with an error."""
         self._ended_local = self._ended_remote = True
         if not self.closed:
+            self._items.clear()
+            self._buffered = 0
+            self._push_end(ConnectionResetError("mux: tunnel closed"))
             self.closed = True
-            self._drain()
-            self._queue.put_nowait(ConnectionResetError("mux: tunnel closed"))
+            self._space.set()
 
-    def _drain(self) -> None:
-        try:
-            while True:
-                self._queue.get_nowait()
-        except Empty:
-            pass
+    def attach_sink(self, sink: Callable[[bytes], None]) -> None:
+        """From now on hand payloads to ``sink`` as they arrive; what is already buffered goes
+        first, in order. The end marker stays buffered for ``recv``."""
+        items = self._items
+        while items and isinstance(items[0], bytes) and items[0]:
+            payload = items.popleft()
+            self._buffered -= len(payload)
+            self._space.set()
+            sink(payload)  # may yield; the reader keeps appending behind, in order
+        # Nothing buffered before the end marker: the reader may write straight through.
+        self.sink = sink
+        self._space.set()
 
     # -- the stream interface
     def recv(self) -> bytes:
-        if self.closed and self._queue.empty():
-            return _EOF
-        try:
-            item = self._queue.get(timeout=self._timeout)
-        except Empty:
-            raise TimeoutError("mux: session idle") from None
+        items = self._items
+        while not items:
+            if self.closed:
+                return _EOF
+            self._readable.clear()
+            if not self._readable.wait(self._timeout):
+                raise TimeoutError("mux: session idle")
+        item = items.popleft()
         if isinstance(item, Exception):
             raise item
+        if item:
+            self._buffered -= len(item)
+            self._space.set()
         return item
 
     def send(self, data: bytes | memoryview) -> None:
@@ -119,7 +154,10 @@ class MuxSession:
             self._ended_local = True
             self.conn.send_end(self.id, error=not self._ended_remote)
         self.conn.forget(self.id)
-        self._drain()  # unblocks a reader waiting to queue into a full session
+        self._items.clear()
+        self._buffered = 0
+        self._space.set()  # a reader waiting for room drops its payload instead
+        self._readable.set()
 
     def settimeout(self, seconds: float | None) -> None:
         self._timeout = seconds

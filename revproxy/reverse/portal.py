@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable
 
 import gevent
 from gevent import socket
@@ -164,18 +163,15 @@ class PortalOutbound:
             self.cluster.publish(tunnel.row)
 
     # -- visitors
-    def candidates(self, local_only: bool = False,
-                   exclude_pid: int = 0) -> Iterable[PortalTunnel | RemoteTunnel]:
-        if self.cluster is None or local_only:
-            return self.tunnels
-        remote = [t for t in self.cluster.remote_portal_tunnels(self.tag) if t.pid != exclude_pid]
-        return [*self.tunnels, *remote]
-
     def pick(self, wait: float = TUNNEL_WAIT, local_only: bool = False,
              exclude_pid: int = 0) -> PortalTunnel | RemoteTunnel | None:
         deadline = time.monotonic() + wait
         while True:
-            tunnel = pick_tunnel(self.candidates(local_only, exclude_pid))
+            remote: list[RemoteTunnel] = []
+            if self.cluster is not None and not local_only:
+                remote = [t for t in self.cluster.remote_portal_tunnels(self.tag)
+                          if t.pid != exclude_pid]
+            tunnel = pick_tunnel(self.tunnels, remote)
             remaining = deadline - time.monotonic()
             if tunnel is not None or remaining <= 0:
                 return tunnel
