@@ -51,7 +51,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _handler(path: str | None) -> logging.Handler:
-    if path:
+    if path and path != "none":
         handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -70,7 +70,9 @@ def setup(level: str = "warning", error_path: str | None = None,
     log.addHandler(_handler(error_path))
     log.propagate = False
     access_log.propagate = False
-    if access_path:
+    if access_path == "none":  # V2Ray's spelling of "no access log"
+        access_log.setLevel(LEVELS["none"])
+    elif access_path:
         access_log.setLevel(logging.INFO)
         access_log.addHandler(_handler(access_path))
     elif level in ("debug", "info"):

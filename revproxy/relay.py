@@ -43,7 +43,7 @@ def _write_through(src: Stream, dst: Stream) -> None:
     """A mux session relayed to a socket: the tunnel reader writes its payloads straight to
     the socket (no queue, no greenlet switch); the pump then only waits for the end."""
     if isinstance(src, MuxSession) and isinstance(dst, SocketStream) and src.sink is None:
-        src.attach_sink(dst.sock.sendall)
+        src.attach_sink(dst.send)
 
 
 def _pump(src: Stream, dst: Stream, after_half_close: float) -> None:

@@ -37,7 +37,7 @@ class SocketStream:
         return self.sock.recv(RECV_SIZE)
 
     def send(self, data: bytes | memoryview) -> None:
-        self.sock.sendall(data)
+        sendall(self.sock, data)
 
     def close_write(self) -> None:
         try:
@@ -75,6 +75,17 @@ class DatagramStream:
 
     def settimeout(self, seconds: float | None) -> None:
         self.sock.settimeout(seconds)
+
+
+def sendall(sock: socket.socket, data: bytes | memoryview) -> None:
+    """``sock.sendall`` without gevent's per-call SO_SNDBUF query: most writes go out in
+    one ``send``."""
+    sent = sock.send(data)
+    if sent == len(data):
+        return
+    view = memoryview(data)
+    while sent < len(view):
+        sent += sock.send(view[sent:])
 
 
 def tune_socket(sock: socket.socket) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from gevent import socket
 
+from revproxy.dial import connect
 from revproxy.log import log
 from revproxy.relay import relay
 from revproxy.session import Session
-from revproxy.stream import DatagramStream, SocketStream, Stream, tune_socket
-
-CONNECT_TIMEOUT = 10.0
+from revproxy.stream import DatagramStream, SocketStream, Stream
 
 
 class FreedomOutbound:
@@ -28,10 +27,7 @@ class FreedomOutbound:
     def open(self, session: Session) -> Stream:
         if session.target.network == "udp":
             return self._open_udp(session)
-        sock = socket.create_connection(self.destination(session), timeout=CONNECT_TIMEOUT)
-        sock.settimeout(None)
-        tune_socket(sock)
-        return SocketStream(sock)
+        return SocketStream(connect(*self.destination(session)))
 
     def _open_udp(self, session: Session) -> Stream:
         host, port = self.destination(session)

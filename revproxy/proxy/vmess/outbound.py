@@ -7,8 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gevent import socket
-
+from revproxy.dial import connect
 from revproxy.log import log
 from revproxy.proxy.vmess.crypto import User
 from revproxy.proxy.vmess.header import (
@@ -20,9 +19,7 @@ from revproxy.proxy.vmess.header import (
 from revproxy.proxy.vmess.stream import VMessClientStream
 from revproxy.relay import relay
 from revproxy.session import Session
-from revproxy.stream import Stream, tune_socket
-
-CONNECT_TIMEOUT = 10.0
+from revproxy.stream import Stream
 
 
 @dataclass(frozen=True)
@@ -42,13 +39,11 @@ class VMessOutbound:
     def open(self, session: Session) -> Stream:
         server = next(self._next)
         command = COMMAND_UDP if session.target.network == "udp" else COMMAND_TCP
-        sock = socket.create_connection((server.address, server.port), timeout=CONNECT_TIMEOUT)
+        sock = connect(server.address, server.port)
         try:
-            tune_socket(sock)
             header = new_request_header(command, session.target.address, session.target.port,
                                         server.security)
             sock.sendall(seal_request(server.user.cmd_key, header, int(time.time())))
-            sock.settimeout(None)
         except OSError:
             sock.close()
             raise

@@ -20,7 +20,7 @@ from revproxy.proxy.vmess.header import (
     ResponseDecoder,
     seal_response,
 )
-from revproxy.stream import RECV_SIZE
+from revproxy.stream import RECV_SIZE, sendall
 
 
 class _VMessStream:
@@ -67,7 +67,7 @@ class _VMessStream:
         if self._preamble:
             out = self._preamble + out
             self._preamble = b""
-        self.sock.sendall(out)
+        sendall(self.sock, out)
 
     def close_write(self) -> None:
         if self._write_ended:
