@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
-from gevent.lock import Semaphore
 
 from revproxy.mux.frame import (
     NETWORK_UDP,
@@ -35,6 +34,7 @@ from revproxy.mux.frame import (
 from revproxy.stream import Stream
 
 MAX_STREAM_FRAME = 8192  # V2Ray writes stream payloads in frames of at most 8 KiB
+WRITE_BUFFER = 1024 * 1024  # bytes queued for the tunnel before senders wait
 SESSION_BUFFER = 512 * 1024  # bytes buffered per session before the tunnel reader waits
 
 _EOF = b""
@@ -176,7 +176,11 @@ class MuxConnection:
         self.peer_sends_keepalive = False
         self.bytes_received = 0
         self.bytes_sent = 0
-        self._write_lock = Semaphore()
+        self._out: list[bytes] = []  # frames waiting for the writer greenlet
+        self._out_size = 0
+        self._out_ready = Event()
+        self._out_space = Event()
+        self._writer: gevent.Greenlet | None = None
         self._on_close: list[Callable[[], None]] = []
 
     @property
@@ -188,15 +192,35 @@ class MuxConnection:
 
     # -- writing
     def write(self, data: bytes) -> None:
+        """Queue frames for the tunnel. A writer greenlet sends whatever has gathered in one
+        sealed write, so frames of many sessions share one encryption call and one syscall
+        (measured: more requests/s than writing from each session's greenlet)."""
+        while self._out_size >= WRITE_BUFFER and not self.closed:
+            self._out_space.clear()
+            self._out_space.wait()  # back-pressure on the sessions while the tunnel is slow
         if self.closed:
             raise ConnectionResetError("mux: tunnel closed")
-        with self._write_lock:
-            try:
-                self.tunnel.send(data)
-                self.bytes_sent += len(data)
-            except OSError:
-                self.close()
-                raise ConnectionResetError("mux: tunnel write failed") from None
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._writer is None:
+            self._writer = gevent.spawn(self._write_loop)
+        self._out_ready.set()
+
+    def _write_loop(self) -> None:
+        try:
+            while True:
+                while not self._out:
+                    if self.closed:
+                        return
+                    self._out_ready.clear()
+                    self._out_ready.wait()
+                batch, self._out = self._out, []
+                size, self._out_size = self._out_size, 0
+                self._out_space.set()
+                self.tunnel.send(batch[0] if len(batch) == 1 else b"".join(batch))
+                self.bytes_sent += size
+        except OSError:
+            self.close()
 
     def send_payload(self, session: MuxSession, data: bytes | memoryview) -> None:
         if session.network == NETWORK_UDP or len(data) <= MAX_STREAM_FRAME:
@@ -293,6 +317,9 @@ class MuxConnection:
             return
         self.closed = True
         self.tunnel.close()
+        self._out.clear()
+        self._out_ready.set()  # the writer greenlet ends
+        self._out_space.set()  # senders waiting for room get their error
         sessions = list(self.sessions.values())
         self.sessions.clear()
         for session in sessions:

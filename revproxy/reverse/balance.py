@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
 BYTES_PER_SESSION = 1_000_000.0
-HANDOFF_COST = 1.0
+HANDOFF_COST = 4.0
 
 
 class Pickable(Protocol):
