@@ -24,6 +24,7 @@ from revproxy.statetable import (
 )
 
 SIBLING_SILENCE = 10.0  # a sibling whose heartbeat is older is ignored
+REMOTE_TTL = 0.01  # seconds a read of the siblings' tunnels is reused
 
 
 class PublishedTunnel(Protocol):
@@ -74,6 +75,7 @@ class Cluster:
         self._send_lock = send_lock
         self._sleep = sleep
         self._rows: dict[int, tuple[int, PublishedTunnel]] = {}  # row index -> (role, tunnel)
+        self._remote: dict[str, tuple[float, list[RemoteTunnel]]] = {}  # tag -> (read at, rows)
 
     # -- publishing this worker's tunnels
     def add_tunnel(self, role: int, tunnel: PublishedTunnel) -> int | None:
@@ -124,14 +126,21 @@ class Cluster:
                    for slot, _index, row in self.table.tunnels())
 
     def remote_portal_tunnels(self, tag: str) -> Iterable[RemoteTunnel]:
+        """The siblings' portal tunnels for ``tag``, read at most every ``REMOTE_TTL`` s: at
+        thousands of visitors a second, reading the table for each costs more than the
+        few milliseconds of staleness (a vanished sibling only makes a hand-off fail over)."""
+        now = time.monotonic()
+        cached = self._remote.get(tag)
+        if cached is not None and now - cached[0] < REMOTE_TTL:
+            return cached[1]
         siblings = self.live_siblings()
-        if not siblings:
-            return ()
-        return [RemoteTunnel(row.owner_pid, row.tunnel_id, row.active_sessions, row.throughput,
-                             row.state == TUNNEL_DRAINING)
-                for slot, _index, row in self.table.tunnels()
-                if slot in siblings and row.owner_pid == siblings[slot]
-                and row.role == ROLE_PORTAL and row.tag == tag]
+        found = [RemoteTunnel(row.owner_pid, row.tunnel_id, row.active_sessions, row.throughput,
+                              row.state == TUNNEL_DRAINING)
+                 for slot, _index, row in (self.table.tunnels() if siblings else ())
+                 if slot in siblings and row.owner_pid == siblings[slot]
+                 and row.role == ROLE_PORTAL and row.tag == tag]
+        self._remote[tag] = (now, found)
+        return found
 
     def hand_off(self, target: RemoteTunnel, meta: handoff.Handoff,
                  visitor: socket.socket) -> bool:

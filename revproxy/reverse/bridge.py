@@ -81,6 +81,7 @@ class BridgeTunnel(Tunnel):
             log.info("bridge: tunnel %s drained by the portal", self.name)
             self.draining = True
             self.drained_at = time.monotonic()
+            self.bridge.wake()  # dial the replacement now, not at the next 2 s tick
 
 
 class Bridge:
@@ -109,6 +110,10 @@ class Bridge:
 
     def start(self) -> None:
         self._runner = gevent.spawn(self._run)
+
+    def wake(self) -> None:
+        """Run the monitor now."""
+        self._wake.set()
 
     def stop_dialing(self) -> None:
         """For a graceful stop: keep serving the running sessions, open no new tunnel."""
