@@ -6,7 +6,8 @@ each new session is dispatched with the bridge's tag, except the portal's contro
 Every 2 s the monitor drops tunnels that were told DRAIN, closed, or stayed silent for 10 s
 (V2Ray waits for its 300 s idle timeout), and dials a new one while there are fewer than
 ``min_tunnels``, when the tunnels average more than 16 sessions each (V2Ray's rule) or when
-one carries more than ``GROW_THROUGHPUT`` bytes/s, up to ``max_tunnels``; idle tunnels beyond
+one carries more than ``GROW_THROUGHPUT`` bytes/s (up to twice the minimum), at most
+``max_tunnels``; idle tunnels beyond
 the minimum are closed after ``IDLE_EXTRA_CLOSE`` s. Failed dials back off up to 2 s.
 """
 
@@ -197,7 +198,9 @@ class Bridge:
         sessions = sum(t.active_sessions for t in self.tunnels)
         if sessions // count > SESSIONS_PER_TUNNEL:
             return True
-        return any(t.throughput > GROW_THROUGHPUT for t in self.tunnels)
+        # Traffic alone is worth at most as many extra tunnels as the minimum again.
+        return count < 2 * self.min_tunnels and any(t.throughput > GROW_THROUGHPUT
+                                                     for t in self.tunnels)
 
     def _publish(self) -> None:
         if self.cluster is None:
