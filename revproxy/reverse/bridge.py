@@ -7,8 +7,8 @@ Every 2 s the monitor drops tunnels that were told DRAIN, closed, or stayed sile
 (V2Ray waits for its 300 s idle timeout), and dials a new one while there are fewer than
 ``min_tunnels``, when the tunnels average more than 16 sessions each (V2Ray's rule) or when
 one carries more than ``GROW_THROUGHPUT`` bytes/s (up to twice the minimum), at most
-``max_tunnels``; idle tunnels beyond
-the minimum are closed after ``IDLE_EXTRA_CLOSE`` s. Failed dials back off up to 2 s.
+``max_tunnels``; idle tunnels beyond the minimum are closed after ``IDLE_EXTRA_CLOSE`` s.
+Failed dials back off up to 2 s.
 """
 
 from __future__ import annotations
