@@ -164,13 +164,14 @@ class PortalOutbound:
 
     # -- visitors
     def pick(self, wait: float = TUNNEL_WAIT, local_only: bool = False,
-             exclude_pid: int = 0) -> PortalTunnel | RemoteTunnel | None:
+             exclude: frozenset[int] | set[int] = frozenset()
+             ) -> PortalTunnel | RemoteTunnel | None:
         deadline = time.monotonic() + wait
         while True:
             remote: list[RemoteTunnel] = []
             if self.cluster is not None and not local_only:
                 remote = [t for t in self.cluster.remote_portal_tunnels(self.tag)
-                          if t.pid != exclude_pid]
+                          if t.pid not in exclude]
             tunnel = pick_tunnel(self.tunnels, remote)
             remaining = deadline - time.monotonic()
             if tunnel is not None or remaining <= 0:
@@ -194,6 +195,7 @@ class PortalOutbound:
         can_hand_off = isinstance(stream, SocketStream)
         deadline = time.monotonic() + TUNNEL_WAIT
         choice = self.pick(local_only=not can_hand_off)
+        gone: set[int] = set()
         while isinstance(choice, RemoteTunnel):
             assert self.cluster is not None and isinstance(stream, SocketStream)
             meta = Handoff(choice.tunnel_id, self.tag, session.target.network,
@@ -203,8 +205,8 @@ class PortalOutbound:
                 stream.close()  # only our copy: the sibling received its own descriptor
                 return
             # That sibling just went away: choose again among what is left.
-            choice = self.pick(wait=max(0.0, deadline - time.monotonic()),
-                               exclude_pid=choice.pid)
+            gone.add(choice.pid)
+            choice = self.pick(wait=max(0.0, deadline - time.monotonic()), exclude=gone)
         if choice is None:
             log.warning("portal %s: no tunnel available for %s", self.tag, session.describe())
             stream.close()

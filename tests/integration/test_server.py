@@ -3,6 +3,7 @@ cross-worker hand-off, shared replay filter and traffic-weighted balancing."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -33,7 +34,7 @@ TIMEOUT = 60
 
 
 def portal_with(tmp, public, tunnel, workers, **server):
-    config = portal_config(USER_ID, public, tunnel, loglevel=os.environ.get("RP_LOGLEVEL", "info"))
+    config = portal_config(USER_ID, public, tunnel, loglevel="info")
     config["server"] = {"workers": workers, "pidFile": str(tmp / "portal.pid"),
                         "stateFile": str(tmp / "portal.state"), **server}
     return config
@@ -101,17 +102,27 @@ class Loop(threading.Thread):
         self.join(TIMEOUT)
 
 
+@contextlib.contextmanager
+def running(tmp, backend, portal_workers, bridge_workers, **bridge_options):
+    """A portal and a bridge, served end to end; yields (public port, portal, bridge)."""
+    public, tunnel = free_port(), free_port()
+    portal = start_end("revproxy", "portal", portal_with(tmp, public, tunnel, portal_workers),
+                       tmp)
+    bridge = start_end("revproxy", "bridge",
+                       bridge_with(tmp, backend, tunnel, bridge_workers, **bridge_options), tmp)
+    try:
+        wait_served(public, procs=(portal, bridge))
+        yield public, portal, bridge
+    finally:
+        bridge.stop()
+        portal.stop()
+
+
 @pytest.fixture
 def pair(backend, tmp_path):
     """A 2-worker portal and a 2-worker bridge; yields (public port, portal, bridge, tmp)."""
-    public, tunnel = free_port(), free_port()
-    portal = start_end("revproxy", "portal", portal_with(tmp_path, public, tunnel, 2), tmp_path)
-    bridge = start_end("revproxy", "bridge", bridge_with(tmp_path, backend, tunnel, 2),
-                       tmp_path)
-    wait_served(public, procs=(portal, bridge))
-    yield public, portal, bridge, tmp_path
-    bridge.stop()
-    portal.stop()
+    with running(tmp_path, backend, 2, 2) as (public, portal, bridge):
+        yield public, portal, bridge, tmp_path
 
 
 def test_titles_and_status(pair):
@@ -259,13 +270,7 @@ def test_replay_to_another_worker_is_refused(backend, tmp_path):
 
 
 def test_one_tunnel_serves_four_portal_workers(backend, tmp_path):
-    public, tunnel = free_port(), free_port()
-    portal = start_end("revproxy", "portal", portal_with(tmp_path, public, tunnel, 4), tmp_path)
-    bridge = start_end("revproxy", "bridge",
-                       bridge_with(tmp_path, backend, tunnel, 1, min_tunnels=1, max_tunnels=1),
-                       tmp_path)
-    try:
-        wait_served(public, procs=(portal, bridge))
+    with running(tmp_path, backend, 4, 1, min_tunnels=1, max_tunnels=1) as (public, _, _):
         wait_for(lambda: len(worker_pids(tmp_path / "portal.pid")) == 4, "4 workers")
         assert len(status(tmp_path / "portal.pid")["tunnels"]) == 1
         results = []
@@ -286,19 +291,10 @@ def test_one_tunnel_serves_four_portal_workers(backend, tmp_path):
         accepting = {w["pid"] for w in status(tmp_path / "portal.pid")["workers"]
                      if w["total_sessions"] > 0}
         assert len(accepting) >= 2, "the hand-off path was not exercised"
-    finally:
-        bridge.stop()
-        portal.stop()
 
 
 def test_short_requests_avoid_the_busy_tunnel(backend, tmp_path):
-    public, tunnel = free_port(), free_port()
-    portal = start_end("revproxy", "portal", portal_with(tmp_path, public, tunnel, 1), tmp_path)
-    bridge = start_end("revproxy", "bridge",
-                       bridge_with(tmp_path, backend, tunnel, 1, min_tunnels=2, max_tunnels=2),
-                       tmp_path)
-    try:
-        wait_served(public, procs=(portal, bridge))
+    with running(tmp_path, backend, 1, 1, min_tunnels=2, max_tunnels=2) as (public, _, _):
         wait_for(lambda: len(status(tmp_path / "portal.pid")["tunnels"]) == 2, "2 tunnels")
         conn = http.client.HTTPConnection("127.0.0.1", public, timeout=TIMEOUT)
         conn.request("GET", f"/blob/{64 * 2**30}")
@@ -325,9 +321,6 @@ def test_short_requests_avoid_the_busy_tunnel(backend, tmp_path):
         idle = next(i for i in after if i != busy)
         assert after[busy]["total_sessions"] == before[busy]["total_sessions"]
         assert after[idle]["total_sessions"] >= before[idle]["total_sessions"] + 20
-    finally:
-        bridge.stop()
-        portal.stop()
 
 
 def test_master_never_imports_gevent():
