@@ -125,6 +125,17 @@ class Cluster:
                    and row.tag == tag and row.state == TUNNEL_ACTIVE
                    for slot, _index, row in self.table.tunnels())
 
+    def portal_tunnel_counts(self) -> dict[int, int]:
+        """pid -> active portal tunnels, for every running sibling (zero included)."""
+        now = time.time()
+        counts = {row.pid: 0 for slot, row in self.table.workers()
+                  if slot != self.slot and row.state == WORKER_RUNNING
+                  and now - row.heartbeat < SIBLING_SILENCE}
+        for _slot, _index, row in self.table.tunnels():
+            if row.owner_pid in counts and row.role == ROLE_PORTAL and row.state == TUNNEL_ACTIVE:
+                counts[row.owner_pid] += 1
+        return counts
+
     def remote_portal_tunnels(self, tag: str) -> Iterable[RemoteTunnel]:
         """The siblings' portal tunnels for ``tag``, read at most every ``REMOTE_TTL`` s: at
         thousands of visitors a second, reading the table for each costs more than the

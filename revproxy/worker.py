@@ -72,6 +72,7 @@ class Worker:
         self.portals: list[PortalOutbound] = []
         self.bridges: list[Bridge] = []
         self.servers: list[StreamServer] = []
+        self.tunnel_servers: list[StreamServer] = []  # VMess inbounds: where tunnels arrive
         self.dispatcher: Dispatcher | None = None
 
     def start(self) -> None:
@@ -97,6 +98,8 @@ class Worker:
             server.max_accept = 1
             server.start()
             self.servers.append(server)
+            if isinstance(inbound.settings, VMessInboundSettings):
+                self.tunnel_servers.append(server)
             log.info("worker: %s inbound %s listening on %s:%d", inbound.protocol,
                      inbound.tag or f"inbounds[{index}]", *listener.getsockname()[:2])
         for bridge_config in config.reverse.bridges:
@@ -134,6 +137,19 @@ class Worker:
             active = self.dispatcher.active if self.dispatcher else 0
             parts.append(f"{active} connections")
         return "; ".join(parts)
+
+    def steer_tunnels(self) -> None:
+        """Spread the bridges' tunnels over the portal workers: a worker holding more portal
+        tunnels than the least provided sibling leaves new ones (on the shared VMess
+        listeners) to the others. The least provided always accepts, so someone does."""
+        if self.cluster is None or not self.portals or not self.tunnel_servers:
+            return
+        mine = sum(1 for p in self.portals for t in p.tunnels if not t.draining)
+        others = self.cluster.portal_tunnel_counts()
+        accept = not others or mine <= min(others.values())
+        for server in self.tunnel_servers:
+            if not server.closed:
+                (server.start_accepting if accept else server.stop_accepting)()
 
     def busy(self) -> int:
         """Sessions that a graceful stop waits for (tunnels themselves are not counted)."""

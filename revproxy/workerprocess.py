@@ -140,6 +140,8 @@ class WorkerProcess:
                 if self.worker.cluster is not None:
                     self.worker.cluster.publish_all()
                 self.publish()
+                if self.state == WORKER_RUNNING:
+                    self.worker.steer_tunnels()
                 if now - self._last_title >= TITLE_INTERVAL:
                     self.set_title(self.worker.summary())
                     self._last_title = now
