@@ -21,6 +21,7 @@ from revproxy.statetable import (
     WORKER_RUNNING,
     StateTable,
     TunnelRow,
+    TunnelSlotWriter,
 )
 
 SIBLING_SILENCE = 10.0  # a sibling whose heartbeat is older is ignored
@@ -74,65 +75,76 @@ class Cluster:
         self.endpoint = endpoint
         self._send_lock = send_lock
         self._sleep = sleep
-        self._rows: dict[int, tuple[int, PublishedTunnel]] = {}  # row index -> (role, tunnel)
+        # row index -> (its writer, the tunnel it shows)
+        self._rows: dict[int, tuple[TunnelSlotWriter, PublishedTunnel]] = {}
         self._remote: dict[str, tuple[float, list[RemoteTunnel]]] = {}  # tag -> (read at, rows)
 
     # -- publishing this worker's tunnels
     def add_tunnel(self, role: int, tunnel: PublishedTunnel) -> int | None:
         for index in range(TUNNELS_PER_WORKER):
             if index not in self._rows:
-                self._rows[index] = (role, tunnel)
-                self.publish(index)
+                writer = self.table.tunnel_writer(self.slot, index, TunnelRow(
+                    owner_pid=self.pid, slot=self.slot, tunnel_id=tunnel.tunnel_id, role=role,
+                    tag=tunnel.tag, peer=tunnel.peer, opened=tunnel.opened,
+                    heartbeat=tunnel.last_heard, generation=self.generation))
+                self._rows[index] = (writer, tunnel)
                 return index
         return None  # the table is full: the tunnel works, it is just not shared
 
     def publish(self, index: int | None) -> None:
-        if index is None or index not in self._rows:
+        """Refresh one row: called on every session opened or closed, so it only re-packs
+        the changing fields (no row object built)."""
+        entry = self._rows.get(index) if index is not None else None
+        if entry is None:
             return
-        role, tunnel = self._rows[index]
-        self.table.write_tunnel(self.slot, index, TunnelRow(
-            owner_pid=self.pid, slot=self.slot, tunnel_id=tunnel.tunnel_id, role=role,
-            state=TUNNEL_DRAINING if tunnel.draining else TUNNEL_ACTIVE, tag=tunnel.tag,
-            peer=tunnel.peer, active_sessions=tunnel.active_sessions,
-            total_sessions=tunnel.total_sessions, bytes_up=tunnel.bytes_up,
-            bytes_down=tunnel.bytes_down, throughput=tunnel.throughput, opened=tunnel.opened,
-            heartbeat=tunnel.last_heard, generation=self.generation))
+        writer, tunnel = entry
+        writer.state = TUNNEL_DRAINING if tunnel.draining else TUNNEL_ACTIVE
+        writer.active_sessions = tunnel.active_sessions
+        writer.total_sessions = tunnel.total_sessions
+        writer.bytes_up = tunnel.bytes_up
+        writer.bytes_down = tunnel.bytes_down
+        writer.throughput = tunnel.throughput
+        writer.heartbeat = tunnel.last_heard
+        writer.publish()
 
     def publish_all(self) -> None:
         for index in self._rows:
             self.publish(index)
 
     def remove_tunnel(self, index: int | None) -> None:
-        if index is not None and self._rows.pop(index, None) is not None:
-            self.table.free_tunnel(self.slot, index)
+        entry = self._rows.pop(index, None) if index is not None else None
+        if entry is not None:
+            entry[0].free()
 
     # -- siblings
-    def live_siblings(self) -> dict[int, int]:
-        """slot -> pid of running or retiring siblings with a fresh heartbeat."""
+    def siblings(self, retiring_too: bool = False) -> dict[int, int]:
+        """slot -> pid of the running (and, if asked, retiring) siblings whose heartbeat is
+        fresh."""
+        states = (WORKER_RUNNING, WORKER_RETIRING) if retiring_too else (WORKER_RUNNING,)
         now = time.time()
         return {slot: row.pid for slot, row in self.table.workers()
-                if slot != self.slot and row.state in (WORKER_RUNNING, WORKER_RETIRING)
+                if slot != self.slot and row.state in states
                 and now - row.heartbeat < SIBLING_SILENCE}
+
+    def _sibling_tunnels(self, siblings: dict[int, int]) -> Iterable[TunnelRow]:
+        """The tunnel rows that live siblings own (rows of dead owners are skipped)."""
+        if not siblings:
+            return ()
+        return [row for slot, _index, row in self.table.tunnels()
+                if siblings.get(slot) == row.owner_pid]
 
     def replaced(self, role: int, tag: str) -> bool:
         """Does a running sibling hold an active tunnel of ``role`` and ``tag``? (A retiring
         worker keeps its own tunnels until then, so visitors always find one.)"""
-        now = time.time()
-        running = {slot: row.pid for slot, row in self.table.workers()
-                   if slot != self.slot and row.state == WORKER_RUNNING
-                   and now - row.heartbeat < SIBLING_SILENCE}
-        return any(slot in running and row.owner_pid == running[slot] and row.role == role
-                   and row.tag == tag and row.state == TUNNEL_ACTIVE
-                   for slot, _index, row in self.table.tunnels())
+        return any(row.role == role and row.tag == tag and row.state == TUNNEL_ACTIVE
+                   for row in self._sibling_tunnels(self.siblings()))
 
     def portal_tunnel_counts(self) -> dict[int, int]:
         """pid -> active portal tunnels, for every running sibling (zero included)."""
-        now = time.time()
-        counts = {row.pid: 0 for slot, row in self.table.workers()
-                  if slot != self.slot and row.state == WORKER_RUNNING
-                  and now - row.heartbeat < SIBLING_SILENCE}
-        for _slot, _index, row in self.table.tunnels():
-            if row.owner_pid in counts and row.role == ROLE_PORTAL and row.state == TUNNEL_ACTIVE:
+        siblings = self.siblings()
+        counts = dict.fromkeys(siblings.values(), 0)
+        for row in self._sibling_tunnels(siblings):
+            if row.role == ROLE_PORTAL and row.state == TUNNEL_ACTIVE:
                 counts[row.owner_pid] += 1
         return counts
 
@@ -144,12 +156,10 @@ class Cluster:
         cached = self._remote.get(tag)
         if cached is not None and now - cached[0] < REMOTE_TTL:
             return cached[1]
-        siblings = self.live_siblings()
         found = [RemoteTunnel(row.owner_pid, row.tunnel_id, row.active_sessions, row.throughput,
                               row.state == TUNNEL_DRAINING)
-                 for slot, _index, row in (self.table.tunnels() if siblings else ())
-                 if slot in siblings and row.owner_pid == siblings[slot]
-                 and row.role == ROLE_PORTAL and row.tag == tag]
+                 for row in self._sibling_tunnels(self.siblings(retiring_too=True))
+                 if row.role == ROLE_PORTAL and row.tag == tag]
         self._remote[tag] = (now, found)
         return found
 

@@ -6,6 +6,7 @@ asks the outbound for a new connected stream (used by the bridge to dial its tun
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -49,9 +50,12 @@ class Dispatcher:
             log.warning("dispatcher: %s", exc)
             stream.close()
             return
-        access_log.info("%s accepted %s [%s -> %s]", session.source or "-", session.describe(),
-                        session.inbound_tag or "", outbound.tag)
-        log.debug("dispatcher: taking detour [%s] for [%s]", outbound.tag, session.describe())
+        if access_log.isEnabledFor(logging.INFO):  # describe() costs on every connection
+            access_log.info("%s accepted %s [%s -> %s]", session.source or "-",
+                            session.describe(), session.inbound_tag or "", outbound.tag)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("dispatcher: taking detour [%s] for [%s]", outbound.tag,
+                      session.describe())
         self.active += 1
         self.total += 1
         try:

@@ -41,6 +41,7 @@ from revproxy.reverse.portal import PortalOutbound
 from revproxy.reverse.tunnel import Tunnel
 from revproxy.routing import Router
 from revproxy.statetable import ROLE_BRIDGE, ROLE_PORTAL
+from revproxy.supervisor import bind_listener
 
 MAX_CONNECTIONS = 10000  # per inbound; gevent's Pool gives back-pressure beyond it
 
@@ -48,15 +49,6 @@ MAX_CONNECTIONS = 10000  # per inbound; gevent's Pool gives back-pressure beyond
 def outbound_key(index: int, tag: str | None) -> str:
     """Untagged outbounds still need a name for routing's default."""
     return tag if tag else f"outbounds[{index}]"
-
-
-def bind_inbound(inbound: InboundConfig, backlog: int = 1024) -> socket.socket:
-    family = socket.AF_INET6 if ":" in inbound.listen else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((inbound.listen, inbound.port))
-    sock.listen(backlog)
-    return sock
 
 
 class Worker:
@@ -89,7 +81,8 @@ class Worker:
         replay = self.replay if self.replay is not None else MemoryReplayFilter()
         for index, inbound in enumerate(config.inbounds):
             handler = build_inbound(inbound, self.dispatcher, replay)
-            listener = self.listeners.get(index) or bind_inbound(inbound)
+            listener = self.listeners.get(index) or bind_listener(inbound.listen,
+                                                                     inbound.port)
             self.listeners[index] = listener
             listener.setblocking(False)  # gevent's accept loop must never block the hub
             server = StreamServer(listener, handler, spawn=Pool(MAX_CONNECTIONS))

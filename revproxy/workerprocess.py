@@ -50,8 +50,11 @@ class WorkerProcess:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.pid = os.getpid()
-        self.started = time.time()
         self.state = WORKER_BOOTING
+        # This worker's row in the table: written by this process only.
+        self.row = spec.table.worker_writer(spec.slot, WorkerRow(
+            pid=self.pid, generation=spec.generation, index=spec.index, state=WORKER_BOOTING,
+            started=time.time(), heartbeat=time.time()))
         self.worker: Worker | None = None
         self.stop_requested = Event()
         self.graceful = True
@@ -62,7 +65,6 @@ class WorkerProcess:
         spec = self.spec
         config = spec.config
         logging_setup.setup(config.log.level, config.log.error, config.log.access)
-        self.publish()
         self.set_title("booting")
         try:
             drop_privileges(config.server.user, config.server.group)
@@ -112,19 +114,18 @@ class WorkerProcess:
 
     # -- state table and title
     def publish(self) -> None:
+        row = self.row
+        row.state = self.state
+        row.heartbeat = time.time()
         worker = self.worker
-        dispatcher = worker.dispatcher if worker is not None else None
-        bytes_in = bytes_out = 0
         if worker is not None:
-            for tunnel in worker.tunnels():
-                bytes_in += tunnel.bytes_down
-                bytes_out += tunnel.bytes_up
-        self.spec.table.write_worker(self.spec.slot, WorkerRow(
-            pid=self.pid, generation=self.spec.generation, index=self.spec.index,
-            state=self.state, started=self.started, heartbeat=time.time(),
-            connections=dispatcher.active if dispatcher else 0,
-            total_connections=dispatcher.total if dispatcher else 0,
-            bytes_in=bytes_in, bytes_out=bytes_out))
+            tunnels = worker.tunnels()
+            row.bytes_in = sum(t.bytes_down for t in tunnels)
+            row.bytes_out = sum(t.bytes_up for t in tunnels)
+            if worker.dispatcher is not None:
+                row.connections = worker.dispatcher.active
+                row.total_connections = worker.dispatcher.total
+        row.publish()
 
     def _publish_loop(self) -> None:
         parent = os.getppid()

@@ -173,7 +173,6 @@ class Bridge:
                 tunnel.mux.send_keepalive()  # lets a revproxy portal notice a dead bridge
             except ConnectionError:
                 pass
-        self._publish()
         if self.dialing and self._wants_tunnel() and now >= self._next_dial:
             self._dial(now)
 
@@ -201,12 +200,6 @@ class Bridge:
         # Traffic alone is worth at most as many extra tunnels as the minimum again.
         return count < 2 * self.min_tunnels and any(t.throughput > GROW_THROUGHPUT
                                                      for t in self.tunnels)
-
-    def _publish(self) -> None:
-        if self.cluster is None:
-            return
-        for tunnel in self.tunnels + self.retired:
-            self.cluster.publish(tunnel.row)
 
     def _dial_failed(self, now: float, reason: object) -> None:
         self._failures += 1
