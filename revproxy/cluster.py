@@ -13,6 +13,7 @@ from typing import Protocol
 
 from revproxy import handoff
 from revproxy.statetable import (
+    ROLE_BRIDGE,
     ROLE_PORTAL,
     TUNNEL_ACTIVE,
     TUNNEL_DRAINING,
@@ -147,6 +148,18 @@ class Cluster:
             if row.role == ROLE_PORTAL and row.state == TUNNEL_ACTIVE:
                 counts[row.owner_pid] += 1
         return counts
+
+    def bridge_pools(self, tag: str) -> list[tuple[int, int]]:
+        """(active tunnels, their sessions) of ``tag`` for every running sibling (zeros
+        included): the bridge pool seen across workers."""
+        siblings = self.siblings()
+        pools = {pid: [0, 0] for pid in siblings.values()}
+        for row in self._sibling_tunnels(siblings):
+            if row.role == ROLE_BRIDGE and row.tag == tag and row.state == TUNNEL_ACTIVE:
+                pool = pools[row.owner_pid]
+                pool[0] += 1
+                pool[1] += row.active_sessions
+        return [(tunnels, sessions) for tunnels, sessions in pools.values()]
 
     def remote_portal_tunnels(self, tag: str) -> Iterable[RemoteTunnel]:
         """The siblings' portal tunnels for ``tag``, read at most every ``REMOTE_TTL`` s: at

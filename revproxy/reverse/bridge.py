@@ -5,7 +5,8 @@ routing picks the outbound that reaches the portal. In it the bridge is the Mux.
 each new session is dispatched with the bridge's tag, except the portal's control session.
 Every 2 s the monitor drops tunnels that were told DRAIN, closed, or stayed silent for 10 s
 (V2Ray waits for its 300 s idle timeout), and dials a new one while there are fewer than
-``min_tunnels``, when the tunnels average more than 16 sessions each (V2Ray's rule) or when
+``min_tunnels``, when the tunnels average more than 16 sessions each (V2Ray's rule, counted
+over all workers' tunnels; the worker with the fewest dials) or when
 one carries more than ``GROW_THROUGHPUT`` bytes/s (up to twice the minimum), at most
 ``max_tunnels``; idle tunnels beyond the minimum are closed after ``IDLE_EXTRA_CLOSE`` s.
 Failed dials back off up to 2 s.
@@ -195,8 +196,16 @@ class Bridge:
         if count < self.min_tunnels:
             return True
         sessions = sum(t.active_sessions for t in self.tunnels)
-        if sessions // count > SESSIONS_PER_TUNNEL:
-            return True
+        tunnels, fewest = count, count
+        if self.cluster is not None:
+            for sibling_tunnels, sibling_sessions in self.cluster.bridge_pools(self.tag):
+                tunnels += sibling_tunnels
+                sessions += sibling_sessions
+                fewest = min(fewest, sibling_tunnels)
+        if sessions // tunnels > SESSIONS_PER_TUNNEL:
+            # The portal spreads sessions evenly over tunnels: growing where tunnels are
+            # fewest keeps the workers' shares of the load even too.
+            return count <= fewest
         # Traffic alone is worth at most as many extra tunnels as the minimum again.
         return count < 2 * self.min_tunnels and any(t.throughput > GROW_THROUGHPUT
                                                      for t in self.tunnels)
