@@ -43,7 +43,7 @@ _EOF = b""
 class MuxSession:
     """One session of a mux connection, usable as a stream."""
 
-    __slots__ = ("conn", "id", "network", "sink", "on_end", "_items", "_buffered",
+    __slots__ = ("conn", "id", "network", "sink", "on_end", "_end", "_items", "_buffered",
                  "_readable", "_space", "_timeout", "_ended_local", "_ended_remote", "closed",
                  "bytes_in", "bytes_out")
 
@@ -52,7 +52,10 @@ class MuxSession:
         self.id = session_id
         self.network = network
         self.sink: Callable[[bytes], None] | None = None
-        self.on_end: Callable[[], None] | None = None  # the peer ended the session
+        # Called once when the session ends from the far side: None when the peer ended it,
+        # the error when it failed (reset by the peer, tunnel gone, sink failed).
+        self.on_end: Callable[[Exception | None], None] | None = None
+        self._end: bytes | Exception | None = None
         # Payloads, then possibly one end marker (b"" or an exception), in arrival order.
         self._items: deque[bytes | Exception] = deque()
         self._buffered = 0
@@ -85,14 +88,24 @@ class MuxSession:
             self._readable.set()
 
     def _push_end(self, marker: bytes | Exception) -> None:
-        if not self.closed:
-            self._items.append(marker)
-            self._readable.set()
+        if self.closed:
+            return
+        self._items.append(marker)
+        self._readable.set()
+        if self._end is None:
+            self._end = marker
+            if self.on_end is not None:
+                self.on_end(None if isinstance(marker, bytes) else marker)
+
+    def watch_end(self, callback: Callable[[Exception | None], None]) -> None:
+        """Set ``on_end``; if the session has already ended, call it now."""
+        self.on_end = callback
+        end = self._end
+        if end is not None and not self.closed:
+            callback(None if isinstance(end, bytes) else end)
 
     def _remote_end(self, error: bool) -> None:
         self._ended_remote = True
-        if self.on_end is not None:
-            self.on_end()
         self._push_end(ConnectionResetError("mux: session reset by peer") if error else _EOF)
 
     def _abort(self) -> None:

@@ -79,9 +79,9 @@ class PortalTunnel(Tunnel):
                 pass
             control.close()
 
-    def _bridge_retires(self) -> None:
+    def _bridge_retires(self, _error: Exception | None) -> None:
         """A revproxy bridge that is going away ends the control session: use other tunnels."""
-        if not self.draining:
+        if not self.draining and not self.mux.closed:
             log.info("portal: tunnel %s: the bridge retires it", self.name)
             self.drain()
 

@@ -20,7 +20,7 @@ from revproxy.proxy.vmess.header import (
     ResponseDecoder,
     seal_response,
 )
-from revproxy.stream import RECV_SIZE, sendall
+from revproxy.stream import RECV_SIZE, recv_more, sendall
 
 
 class _VMessStream:
@@ -33,6 +33,7 @@ class _VMessStream:
         self._writer = writer
         self._preamble = preamble  # sent in front of the first body bytes
         self._write_ended = False
+        self._drained = False
 
     def _feed(self, data: bytes) -> bytes | None:
         """Decode received bytes; None means 'need more'."""
@@ -52,9 +53,10 @@ class _VMessStream:
             reader = self._reader
             if reader is not None and reader.finished:
                 return b""
-            data = self.sock.recv(RECV_SIZE)
+            data = recv_more(self.sock, self._drained)
             if not data:
                 return b""
+            self._drained = len(data) < RECV_SIZE
             out = self._decode(data)
             if out is not None:
                 return out
