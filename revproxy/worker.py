@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 
 import gevent
-from gevent.pool import Pool
-from gevent.server import StreamServer
 
+from revproxy.acceptor import Acceptor
 from revproxy.cluster import Cluster
 from revproxy.config import Config, InboundConfig
 from revproxy.config.model import (
@@ -43,8 +42,6 @@ from revproxy.routing import Router
 from revproxy.statetable import ROLE_BRIDGE, ROLE_PORTAL
 from revproxy.supervisor import bind_listener
 
-MAX_CONNECTIONS = 10000  # per inbound; gevent's Pool gives back-pressure beyond it
-
 
 def outbound_key(index: int, tag: str | None) -> str:
     """Untagged outbounds still need a name for routing's default."""
@@ -63,8 +60,8 @@ class Worker:
         self.outbounds: dict[str, Outbound] = {}
         self.portals: list[PortalOutbound] = []
         self.bridges: list[Bridge] = []
-        self.servers: list[StreamServer] = []
-        self.tunnel_servers: list[StreamServer] = []  # VMess inbounds: where tunnels arrive
+        self.servers: list[Acceptor] = []
+        self.tunnel_servers: list[Acceptor] = []  # VMess inbounds: where tunnels arrive
         self.dispatcher: Dispatcher | None = None
 
     def start(self) -> None:
@@ -84,12 +81,8 @@ class Worker:
             listener = self.listeners.get(index) or bind_listener(inbound.listen,
                                                                      inbound.port)
             self.listeners[index] = listener
-            listener.setblocking(False)  # gevent's accept loop must never block the hub
-            server = StreamServer(listener, handler, spawn=Pool(MAX_CONNECTIONS))
-            # Workers share the listening socket: taking one connection per wake-up spreads
-            # a burst over all of them instead of the first one to wake taking it all.
-            server.max_accept = 1
-            server.start()
+            server = Acceptor(listener, handler)
+            server.start_accepting()
             self.servers.append(server)
             if isinstance(inbound.settings, VMessInboundSettings):
                 self.tunnel_servers.append(server)
@@ -191,8 +184,6 @@ class Worker:
             gevent.sleep(0.1)
         for bridge in self.bridges:
             bridge.stop()
-        for server in self.servers:
-            server.stop(timeout=0)
 
 
 def build_outbound(tag: str, settings: object) -> Outbound:

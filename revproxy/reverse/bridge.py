@@ -32,6 +32,7 @@ from revproxy.routing import Target
 from revproxy.session import Session
 from revproxy.statetable import ROLE_BRIDGE
 from revproxy.stream import Stream
+from revproxy.tasks import Tasks
 
 MONITOR_INTERVAL = 2.0
 SILENCE_LIMIT = 10.0
@@ -63,8 +64,8 @@ class BridgeTunnel(Tunnel):
             return
         network = "udp" if frame.network == NETWORK_UDP else "tcp"
         target = Target(network, frame.address or "", frame.port or 0)
-        gevent.spawn(self.bridge.dispatcher.handle,
-                     Session(target, self.bridge.tag, source=self.name), session)
+        self.bridge.tasks.spawn(self.bridge.dispatcher.handle,
+                                Session(target, self.bridge.tag, source=self.name), session)
 
     def retire(self) -> None:
         """Ask the portal to send no new sessions here: end the control session (a revproxy
@@ -96,6 +97,7 @@ class Bridge:
         self.min_tunnels = max(1, min_tunnels)
         self.max_tunnels = max_tunnels
         self.cluster = cluster
+        self.tasks = Tasks()  # where the portal's sessions are served
         self.tunnels: list[BridgeTunnel] = []  # in service
         self.retired: list[BridgeTunnel] = []  # drained, finishing their sessions
         self.dialing = True

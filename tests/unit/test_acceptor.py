@@ -1,0 +1,120 @@
+"""Reusable task greenlets and the accept loop, on loopback."""
+
+from __future__ import annotations
+
+import socket as stdlib_socket
+
+import gevent
+import pytest
+from gevent import getcurrent, socket
+from gevent.event import Event
+
+from revproxy.acceptor import Acceptor
+from revproxy.tasks import Tasks
+
+TIMEOUT = 10
+
+
+def test_finished_greenlets_take_the_next_task():
+    tasks = Tasks()
+    ran_on = []
+    for _ in range(3):
+        tasks.spawn(lambda: ran_on.append(getcurrent()))
+        gevent.sleep(0)
+    assert len(ran_on) == 3 and ran_on[0] is ran_on[1] is ran_on[2]
+    assert tasks.running == 0
+
+
+def test_a_failing_task_is_logged_and_the_greenlet_goes_on(caplog):
+    tasks = Tasks()
+    done = Event()
+
+    def fail() -> None:
+        raise RuntimeError("boom")
+
+    tasks.spawn(fail)
+    tasks.spawn(done.set)
+    assert done.wait(TIMEOUT)
+    assert "boom" in caplog.text
+    assert tasks.running == 0
+
+
+def test_parked_greenlets_are_bounded():
+    tasks = Tasks(keep_idle=2)
+    release = Event()
+    for _ in range(5):
+        tasks.spawn(release.wait)
+    gevent.sleep(0)
+    assert tasks.running == 5
+    release.set()
+    gevent.sleep(0.01)
+    assert tasks.running == 0 and len(tasks._idle) == 2
+
+
+@pytest.fixture
+def listener():
+    sock = stdlib_socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield sock
+    sock.close()
+
+
+def connect(listener: stdlib_socket.socket) -> socket.socket:
+    return socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+
+
+def test_each_connection_is_handled_then_closed(listener):
+    def echo_once(sock, address) -> None:
+        assert address[0] == "127.0.0.1"
+        sock.sendall(sock.recv(100).upper())
+
+    acceptor = Acceptor(listener, echo_once)
+    acceptor.start_accepting()
+    clients = [connect(listener) for _ in range(5)]
+    for index, client in enumerate(clients):
+        client.sendall(b"hi %d" % index)
+    for index, client in enumerate(clients):
+        assert client.recv(100) == b"HI %d" % index
+        assert client.recv(100) == b""  # closed by the acceptor after the handler
+        client.close()
+    acceptor.close()
+    assert acceptor.closed and not acceptor.accepting
+
+
+def test_at_the_limit_it_waits_for_a_connection_to_end(listener):
+    release = Event()
+    handled = []
+
+    def hold(sock, address) -> None:
+        handled.append(address)
+        release.wait()
+
+    acceptor = Acceptor(listener, hold, limit=1)
+    acceptor.start_accepting()
+    first, second = connect(listener), connect(listener)
+    gevent.sleep(0.2)
+    assert len(handled) == 1  # the second waits in the backlog
+    release.set()
+    with gevent.Timeout(TIMEOUT):
+        while len(handled) < 2:
+            gevent.sleep(0.01)
+    acceptor.close()
+    first.close()
+    second.close()
+
+
+def test_stopped_acceptor_leaves_connections_to_others(listener):
+    handled = []
+    acceptor = Acceptor(listener, lambda sock, address: handled.append(address))
+    acceptor.start_accepting()
+    acceptor.stop_accepting()
+    client = connect(listener)
+    gevent.sleep(0.2)
+    assert handled == [] and not acceptor.accepting
+    acceptor.start_accepting()
+    with gevent.Timeout(TIMEOUT):
+        while not handled:
+            gevent.sleep(0.01)
+    acceptor.close()
+    client.close()
