@@ -32,6 +32,7 @@ from revproxy.supervisor import BOOT_ERROR, resolve_user
 from revproxy.worker import Worker
 
 PUBLISH_INTERVAL = 1.0
+STEER_INTERVAL = 0.1  # how often portal workers re-check their share of the tunnels
 TITLE_INTERVAL = 3.0
 
 
@@ -86,6 +87,7 @@ class WorkerProcess:
         for ignored in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(ignored, signal.SIG_IGN)
         publisher = gevent.spawn(self._publish_loop)
+        steerer = gevent.spawn(self._steer_loop) if self.worker.portals else None
         receiver = gevent.spawn(self._receive_handoffs, endpoint)
         log.info("worker %d: %d/%d gen %d running", self.pid, spec.index, spec.count,
                  spec.generation)
@@ -97,6 +99,8 @@ class WorkerProcess:
         self.worker.stop(timeout, retire=self.retire and self.graceful)
         receiver.kill(block=False)
         publisher.kill(block=False)
+        if steerer is not None:
+            steerer.kill(block=False)
         return 0
 
     def request_stop(self, graceful: bool, retire: bool = False) -> None:
@@ -141,14 +145,24 @@ class WorkerProcess:
                 if self.worker.cluster is not None:
                     self.worker.cluster.publish_all()
                 self.publish()
-                if self.state == WORKER_RUNNING:
-                    self.worker.steer_tunnels()
                 if now - self._last_title >= TITLE_INTERVAL:
                     self.set_title(self.worker.summary())
                     self._last_title = now
             except Exception:
                 log.exception("worker %d: publishing state failed", self.pid)
             gevent.sleep(PUBLISH_INTERVAL)
+
+    def _steer_loop(self) -> None:
+        """Portal workers re-spread new tunnels often: under new-connection load the bridges
+        replace drained tunnels every few seconds."""
+        assert self.worker is not None
+        while True:
+            if self.state == WORKER_RUNNING:
+                try:
+                    self.worker.steer_tunnels()
+                except Exception:
+                    log.exception("worker %d: steering tunnels failed", self.pid)
+            gevent.sleep(STEER_INTERVAL)
 
     def set_title(self, what: str) -> None:
         spec = self.spec

@@ -3,20 +3,22 @@
 Load counts active sessions *and* recent traffic, so a tunnel busy with a bulk download is
 not picked over an idle one: every ``BYTES_PER_SESSION`` bytes/s weigh like one more active
 session. A sibling worker's tunnel costs a hand-off, which weighs like ``HANDOFF_COST``
-sessions, so a worker prefers its own tunnels when loads are close. As in V2Ray, draining
-tunnels are used only when no other tunnel is open.
+sessions, so a worker prefers its own tunnels when loads are close. As in V2Ray, a worker uses
+its draining tunnels only when it has no other open; across workers, a worker with only
+draining tunnels keeps using them unless a sibling's tunnel is clearly less loaded (under
+new-connection load the 256-session rule drains tunnels every few seconds: handing off every
+visitor meanwhile cost more than it balanced). A sibling's draining tunnel is the last resort.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol, TypeVar
 
 # Busy short sessions make traffic too, and the rate is a smoothed sample up to 2 s old: at
 # 1 MB/s per session a keep-alive tunnel's past rate outweighed its session count.
 BYTES_PER_SESSION = 8_000_000.0
-HANDOFF_COST = 4.0
+HANDOFF_COST = 8.0
 
 
 class Pickable(Protocol):
@@ -37,20 +39,29 @@ def load(tunnel: Pickable) -> float:
     return tunnel.active_sessions + tunnel.throughput / BYTES_PER_SESSION
 
 
-def pick_tunnel(tunnels: Iterable[T], remote: Iterable[T] = ()) -> T | None:
-    """The least loaded of this worker's ``tunnels`` and its siblings' ``remote`` ones."""
+def _least_loaded(tunnels: Iterable[T], draining: bool) -> tuple[T | None, float]:
     best: T | None = None
     best_load = 0.0
-    fallback: T | None = None
-    fallback_load = 0.0
-    for tunnel, extra in itertools.chain(zip(tunnels, itertools.repeat(0.0)),
-                                         zip(remote, itertools.repeat(HANDOFF_COST))):
-        if tunnel.closed:
+    for tunnel in tunnels:
+        if tunnel.closed or tunnel.draining != draining:
             continue
-        weight = load(tunnel) + extra
-        if tunnel.draining:
-            if fallback is None or weight < fallback_load:
-                fallback, fallback_load = tunnel, weight
-        elif best is None or weight < best_load:
+        weight = load(tunnel)
+        if best is None or weight < best_load:
             best, best_load = tunnel, weight
-    return best if best is not None else fallback
+    return best, best_load
+
+
+def pick_tunnel(tunnels: Sequence[T], remote: Sequence[T] = ()) -> T | None:
+    """The least loaded of this worker's ``tunnels`` and its siblings' ``remote`` ones."""
+    local, local_load = _least_loaded(tunnels, draining=False)
+    if local is None:
+        # Only draining tunnels here: one of them still beats paying for a hand-off, as
+        # long as a sibling's tunnel is not clearly less loaded (a worker that holds no
+        # active tunnel is the first to accept the bridge's replacement).
+        local, local_load = _least_loaded(tunnels, draining=True)
+    other, other_load = _least_loaded(remote, draining=False)
+    if other is not None and (local is None or other_load + HANDOFF_COST < local_load):
+        return other
+    if local is not None:
+        return local
+    return _least_loaded(remote, draining=True)[0]

@@ -40,8 +40,23 @@ def test_closed_and_empty():
 
 
 def test_a_sibling_tunnel_needs_a_clear_advantage():
-    local = FakeTunnel("local", 8)
-    close_remote = FakeTunnel("remote", 8 - int(HANDOFF_COST) + 1)
-    far_better_remote = FakeTunnel("remote2", 8 - int(HANDOFF_COST) - 1)
+    local = FakeTunnel("local", 20)
+    close_remote = FakeTunnel("remote", 20 - int(HANDOFF_COST) + 1)
+    far_better_remote = FakeTunnel("remote2", 20 - int(HANDOFF_COST) - 1)
     assert pick_tunnel([local], [close_remote]) is local
     assert pick_tunnel([local], [far_better_remote]) is far_better_remote
+
+
+def test_own_draining_tunnel_before_a_hand_off_unless_the_sibling_is_clearly_better():
+    draining = FakeTunnel("draining", 20, draining=True)
+    near = FakeTunnel("near", 20 - int(HANDOFF_COST) + 1)
+    far_less_loaded = FakeTunnel("far", 20 - int(HANDOFF_COST) - 1)
+    assert pick_tunnel([draining], [near]) is draining
+    assert pick_tunnel([draining], [far_less_loaded]) is far_less_loaded
+
+
+def test_a_siblings_draining_tunnel_is_the_last_resort():
+    theirs = FakeTunnel("theirs", 0, draining=True)
+    assert pick_tunnel([FakeTunnel("mine", 50, draining=True)], [theirs]).name == "mine"
+    assert pick_tunnel([], [theirs]) is theirs
+    assert pick_tunnel([FakeTunnel("closed", closed=True)], [theirs]) is theirs
