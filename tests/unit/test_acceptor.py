@@ -61,7 +61,12 @@ def listener():
 
 
 def connect(listener: stdlib_socket.socket) -> socket.socket:
-    return socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+    # Not create_connection: its resolver call would start gevent's thread pool, and
+    # later tests fork.
+    sock = socket.socket()
+    sock.settimeout(TIMEOUT)
+    sock.connect(listener.getsockname())
+    return sock
 
 
 def test_each_connection_is_handled_then_closed(listener):
