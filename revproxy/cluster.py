@@ -131,7 +131,7 @@ class Cluster:
         """The tunnel rows that live siblings own (rows of dead owners are skipped)."""
         if not siblings:
             return ()
-        return [row for slot, _index, row in self.table.tunnels()
+        return [row for slot, _index, row in self.table.tunnels(siblings)
                 if siblings.get(slot) == row.owner_pid]
 
     def replaced(self, role: int, tag: str) -> bool:

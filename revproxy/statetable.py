@@ -48,6 +48,7 @@ import os
 import struct
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -389,14 +390,22 @@ class StateTable:
         """A mutable writer for one of the owner's tunnel rows (publishes row now)."""
         return TunnelSlotWriter(self._buf, _tunnel_offset(slot, index), row)
 
-    def tunnels(self) -> list[tuple[int, int, TunnelRow]]:
-        """(slot, index, row) of every non-FREE tunnel row; rows stuck mid-write are skipped."""
+    def tunnels(self, slots: Iterable[int] | None = None) -> list[tuple[int, int, TunnelRow]]:
+        """(slot, index, row) of every non-FREE tunnel row, or only those of the workers in
+        ``slots`` (which keeps a reader from touching every page of the table); rows stuck
+        mid-write are skipped."""
+        if slots is None:
+            blocks = [(0, MAX_WORKERS * TUNNELS_PER_WORKER)]
+        else:
+            blocks = [(slot * TUNNELS_PER_WORKER, TUNNELS_PER_WORKER) for slot in sorted(slots)]
         found = []
-        for number in self._in_use(TUNNELS_OFFSET, TUNNEL_ROW_SIZE, _TUNNEL_STATE_OFFSET,
-                                   MAX_WORKERS * TUNNELS_PER_WORKER):
-            values = _read(self._buf, TUNNELS_OFFSET + number * TUNNEL_ROW_SIZE, _TUNNEL)
-            if values is not None and values[5] != TUNNEL_FREE:
-                found.append((*divmod(number, TUNNELS_PER_WORKER), _tunnel_row(values)))
+        for first, count in blocks:
+            start = TUNNELS_OFFSET + first * TUNNEL_ROW_SIZE
+            for number in self._in_use(start, TUNNEL_ROW_SIZE, _TUNNEL_STATE_OFFSET, count):
+                values = _read(self._buf, start + number * TUNNEL_ROW_SIZE, _TUNNEL)
+                if values is not None and values[5] != TUNNEL_FREE:
+                    found.append((*divmod(first + number, TUNNELS_PER_WORKER),
+                                  _tunnel_row(values)))
         return found
 
     def free_tunnel(self, slot: int, index: int) -> None:

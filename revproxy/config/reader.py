@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -10,8 +11,6 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from revproxy.config.errors import ConfigError
 
@@ -106,29 +105,36 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-class _YamlLoader(yaml.SafeLoader):
-    pass
+@functools.cache
+def _yaml_loader() -> type:
+    """A SafeLoader that records duplicate keys. PyYAML is imported only for YAML files:
+    every worker is forked from the master, so a module loaded there costs each of them."""
+    import yaml
 
+    class YamlLoader(yaml.SafeLoader):
+        pass
 
-def _yaml_map(loader: _YamlLoader, node: yaml.MappingNode) -> Iterator[ParsedObject]:
-    obj = ParsedObject()
-    yield obj
-    seen: list[Any] = []
-    duplicates: list[Any] = []
-    for key_node, _ in node.value:
-        if key_node.tag != "tag:yaml.org,2002:merge":
-            key = loader.construct_object(key_node)
-            (duplicates if key in seen else seen).append(key)
-    obj.update(loader.construct_mapping(node))
-    obj.duplicates = tuple(duplicates)
+    def yaml_map(loader: YamlLoader, node: yaml.MappingNode) -> Iterator[ParsedObject]:
+        obj = ParsedObject()
+        yield obj
+        seen: list[Any] = []
+        duplicates: list[Any] = []
+        for key_node, _ in node.value:
+            if key_node.tag != "tag:yaml.org,2002:merge":
+                key = loader.construct_object(key_node)
+                (duplicates if key in seen else seen).append(key)
+        obj.update(loader.construct_mapping(node))
+        obj.duplicates = tuple(duplicates)
 
-
-_YamlLoader.add_constructor("tag:yaml.org,2002:map", _yaml_map)
+    YamlLoader.add_constructor("tag:yaml.org,2002:map", yaml_map)
+    return YamlLoader
 
 
 def _parse_yaml(text: str) -> Any:
+    import yaml
+
     try:
-        return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: plain data only
+        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: plain data only
     except yaml.MarkedYAMLError as exc:
         where = ""
         if exc.problem_mark is not None:
