@@ -58,6 +58,7 @@ class _IdleWatch:
         timer = self._timer
         if timer.active:
             timer.stop()
+            timer.close()
             self._seen = self._progress()
             self._timer = get_hub().loop.timer(period, period)
             self._timer.start(self._check)
