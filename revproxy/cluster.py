@@ -63,6 +63,7 @@ class RemoteTunnel:
     throughput: float
     draining: bool
     closed: bool = False
+    leaving: bool = False  # not in the table: a sibling's draining tunnel is a last resort
 
 
 class Cluster:

@@ -23,6 +23,7 @@ HANDOFF_COST = 8.0
 
 class Pickable(Protocol):
     draining: bool
+    leaving: bool  # drained because its bridge is going away, not by the 256-session rule
     throughput: float
 
     @property
@@ -58,10 +59,12 @@ def pick_tunnel(tunnels: Sequence[T], remote: Sequence[T] = ()) -> T | None:
         # Only draining tunnels here: one of them still beats paying for a hand-off, as
         # long as a sibling's tunnel is not clearly less loaded (a worker that holds no
         # active tunnel is the first to accept the bridge's replacement).
-        local, local_load = _least_loaded(tunnels, draining=True)
+        # A tunnel its bridge is leaving is not one of them: it closes once idle.
+        local, local_load = _least_loaded([t for t in tunnels if not t.leaving], draining=True)
     other, other_load = _least_loaded(remote, draining=False)
     if other is not None and (local is None or other_load + HANDOFF_COST < local_load):
         return other
     if local is not None:
         return local
-    return _least_loaded(remote, draining=True)[0]
+    # Last resort, as in V2Ray: any draining tunnel, this worker's first.
+    return _least_loaded(tunnels, draining=True)[0] or _least_loaded(remote, draining=True)[0]

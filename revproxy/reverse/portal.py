@@ -83,6 +83,7 @@ class PortalTunnel(Tunnel):
         """A revproxy bridge that is going away ends the control session: use other tunnels."""
         if not self.draining and not self.mux.closed:
             log.info("portal: tunnel %s: the bridge retires it", self.name)
+            self.leaving = True
             self.drain()
 
     def _heartbeat(self) -> None:

@@ -20,6 +20,7 @@ class Tunnel:
         self.peer = peer
         self.name = f"{tag}#{tunnel_id}"
         self.draining = False
+        self.leaving = False  # the bridge retires this tunnel (a portal's view)
         self.opened = time.time()
         self.throughput = 0.0  # recent bytes/s, both directions
         self.row: int | None = None  # this tunnel's row in the state table, if published

@@ -14,6 +14,7 @@ class FakeTunnel:
     throughput: float = 0.0
     draining: bool = False
     closed: bool = False
+    leaving: bool = False
 
 
 def test_fewest_active_sessions_wins():
@@ -60,3 +61,10 @@ def test_a_siblings_draining_tunnel_is_the_last_resort():
     assert pick_tunnel([FakeTunnel("mine", 50, draining=True)], [theirs]).name == "mine"
     assert pick_tunnel([], [theirs]) is theirs
     assert pick_tunnel([FakeTunnel("closed", closed=True)], [theirs]) is theirs
+
+
+def test_a_tunnel_its_bridge_leaves_is_not_kept_over_a_hand_off():
+    leaving = FakeTunnel("leaving", 0, draining=True, leaving=True)
+    busy_sibling = FakeTunnel("sibling", 30)
+    assert pick_tunnel([leaving], [busy_sibling]) is busy_sibling
+    assert pick_tunnel([leaving]) is leaving  # nothing else open: the last resort
