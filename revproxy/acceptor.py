@@ -1,9 +1,11 @@
 """Accepts connections on a listening socket shared with sibling workers and starts a handler
 for each on a reusable greenlet (``Tasks``).
 
-One connection per wake-up, so a burst spreads over all workers waiting on the socket instead
-of the first one to wake taking it all. At ``limit`` connections in progress it stops
-accepting until one ends; accept errors (out of descriptors, ...) pause it with a back-off.
+The handler gets the socket, the peer's address and an ``Ending`` that it ends once the
+connection is over, which may be after it returns; the acceptor then closes the socket. One
+connection per wake-up, so a burst spreads over all workers waiting on the socket instead of
+the first one to wake taking it all. At ``limit`` open connections it stops accepting until
+one ends; accept errors (out of descriptors, ...) pause it with a back-off.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from gevent import get_hub, socket
 
 from revproxy.log import log
+from revproxy.session import Ending
 from revproxy.tasks import Tasks
 
 MAX_CONNECTIONS = 10000
@@ -25,13 +28,14 @@ _GONE_BEFORE_ACCEPT = (errno.EAGAIN, errno.ECONNABORTED, errno.EPROTO, errno.EIN
 
 class Acceptor:
     def __init__(self, listener: stdlib_socket.socket,
-                 handle: Callable[[socket.socket, tuple], None],
+                 handle: Callable[[socket.socket, tuple, Ending], None],
                  limit: int = MAX_CONNECTIONS) -> None:
         listener.setblocking(False)  # accepting must never block the hub
         self.listener = listener
         self.handle = handle
         self.limit = limit
         self.tasks = Tasks()
+        self.connections = 0  # accepted and not yet ended
         self.closed = False
         self._want = False  # accepting unless paused by the limit or an error
         self._watcher = get_hub().loop.io(listener.fileno(), 1)
@@ -67,9 +71,8 @@ class Acceptor:
 
     def _accept_one(self) -> None:
         """Runs in the hub when the listening socket is readable."""
-        if self.tasks.running >= self.limit:
-            self._watcher.stop()
-            self.tasks.on_finish(self._room)
+        if self.connections >= self.limit:
+            self._watcher.stop()  # resumed by _ended
             return
         try:
             fd, address = self.listener._accept()
@@ -79,17 +82,22 @@ class Acceptor:
             return
         self._delay = MIN_DELAY
         sock = socket.socket(self.listener.family, self.listener.type, 0, fileno=fd)
+        self.connections += 1
         self.tasks.spawn(self._serve, sock, address)
 
     def _serve(self, sock: socket.socket, address: tuple) -> None:
+        ending = Ending()
+        ending.add(self._ended)
+        ending.add(sock.close)
         try:
-            self.handle(sock, address)
-        finally:
-            sock.close()
+            self.handle(sock, address, ending)
+        except BaseException:
+            ending.end()
+            raise
 
-    def _room(self) -> None:
-        if self.tasks.running < self.limit:
-            self.tasks.on_finish(None)
+    def _ended(self) -> None:
+        self.connections -= 1
+        if self.connections < self.limit:
             self._resume()
 
     def _back_off(self, exc: OSError) -> None:

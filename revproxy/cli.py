@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
-import uuid
 
 from revproxy import __version__
 
@@ -33,6 +33,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_uuid(args: argparse.Namespace) -> int:
+    import uuid  # only this command needs it
+
     print(uuid.uuid4())
     return 0
 
@@ -108,11 +110,24 @@ def _which_server(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pid", type=int, help="the master's pid")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without shutil: argparse builds one for every argument
+    added, and shutil imports the compression modules, which every worker would inherit."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            width = os.get_terminal_size(sys.stdout.fileno()).columns
+        except (OSError, ValueError):
+            width = 80
+        super().__init__(prog, width=int(os.environ.get("COLUMNS", width)) - 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="revproxy",
+    parser = argparse.ArgumentParser(prog="revproxy", formatter_class=_HelpFormatter,
                                      description="V2Ray-compatible reverse tunnel")
     parser.add_argument("--version", action="version", version=f"revproxy {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
+        argparse.ArgumentParser, formatter_class=_HelpFormatter))
 
     run = sub.add_parser("run", help="run a portal and/or bridge from a config file")
     run.add_argument("-c", "--config", required=True, help="V2Ray JSON or YAML config")

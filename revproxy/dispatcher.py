@@ -1,7 +1,8 @@
 """Hands a session to the outbound that routing picks for it.
 
-Two ways in: ``handle`` gives the outbound a stream to serve (it relays until done), ``open``
-asks the outbound for a new connected stream (used by the bridge to dial its tunnels).
+Two ways in: ``handle`` gives the outbound a stream to serve, ``open`` asks the outbound for a
+new connected stream (used by the bridge to dial its tunnels). An outbound serving a stream
+ends ``session.ending`` once the connection is over, which may be after ``handle`` returns.
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ class Dispatcher:
         return outbound
 
     def handle(self, session: Session, stream: Stream) -> None:
-        """Serve ``stream`` through the routed outbound; always closes the stream."""
+        """Serve ``stream`` through the routed outbound, which closes it and ends the session
+        when done."""
         try:
             outbound = self.route(session)
         except NoRoute as exc:
             log.warning("dispatcher: %s", exc)
             stream.close()
+            session.ending.end()
             return
         if access_log.isEnabledFor(logging.INFO):  # describe() costs on every connection
             access_log.info("%s accepted %s [%s -> %s]", session.source or "-",
@@ -58,14 +61,17 @@ class Dispatcher:
                       session.describe())
         self.active += 1
         self.total += 1
+        session.ending.add(self._ended)
         try:
             outbound.handle(session, stream)
         except Exception:  # one connection must never take the server down
             log.exception("dispatcher: outbound %s failed for %s", outbound.tag,
                           session.describe())
             stream.close()
-        finally:
-            self.active -= 1
+            session.ending.end()
+
+    def _ended(self) -> None:
+        self.active -= 1
 
     def open(self, session: Session) -> Stream:
         outbound = self.route(session)

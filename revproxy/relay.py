@@ -7,51 +7,50 @@ look and closes both ends if not; once one direction has ended the period become
 ``after_half_close``. (A timeout on every read would cut a long one-way download and cost a
 timer per wait.)
 
-A mux session relayed to a socket is written through: the tunnel reader hands its payloads
-straight to the socket and reports the session's end by callback, so such a relay runs on
-one greenlet, the caller's.
+A socket relayed to a mux session runs without a greenlet of its own: the tunnel reader writes
+the session's payloads to the socket and reports the session's end by callback, and the socket
+is read in hub callbacks when it is readable. A parked greenlet costs about 8 KiB, and
+thousands of mostly idle visitors are the normal case. Other pairs get a greenlet per
+direction.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import gevent
 from gevent import get_hub
 
 from revproxy.mux.connection import MuxSession
-from revproxy.stream import SocketStream, Stream
+from revproxy.stream import RECV_SIZE, SocketStream, Stream
 
 IDLE_TIMEOUT = 300.0
 AFTER_HALF_CLOSE = 30.0
 YIELD_EVERY = 15  # mask: yield to the hub once every 16 transfers
+_READ = 1  # libev's EV_READ
 
 
 class _IdleWatch:
-    """Closes both streams when a check finds that nothing moved since the previous one."""
+    """Calls ``on_idle`` when a check finds that ``progress()`` did not change since the
+    previous check."""
 
-    __slots__ = ("a", "b", "moved", "_seen", "_timer")
+    __slots__ = ("progress", "on_idle", "_seen", "_timer")
 
-    def __init__(self, a: Stream, b: Stream, period: float) -> None:
-        self.a = a
-        self.b = b
-        self.moved = 0  # transfers by the pumps; write-through counts in the session
-        self._seen = self._progress()
+    def __init__(self, progress: Callable[[], int], on_idle: Callable[[], None],
+                 period: float) -> None:
+        self.progress = progress
+        self.on_idle = on_idle
+        self._seen = progress()
         self._timer = get_hub().loop.timer(period, period)
         self._timer.start(self._check)
 
-    def _progress(self) -> int:
-        moved = self.moved
-        for stream in (self.a, self.b):
-            if isinstance(stream, MuxSession):
-                moved += stream.bytes_in
-        return moved
-
     def _check(self) -> None:
-        progress = self._progress()
+        progress = self.progress()
         if progress != self._seen:
             self._seen = progress
             return
         self.stop()
-        gevent.spawn(_close_both, self.a, self.b)  # closing a session may wait: not in the hub
+        self.on_idle()
 
     def shorten(self, period: float) -> None:
         """One direction is done: the other may stay silent for ``period`` at most."""
@@ -59,7 +58,7 @@ class _IdleWatch:
         if timer.active:
             timer.stop()
             timer.close()
-            self._seen = self._progress()
+            self._seen = self.progress()
             self._timer = get_hub().loop.timer(period, period)
             self._timer.start(self._check)
 
@@ -69,74 +68,172 @@ class _IdleWatch:
 
 
 def relay(a: Stream, b: Stream, idle: float = IDLE_TIMEOUT,
-          after_half_close: float = AFTER_HALF_CLOSE) -> None:
-    """Relay ``a`` ⇄ ``b``; returns when both directions are done, with both streams closed."""
+          after_half_close: float = AFTER_HALF_CLOSE,
+          on_done: Callable[[], None] | None = None) -> None:
+    """Relay ``a`` ⇄ ``b`` until both directions are done, then close both streams and call
+    ``on_done``. Between a socket and a mux session this returns at once and the relay goes
+    on in hub callbacks; otherwise it returns when done."""
     a.settimeout(None)
     b.settimeout(None)
-    watch = _IdleWatch(a, b, idle)
-    try:
-        if _writes_through(b, a):
-            _relay_through(b, a, watch, after_half_close)
-        elif _writes_through(a, b):
-            _relay_through(a, b, watch, after_half_close)
-        else:
-            other = gevent.spawn(_pump, b, a, watch, after_half_close)
+    if _writes_through(b, a):
+        _SocketToSession(a, b, idle, after_half_close, on_done).start()
+    elif _writes_through(a, b):
+        _SocketToSession(b, a, idle, after_half_close, on_done).start()
+    else:
+        _Pumps(a, b, idle, after_half_close).run()
+        if on_done is not None:
+            on_done()
+
+
+def _writes_through(session: Stream, sock: Stream) -> bool:
+    return isinstance(session, MuxSession) and isinstance(sock, SocketStream) and \
+        session.sink is None
+
+
+class _SocketToSession:
+    """A socket ⇄ mux session relay driven by callbacks: the session's payloads go to the
+    socket as the tunnel reader receives them (the session's sink); the socket's data is read
+    when libev reports it readable and queued on the tunnel, unless the tunnel's write queue is
+    full: then reading waits until the tunnel writer has taken the queue."""
+
+    __slots__ = ("stream", "session", "after_half_close", "on_done", "watch", "_recv",
+                 "_reader", "_read_done", "_write_done", "_finished")
+
+    def __init__(self, stream: SocketStream, session: MuxSession, idle: float,
+                 after_half_close: float, on_done: Callable[[], None] | None) -> None:
+        self.stream = stream
+        self.session = session
+        self.after_half_close = after_half_close
+        self.on_done = on_done
+        self.watch = _IdleWatch(self._progress, self._finish, idle)
+        # The plain non-blocking socket under gevent's: EAGAIN must raise, not wait (the
+        # same attribute in gevent 22.10 and later).
+        self._recv = stream.sock._sock.recv
+        self._reader = get_hub().loop.io(stream.sock.fileno(), _READ)
+        self._read_done = False  # the socket's end reached the session
+        self._write_done = False  # the session's end reached the socket
+        self._finished = False
+
+    def start(self) -> None:
+        session = self.session
+        try:
+            session.attach_sink(self.stream.send)  # flushes what the session buffered
+        except OSError:
+            self._finish()
+            return
+        session.watch_end(self._session_ended)
+        if not self._finished:
+            self._reader.start(self._readable)
+
+    def _progress(self) -> int:
+        return self.session.bytes_in + self.session.bytes_out
+
+    def _readable(self) -> None:
+        conn = self.session.conn
+        if conn.congested:
+            self._reader.stop()
+            conn.when_uncongested(self._resume)
+            return
+        try:
+            data = self._recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._finish()
+            return
+        if not data:
+            self._reader.stop()
+            self._read_done = True
+            self.session.close_write()
+            self.watch.shorten(self.after_half_close)
+            if self._write_done:
+                self._finish()
+            return
+        try:
+            self.session.send(data)
+        except OSError:  # the session or its tunnel is gone
+            self._finish()
+
+    def _resume(self) -> None:
+        if not self._finished and not self._read_done:
+            self._reader.start(self._readable)
+
+    def _session_ended(self, error: Exception | None) -> None:
+        """The peer ended the session (``error`` None) or it failed."""
+        if error is not None:
+            self._finish()
+            return
+        self.stream.close_write()
+        self._write_done = True
+        self.watch.shorten(self.after_half_close)
+        if self._read_done:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._reader.stop()
+        self._reader.close()  # before the socket: libev must not watch a closed descriptor
+        self.watch.stop()
+        self.session.on_end = None
+        self.session.close()  # an End with the error flag unless both sides ended
+        self.stream.close()
+        if self.on_done is not None:
+            self.on_done()
+
+
+class _Pumps:
+    """A greenlet per direction: this one pumps ``a`` → ``b``, a second one ``b`` → ``a``."""
+
+    __slots__ = ("a", "b", "after_half_close", "moved", "watch")
+
+    def __init__(self, a: Stream, b: Stream, idle: float, after_half_close: float) -> None:
+        self.a = a
+        self.b = b
+        self.after_half_close = after_half_close
+        self.moved = 0  # transfers by the pumps
+        self.watch = _IdleWatch(self._progress, self._idle, idle)
+
+    def _progress(self) -> int:
+        return self.moved
+
+    def _idle(self) -> None:
+        gevent.spawn(_close_both, self.a, self.b)  # closing may wait: not in the hub
+
+    def run(self) -> None:
+        a, b = self.a, self.b
+        try:
+            other = gevent.spawn(self._pump, b, a)
             try:
-                _pump(a, b, watch, after_half_close)
+                self._pump(a, b)
                 other.join()
             finally:
                 other.kill(block=False)
-    finally:
-        watch.stop()
-        a.close()
-        b.close()
+        finally:
+            self.watch.stop()
+            a.close()
+            b.close()
 
-
-def _writes_through(src: Stream, dst: Stream) -> bool:
-    return isinstance(src, MuxSession) and isinstance(dst, SocketStream) and src.sink is None
-
-
-def _relay_through(session: MuxSession, sock: SocketStream, watch: _IdleWatch,
-                   after_half_close: float) -> None:
-    """``session`` → ``sock`` by the tunnel reader; ``sock`` → ``session`` pumped here."""
-
-    def session_ended(error: Exception | None) -> None:
-        if error is None:
-            sock.close_write()
-            watch.shorten(after_half_close)
-        else:
-            sock.close()  # wakes the pump below with an error
-
-    try:
-        session.attach_sink(sock.send)
-    except OSError:
-        return
-    session.watch_end(session_ended)
-    _pump(sock, session, watch, after_half_close)
-    try:
-        session.recv()  # its end: b"" once the peer ended it, an error if it failed
-    except OSError:
-        pass
-
-
-def _pump(src: Stream, dst: Stream, watch: _IdleWatch, after_half_close: float) -> None:
-    rounds = 0
-    try:
-        while True:
-            data = src.recv()
-            if not data:
-                break
-            dst.send(data)
-            watch.moved += 1
-            rounds += 1
-            if not rounds & YIELD_EVERY:
-                # Reads and writes that never block never yield: let the others run.
-                gevent.sleep(0)
-        dst.close_write()
-        watch.shorten(after_half_close)
-    except (OSError, EOFError, ValueError):
-        # Errors (reset, decode failure, closed by the idle watch) abort the whole connection.
-        _close_both(src, dst)
+    def _pump(self, src: Stream, dst: Stream) -> None:
+        rounds = 0
+        try:
+            while True:
+                data = src.recv()
+                if not data:
+                    break
+                dst.send(data)
+                self.moved += 1
+                rounds += 1
+                if not rounds & YIELD_EVERY:
+                    # Reads and writes that never block never yield: let the others run.
+                    gevent.sleep(0)
+            dst.close_write()
+            self.watch.shorten(self.after_half_close)
+        except (OSError, EOFError, ValueError):
+            # Errors (reset, decode failure, closed by the idle watch) abort the whole
+            # connection.
+            _close_both(src, dst)
 
 
 def _close_both(a: Stream, b: Stream) -> None:

@@ -1,10 +1,50 @@
-"""What the dispatcher routes: one proxied connection's destination and where it came from."""
+"""What the dispatcher routes: one proxied connection's destination and where it came from,
+and what to do once it is over (``Ending``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from revproxy.log import log
 from revproxy.routing import Target
+
+
+class Ending:
+    """Callbacks that run once, last added first, when a connection is over.
+
+    A connection may outlive the greenlet that set it up (a relay between a socket and a mux
+    session runs in hub callbacks), so the work to do at its end (counters, closing the
+    accepted socket) is registered here instead of in ``finally`` blocks. Callbacks added
+    after the end run at once.
+    """
+
+    __slots__ = ("_callbacks",)
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], object]] | None = []
+
+    @property
+    def ended(self) -> bool:
+        return self._callbacks is None
+
+    def add(self, callback: Callable[[], object]) -> None:
+        if self._callbacks is None:
+            _run(callback)
+        else:
+            self._callbacks.append(callback)
+
+    def end(self) -> None:
+        callbacks, self._callbacks = self._callbacks, None
+        while callbacks:
+            _run(callbacks.pop())
+
+
+def _run(callback: Callable[[], object]) -> None:
+    try:
+        callback()
+    except Exception:  # the others must still run; this may be in the hub
+        log.exception("error at the end of a connection in %r", callback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,6 +53,7 @@ class Session:
     inbound_tag: str | None
     source: str = ""
     email: str | None = None
+    ending: Ending = field(default_factory=Ending, compare=False, repr=False)
 
     def describe(self) -> str:
         return f"{self.target.network}:{_hostport(self.target.address, self.target.port)}"

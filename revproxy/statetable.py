@@ -46,7 +46,6 @@ import fcntl
 import mmap
 import os
 import struct
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -232,7 +231,11 @@ class StateTable:
         owner = os.stat(directory).st_uid
         if owner not in (0, os.geteuid()):
             raise StateTableError(f"{directory} belongs to uid {owner}, not to us")
-        fd, temp = tempfile.mkstemp(prefix=".revproxy-", suffix=".tmp", dir=directory)
+        # not tempfile.mkstemp: tempfile pulls in shutil, random and the compressors, and
+        # every worker would inherit that memory
+        temp = os.path.join(directory, f".revproxy-{os.getpid()}-{os.urandom(6).hex()}.tmp")
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
         buf: mmap.mmap | None = None
         try:
             os.fchmod(fd, 0o644)

@@ -24,7 +24,6 @@ class Tasks:
         self.running = 0
         self._idle: list[greenlet] = []
         self._keep_idle = keep_idle
-        self._on_finish: Callable[[], None] | None = None
 
     def spawn(self, func: Callable[..., object], *args: object) -> None:
         hub = get_hub()
@@ -34,10 +33,6 @@ class Tasks:
             runner = greenlet(self._serve, parent=hub)
         self.running += 1
         hub.loop.run_callback(runner.switch, func, args)
-
-    def on_finish(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` whenever a task has finished (used to resume accepting)."""
-        self._on_finish = callback
 
     def _serve(self, func: Callable[..., object], args: tuple) -> None:
         hub = get_hub()
@@ -49,8 +44,6 @@ class Tasks:
             finally:
                 self.running -= 1
             func = args = None  # drop references while parked
-            if self._on_finish is not None:
-                self._on_finish()
             if len(self._idle) >= self._keep_idle:
                 return
             self._idle.append(getcurrent())

@@ -39,6 +39,7 @@ from revproxy.reverse.bridge import Bridge
 from revproxy.reverse.portal import PortalOutbound
 from revproxy.reverse.tunnel import Tunnel
 from revproxy.routing import Router
+from revproxy.session import Ending
 from revproxy.statetable import ROLE_BRIDGE, ROLE_PORTAL
 from revproxy.supervisor import bind_listener
 
@@ -203,7 +204,7 @@ def build_outbound(tag: str, settings: object) -> Outbound:
 
 
 def build_inbound(inbound: InboundConfig, dispatcher: Dispatcher,
-                  replay: ReplayFilter) -> Callable[[socket.socket, tuple], None]:
+                  replay: ReplayFilter) -> Callable[[socket.socket, tuple, Ending], None]:
     settings = inbound.settings
     if isinstance(settings, DokodemoSettings):
         return DokodemoInbound(inbound.tag, settings.address, settings.port,

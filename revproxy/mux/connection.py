@@ -193,6 +193,7 @@ class MuxConnection:
         self._out_size = 0
         self._out_ready = Event()
         self._out_space = Event()
+        self._uncongested: list[Callable[[], None]] = []  # waiting for the queue to empty
         self._writer: gevent.Greenlet | None = None
         self._on_close: list[Callable[[], None]] = []
 
@@ -204,6 +205,15 @@ class MuxConnection:
         self._on_close.append(callback)
 
     # -- writing
+    @property
+    def congested(self) -> bool:
+        """Whether ``write`` would wait for the tunnel."""
+        return self._out_size >= WRITE_BUFFER and not self.closed
+
+    def when_uncongested(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the writer has taken the queue (or the tunnel closed)."""
+        self._uncongested.append(callback)
+
     def write(self, data: bytes) -> None:
         """Queue frames for the tunnel. A writer greenlet sends whatever has gathered in one
         sealed write, so frames of many sessions share one encryption call and one syscall
@@ -211,6 +221,10 @@ class MuxConnection:
         while self._out_size >= WRITE_BUFFER and not self.closed:
             self._out_space.clear()
             self._out_space.wait()  # back-pressure on the sessions while the tunnel is slow
+        self._queue(data)
+
+    def _queue(self, data: bytes) -> None:
+        """Queue without waiting for room (never blocks: hub callbacks use it)."""
         if self.closed:
             raise ConnectionResetError("mux: tunnel closed")
         self._out.append(data)
@@ -230,6 +244,8 @@ class MuxConnection:
                 batch, self._out = self._out, []
                 size, self._out_size = self._out_size, 0
                 self._out_space.set()
+                if self._uncongested:
+                    self._wake_uncongested()
                 self.tunnel.send(batch[0] if len(batch) == 1 else b"".join(batch))
                 self.bytes_sent += size
         except OSError:
@@ -241,9 +257,16 @@ class MuxConnection:
         else:
             self.write(encode_keep_chunks(session.id, data, MAX_STREAM_FRAME))
 
+    def _wake_uncongested(self) -> None:
+        waiting, self._uncongested = self._uncongested, []
+        for callback in waiting:
+            callback()
+
     def send_end(self, session_id: int, error: bool) -> None:
+        """Queue an End frame; never waits (a few bytes past the queue limit do no harm, and
+        sessions are closed from hub callbacks)."""
         try:
-            self.write(encode_end(session_id, error))
+            self._queue(encode_end(session_id, error))
         except ConnectionResetError:
             pass
 
@@ -333,6 +356,7 @@ class MuxConnection:
         self._out.clear()
         self._out_ready.set()  # the writer greenlet ends
         self._out_space.set()  # senders waiting for room get their error
+        self._wake_uncongested()
         sessions = list(self.sessions.values())
         self.sessions.clear()
         for session in sessions:

@@ -15,3 +15,4 @@ class BlackholeOutbound:
 
     def handle(self, session: Session, stream: Stream) -> None:
         stream.close()
+        session.ending.end()

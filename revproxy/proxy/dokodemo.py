@@ -8,7 +8,7 @@ import struct
 from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
 from revproxy.routing import Target
-from revproxy.session import Session
+from revproxy.session import Ending, Session
 from revproxy.stream import SocketStream, tune_socket
 
 _SO_ORIGINAL_DST = 80
@@ -35,12 +35,12 @@ class DokodemoInbound:
             return None
         return Target("tcp", self.address, self.port)
 
-    def handle_connection(self, sock: socket.socket, address: tuple) -> None:
+    def handle_connection(self, sock: socket.socket, address: tuple, ending: Ending) -> None:
         tune_socket(sock)
         target = self.target_for(sock)
         if target is None:
             log.warning("dokodemo-door: unable to get destination for %s", address[0])
-            sock.close()
+            ending.end()
             return
-        session = Session(target, self.tag, source=f"{address[0]}:{address[1]}")
+        session = Session(target, self.tag, source=f"{address[0]}:{address[1]}", ending=ending)
         self.dispatcher.handle(session, SocketStream(sock))

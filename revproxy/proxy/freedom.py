@@ -47,5 +47,6 @@ class FreedomOutbound:
             host, port = self.destination(session)
             log.warning("freedom: failed to open connection to %s:%s: %s", host, port, exc)
             stream.close()
+            session.ending.end()
             return
-        relay(stream, upstream)
+        relay(stream, upstream, on_done=session.ending.end)

@@ -10,6 +10,7 @@ opened more than 256 sessions is drained.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 
@@ -28,7 +29,7 @@ from revproxy.reverse.balance import pick_tunnel
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, STATE_DRAIN, encode_control
 from revproxy.reverse.tunnel import Tunnel
 from revproxy.routing import Target
-from revproxy.session import Session
+from revproxy.session import Ending, Session
 from revproxy.statetable import ROLE_PORTAL
 from revproxy.stream import SocketStream, Stream
 
@@ -153,6 +154,7 @@ class PortalOutbound:
             if self.cluster is not None:
                 self.cluster.remove_tunnel(tunnel.row)
             log.info("portal: tunnel %s closed", tunnel.name)
+            session.ending.end()
 
     def drain_all(self) -> None:
         for tunnel in list(self.tunnels):
@@ -181,17 +183,20 @@ class PortalOutbound:
             self._tunnel_added.wait(min(remaining, 0.25 if self.cluster else remaining))
 
     def serve_visitor(self, session: Session, stream: Stream) -> None:
+        ending = session.ending
         first: bytes | None = None
         stream.settimeout(FIRST_PAYLOAD_WAIT)
         try:
             first = stream.recv()
             if not first:
                 stream.close()
+                ending.end()
                 return
         except TimeoutError:
             first = None
         except OSError:
             stream.close()
+            ending.end()
             return
         can_hand_off = isinstance(stream, SocketStream)
         deadline = time.monotonic() + TUNNEL_WAIT
@@ -204,6 +209,7 @@ class PortalOutbound:
                            first or b"")
             if self.cluster.hand_off(choice, meta, stream.sock):
                 stream.close()  # only our copy: the sibling received its own descriptor
+                ending.end()
                 return
             # That sibling just went away: choose again among what is left.
             gone.add(choice.pid)
@@ -211,8 +217,9 @@ class PortalOutbound:
         if choice is None:
             log.warning("portal %s: no tunnel available for %s", self.tag, session.describe())
             stream.close()
+            ending.end()
             return
-        self._carry(choice, session.target, stream, first, session.describe())
+        self._carry(choice, session.target, stream, first, session.describe(), ending)
 
     def serve_handoff(self, meta: Handoff, sock: socket.socket) -> None:
         """A sibling accepted this visitor for one of our tunnels."""
@@ -229,24 +236,26 @@ class PortalOutbound:
         log.debug("portal %s: hand-off of %s for tunnel %d", self.tag, meta.source,
                   meta.tunnel_id)
         self.handed_in += 1
-        try:
-            self._carry(tunnel, target, stream, meta.first_payload or None, meta.source)
-        finally:
-            self.handed_in -= 1
+        ending = Ending()
+        ending.add(self._handoff_ended)
+        self._carry(tunnel, target, stream, meta.first_payload or None, meta.source, ending)
+
+    def _handoff_ended(self) -> None:
+        self.handed_in -= 1
 
     def _carry(self, tunnel: PortalTunnel, target: Target, stream: Stream,
-               first: bytes | None, what: str) -> None:
+               first: bytes | None, what: str, ending: Ending) -> None:
+        """Relay ``stream`` through a new session of ``tunnel``; ends ``ending`` when done."""
         network = NETWORK_UDP if target.network == "udp" else NETWORK_TCP
         try:
             mux_session = tunnel.mux.open_session(network, target.address, target.port, first)
         except ConnectionError as exc:
             log.warning("portal %s: tunnel %s refused %s: %s", self.tag, tunnel.name, what, exc)
             stream.close()
+            ending.end()
             return
         log.debug("portal %s: %s carried as session %d of tunnel %s", self.tag, what,
                   mux_session.id, tunnel.name)
         self._publish(tunnel)
-        try:
-            relay(stream, mux_session)
-        finally:
-            self._publish(tunnel)
+        ending.add(functools.partial(self._publish, tunnel))
+        relay(stream, mux_session, on_done=ending.end)

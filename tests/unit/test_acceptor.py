@@ -70,9 +70,10 @@ def connect(listener: stdlib_socket.socket) -> socket.socket:
 
 
 def test_each_connection_is_handled_then_closed(listener):
-    def echo_once(sock, address) -> None:
+    def echo_once(sock, address, ending) -> None:
         assert address[0] == "127.0.0.1"
         sock.sendall(sock.recv(100).upper())
+        ending.end()
 
     acceptor = Acceptor(listener, echo_once)
     acceptor.start_accepting()
@@ -81,19 +82,57 @@ def test_each_connection_is_handled_then_closed(listener):
         client.sendall(b"hi %d" % index)
     for index, client in enumerate(clients):
         assert client.recv(100) == b"HI %d" % index
-        assert client.recv(100) == b""  # closed by the acceptor after the handler
+        assert client.recv(100) == b""  # closed by the acceptor at the connection's end
         client.close()
+    assert acceptor.connections == 0
     acceptor.close()
     assert acceptor.closed and not acceptor.accepting
+
+
+def test_a_connection_may_outlive_its_handler(listener):
+    """The handler returns; the connection is open until its ending ends, and counts."""
+    endings = []
+    acceptor = Acceptor(listener, lambda sock, address, ending: endings.append(ending))
+    acceptor.start_accepting()
+    client = connect(listener)
+    with gevent.Timeout(TIMEOUT):
+        while not endings:
+            gevent.sleep(0.01)
+    gevent.sleep(0.05)  # the handler has returned
+    assert acceptor.connections == 1
+    client.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        client.recv(1)  # still open
+    endings[0].end()
+    client.settimeout(TIMEOUT)
+    assert client.recv(1) == b""
+    assert acceptor.connections == 0
+    acceptor.close()
+    client.close()
+
+
+def test_a_failing_handler_ends_its_connection(listener, caplog):
+    def fail(sock, address, ending) -> None:
+        raise RuntimeError("handler bug")
+
+    acceptor = Acceptor(listener, fail)
+    acceptor.start_accepting()
+    client = connect(listener)
+    assert client.recv(1) == b""  # closed
+    assert acceptor.connections == 0
+    assert "handler bug" in caplog.text
+    acceptor.close()
+    client.close()
 
 
 def test_at_the_limit_it_waits_for_a_connection_to_end(listener):
     release = Event()
     handled = []
 
-    def hold(sock, address) -> None:
+    def hold(sock, address, ending) -> None:
         handled.append(address)
         release.wait()
+        ending.end()
 
     acceptor = Acceptor(listener, hold, limit=1)
     acceptor.start_accepting()
@@ -111,7 +150,7 @@ def test_at_the_limit_it_waits_for_a_connection_to_end(listener):
 
 def test_stopped_acceptor_leaves_connections_to_others(listener):
     handled = []
-    acceptor = Acceptor(listener, lambda sock, address: handled.append(address))
+    acceptor = Acceptor(listener, lambda sock, address, ending: handled.append(address))
     acceptor.start_accepting()
     acceptor.stop_accepting()
     client = connect(listener)

@@ -9,9 +9,11 @@ import gevent
 import gevent.queue
 import pytest
 from gevent import socket
+from gevent.event import Event
 
 from revproxy.mux.client import MuxClient
-from revproxy.mux.frame import NETWORK_TCP
+from revproxy.mux.connection import WRITE_BUFFER
+from revproxy.mux.frame import NETWORK_TCP, STATUS_KEEP, FrameDecoder, encode_new
 from revproxy.mux.server import MuxServer
 from revproxy.relay import relay
 from revproxy.stream import SocketStream
@@ -96,7 +98,9 @@ def test_session_written_through_to_a_socket(tunnel):
     outer, inner = socket.socketpair()
     session = client.open_session(NETWORK_TCP, "example.com", 80, b"hello")
     far = accepted.get(timeout=TIMEOUT)
-    runner = gevent.spawn(relay, far, SocketStream(inner))
+    done = Event()
+    relay(far, SocketStream(inner), on_done=done.set)  # returns at once: no greenlet held
+    assert not done.is_set()
     assert outer.recv(5) == b"hello"
     session.send(b"z" * 200_000)
     session.close_write()
@@ -108,8 +112,8 @@ def test_session_written_through_to_a_socket(tunnel):
         while data := session.recv():
             chunks.append(data)
     assert b"".join(chunks) == b"reply"
-    runner.join(TIMEOUT)
-    assert runner.successful()
+    assert done.wait(TIMEOUT)
+    assert inner.fileno() == -1 and far.closed  # both ends closed by the relay
     outer.close()
 
 
@@ -120,11 +124,11 @@ def test_session_that_ended_before_the_relay_started(tunnel):
     session.close_write()
     far = accepted.get(timeout=TIMEOUT)
     gevent.sleep(0.05)  # the End arrives before the relay attaches
-    runner = gevent.spawn(relay, far, SocketStream(inner))
+    done = Event()
+    relay(far, SocketStream(inner), on_done=done.set)
     assert read_all(outer) == b"early"
     outer.close()
-    runner.join(TIMEOUT)
-    assert runner.dead
+    assert done.wait(TIMEOUT)
 
 
 def test_session_reset_closes_the_socket(tunnel):
@@ -132,10 +136,62 @@ def test_session_reset_closes_the_socket(tunnel):
     outer, inner = socket.socketpair()
     session = client.open_session(NETWORK_TCP, "example.com", 80, b"x")
     far = accepted.get(timeout=TIMEOUT)
-    runner = gevent.spawn(relay, far, SocketStream(inner))
+    done = Event()
+    relay(far, SocketStream(inner), on_done=done.set)
     assert outer.recv(1) == b"x"
     session.close()  # not ended first: the peer sees an error End
     assert read_all(outer) == b""
-    runner.join(TIMEOUT)
-    assert runner.dead
+    assert done.wait(TIMEOUT)
     outer.close()
+
+
+def test_idle_written_through_session_is_closed(tunnel):
+    client, accepted = tunnel
+    outer, inner = socket.socketpair()
+    session = client.open_session(NETWORK_TCP, "example.com", 80, b"x")
+    far = accepted.get(timeout=TIMEOUT)
+    done = Event()
+    relay(far, SocketStream(inner), idle=0.2, on_done=done.set)
+    assert outer.recv(1) == b"x"
+    assert read_all(outer) == b""  # closed, not hung
+    assert done.wait(TIMEOUT)
+    with pytest.raises(ConnectionResetError), gevent.Timeout(TIMEOUT):
+        session.recv()  # the peer got an error End
+    outer.close()
+
+
+def test_full_tunnel_queue_pauses_reading_and_loses_nothing():
+    """While the tunnel's peer reads nothing, the relay stops reading the socket once the
+    write queue is full; when the peer reads again, every byte arrives, in order."""
+    tunnel_end, peer = socket.socketpair()
+    accepted = gevent.queue.Queue()
+    server = MuxServer(SocketStream(tunnel_end), lambda s, frame: accepted.put(s), "server")
+    reader = gevent.spawn(server.run)
+    peer.sendall(encode_new(1, NETWORK_TCP, "example.com", 80))
+    far = accepted.get(timeout=TIMEOUT)
+    outer, inner = socket.socketpair()
+    done = Event()
+    relay(far, SocketStream(inner), on_done=done.set)
+    data = bytes(range(256)) * (4 * WRITE_BUFFER // 256)  # 4 MiB: more than queue + buffers
+    sender = gevent.spawn(outer.sendall, data)
+    with gevent.Timeout(TIMEOUT):
+        while not server.congested:
+            gevent.sleep(0.01)
+    taken = far.bytes_out
+    gevent.sleep(0.2)
+    assert far.bytes_out == taken < len(data)  # reading paused
+    decoder = FrameDecoder()
+    payload = bytearray()
+    with gevent.Timeout(TIMEOUT):
+        while len(payload) < len(data):
+            for frame in decoder.feed(peer.recv(65536)):
+                if frame.status == STATUS_KEEP:
+                    payload += frame.payload
+    assert payload == data
+    sender.get(timeout=TIMEOUT)
+    outer.close()
+    assert not done.wait(0.1)  # the socket ended, the session's peer has not: still open
+    server.close()
+    reader.join(TIMEOUT)
+    assert done.wait(TIMEOUT)  # the tunnel closed: the relay ended
+    peer.close()

@@ -20,11 +20,12 @@ from revproxy.proxy.vmess.header import (
     COMMAND_UDP,
     HandshakeError,
     RequestDecoder,
+    RequestHeader,
 )
 from revproxy.proxy.vmess.replay import ReplayFilter
 from revproxy.proxy.vmess.stream import VMessServerStream
 from revproxy.routing import Target
-from revproxy.session import Session
+from revproxy.session import Ending, Session
 from revproxy.stream import RECV_SIZE, tune_socket
 
 HANDSHAKE_TIMEOUT = 4.0
@@ -40,27 +41,13 @@ class VMessInbound:
         # Like V2Ray's behaviour seed: every failure drains a similar amount on this server.
         self._drain_base = random.randrange(3266) + 16 + 38
 
-    def handle_connection(self, sock: socket.socket, address: tuple) -> None:
+    def handle_connection(self, sock: socket.socket, address: tuple, ending: Ending) -> None:
         tune_socket(sock)
         source = f"{address[0]}:{address[1]}"
         decoder = RequestDecoder(self.users, self.replay)
-        received = 0
-        header = None
-        try:
-            with gevent.Timeout(HANDSHAKE_TIMEOUT, TimeoutError):
-                while header is None:
-                    data = sock.recv(RECV_SIZE)
-                    if not data:
-                        sock.close()
-                        return
-                    received += len(data)
-                    header = decoder.feed(data)
-        except HandshakeError as exc:
-            log.info("vmess: %s rejected: %s", source, exc)
-            self._drain(sock, received)
-            return
-        except OSError:
-            sock.close()
+        header = self._handshake(sock, source, decoder)
+        if header is None:
+            ending.end()  # closes the socket
             return
         if header.command == COMMAND_TCP:
             network = "tcp"
@@ -68,12 +55,33 @@ class VMessInbound:
             network = "udp"
         else:
             log.warning("vmess: %s: command %d is not supported", source, header.command)
-            sock.close()
+            ending.end()
             return
         email = decoder.user.email if decoder.user is not None else None
         session = Session(Target(network, header.address, header.port), self.tag,
-                          source=source, email=email)
+                          source=source, email=email, ending=ending)
         self.dispatcher.handle(session, VMessServerStream(sock, header, decoder.rest))
+
+    def _handshake(self, sock: socket.socket, source: str,
+                   decoder: RequestDecoder) -> RequestHeader | None:
+        """The request header, or None if the peer went away or failed to authenticate."""
+        received = 0
+        try:
+            with gevent.Timeout(HANDSHAKE_TIMEOUT, TimeoutError):
+                while True:
+                    data = sock.recv(RECV_SIZE)
+                    if not data:
+                        return None
+                    received += len(data)
+                    header = decoder.feed(data)
+                    if header is not None:
+                        return header
+        except HandshakeError as exc:
+            log.info("vmess: %s rejected: %s", source, exc)
+            self._drain(sock, received)
+        except OSError:
+            pass
+        return None
 
     def _drain(self, sock: socket.socket, received: int) -> None:
         remaining = self._drain_base + random.randrange(1, 65) - received
@@ -86,4 +94,3 @@ class VMessInbound:
                     remaining -= len(data)
         except OSError:
             pass
-        sock.close()

@@ -55,5 +55,6 @@ class VMessOutbound:
         except OSError as exc:
             log.warning("vmess: failed to reach a server for %s: %s", session.describe(), exc)
             stream.close()
+            session.ending.end()
             return
-        relay(stream, upstream)
+        relay(stream, upstream, on_done=session.ending.end)
