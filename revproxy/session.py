@@ -47,7 +47,7 @@ def _run(callback: Callable[[], object]) -> None:
         log.exception("error at the end of a connection in %r", callback)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Session:
     target: Target
     inbound_tag: str | None

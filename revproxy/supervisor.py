@@ -79,9 +79,13 @@ def _listen_key(config: Config, index: int) -> tuple[str, int]:
 
 
 def bind_listener(listen: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket. Accepted connections inherit its TCP_NODELAY and SO_KEEPALIVE
+    (Linux copies both), which saves two system calls per connection."""
     family = socket.AF_INET6 if ":" in listen else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     try:
         sock.bind((listen, port))
         sock.listen(backlog)

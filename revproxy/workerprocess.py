@@ -30,6 +30,7 @@ from revproxy.statetable import (
     WorkerRow,
 )
 from revproxy.supervisor import BOOT_ERROR, resolve_user
+from revproxy.tasks import Tasks
 from revproxy.worker import Worker
 
 PUBLISH_INTERVAL = 1.0
@@ -179,6 +180,7 @@ class WorkerProcess:
     def _receive_handoffs(self, endpoint: socket.socket) -> None:
         assert self.worker is not None
         portals = {portal.tag: portal for portal in self.worker.portals}
+        tasks = Tasks()
         while True:
             try:
                 meta, fd = handoff.receive(endpoint)
@@ -194,7 +196,7 @@ class WorkerProcess:
                 log.warning("worker %d: dropped a malformed hand-off", self.pid)
                 visitor.close()
                 continue
-            gevent.spawn(portal.serve_handoff, meta, visitor)
+            tasks.spawn(portal.serve_handoff, meta, visitor)
 
 
 def drop_privileges(user: str | None, group: str | None) -> None:

@@ -65,7 +65,7 @@ class MuxError(Exception):
         self.frames: list[Frame] = frames if frames is not None else []
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Frame:
     """One decoded frame; ``network``/``address``/``port`` are set on New frames only."""
 

@@ -9,7 +9,7 @@ from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
 from revproxy.routing import Target
 from revproxy.session import Ending, Session
-from revproxy.stream import SocketStream, tune_socket
+from revproxy.stream import SocketStream
 
 _SO_ORIGINAL_DST = 80
 
@@ -36,7 +36,6 @@ class DokodemoInbound:
         return Target("tcp", self.address, self.port)
 
     def handle_connection(self, sock: socket.socket, address: tuple, ending: Ending) -> None:
-        tune_socket(sock)
         target = self.target_for(sock)
         if target is None:
             log.warning("dokodemo-door: unable to get destination for %s", address[0])

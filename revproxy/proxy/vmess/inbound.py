@@ -26,7 +26,7 @@ from revproxy.proxy.vmess.replay import ReplayFilter
 from revproxy.proxy.vmess.stream import VMessServerStream
 from revproxy.routing import Target
 from revproxy.session import Ending, Session
-from revproxy.stream import RECV_SIZE, tune_socket
+from revproxy.stream import RECV_SIZE
 
 HANDSHAKE_TIMEOUT = 4.0
 
@@ -42,7 +42,6 @@ class VMessInbound:
         self._drain_base = random.randrange(3266) + 16 + 38
 
     def handle_connection(self, sock: socket.socket, address: tuple, ending: Ending) -> None:
-        tune_socket(sock)
         source = f"{address[0]}:{address[1]}"
         decoder = RequestDecoder(self.users, self.replay)
         header = self._handshake(sock, source, decoder)
