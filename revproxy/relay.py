@@ -27,7 +27,6 @@ from revproxy.stream import RECV_SIZE, SocketStream, Stream
 IDLE_TIMEOUT = 300.0
 AFTER_HALF_CLOSE = 30.0
 YIELD_EVERY = 15  # mask: yield to the hub once every 16 transfers
-_READ = 1  # libev's EV_READ
 
 
 class _IdleWatch:
@@ -106,10 +105,11 @@ class _SocketToSession:
         self.after_half_close = after_half_close
         self.on_done = on_done
         self.watch = _IdleWatch(self._progress, self._finish, idle)
-        # The plain non-blocking socket under gevent's: EAGAIN must raise, not wait (the
-        # same attribute in gevent 22.10 and later).
+        # gevent's socket internals, the same in 22.10 and later: the plain non-blocking
+        # socket underneath (EAGAIN must raise, not wait) and the socket's own read watcher
+        # (no one else waits to read this socket; a stopped watcher is closed with it).
         self._recv = stream.sock._sock.recv
-        self._reader = get_hub().loop.io(stream.sock.fileno(), _READ)
+        self._reader = stream.sock._read_event
         self._read_done = False  # the socket's end reached the session
         self._write_done = False  # the session's end reached the socket
         self._finished = False
@@ -122,7 +122,9 @@ class _SocketToSession:
             self._finish()
             return
         session.watch_end(self._session_ended)
-        if not self._finished:
+        if self._reader is None:  # the socket was closed already
+            self._finish()
+        elif not self._finished:
             self._reader.start(self._readable)
 
     def _progress(self) -> int:
@@ -144,10 +146,11 @@ class _SocketToSession:
         if not data:
             self._reader.stop()
             self._read_done = True
+            if self._write_done:
+                self._finish()  # the session's End goes out as it closes
+                return
             self.session.close_write()
             self.watch.shorten(self.after_half_close)
-            if self._write_done:
-                self._finish()
             return
         try:
             self.session.send(data)
@@ -160,21 +163,19 @@ class _SocketToSession:
 
     def _session_ended(self, error: Exception | None) -> None:
         """The peer ended the session (``error`` None) or it failed."""
-        if error is not None:
-            self._finish()
+        if error is not None or self._read_done:
+            self._finish()  # closing sends the FIN: no shutdown first (everything was read)
             return
         self.stream.close_write()
         self._write_done = True
         self.watch.shorten(self.after_half_close)
-        if self._read_done:
-            self._finish()
 
     def _finish(self) -> None:
         if self._finished:
             return
         self._finished = True
-        self._reader.stop()
-        self._reader.close()  # before the socket: libev must not watch a closed descriptor
+        if self._reader is not None:
+            self._reader.stop()  # before the socket closes: gevent then closes the watcher
         self.watch.stop()
         self.session.on_end = None
         self.session.close()  # an End with the error flag unless both sides ended

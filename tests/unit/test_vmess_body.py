@@ -169,6 +169,24 @@ def test_layout_aes_masking_padding() -> None:
     assert pos == len(wire)
 
 
+def test_padding_bytes_are_fresh_across_chunks_and_pool_refills() -> None:
+    """Padding comes from a pool of random bytes; no byte of it is sent twice."""
+    option = OPTION_CHUNK_STREAM | OPTION_CHUNK_MASKING | OPTION_GLOBAL_PADDING
+    writer = BodyWriter(SECURITY_AES128_GCM, KEY, IV, option)
+    words = _shake_words(IV, 2 * 400)
+    pads = []
+    for i in range(400):  # about 12 KiB of padding: the 4 KiB pool is refilled twice
+        wire = writer.seal(b"x")
+        padding = words[2 * i] % 64
+        assert len(wire) == 2 + 1 + 16 + padding
+        if padding:
+            pads.append(wire[-padding:])
+    joined = b"".join(pads)
+    assert len(joined) > 2 * 4096
+    chunks = {joined[i:i + 16] for i in range(0, len(joined) - 15, 16)}
+    assert len(chunks) == len(joined) // 16  # no repeated 16-byte block: not recycled
+
+
 def test_layout_chacha_plain_size() -> None:
     writer = BodyWriter(SECURITY_CHACHA20_POLY1305, KEY, IV, OPTION_CHUNK_STREAM)
     wire = writer.seal(b"hello")

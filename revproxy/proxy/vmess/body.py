@@ -35,6 +35,7 @@ from .header import (
 MAX_CHUNK_SIZE = 0xFFFF  # the u16 size field, after unmasking
 _TAG = 16
 _MAX_PADDING = 63
+_PAD_POOL = 4096  # random padding bytes fetched at once
 _AUTH_LEN_SALT = b"auth_len"
 _U16 = struct.Struct(">H")
 
@@ -143,6 +144,17 @@ class BodyWriter:
             raise ValueError(f"max_payload must be in 1..{limit}")
         self._max = max_payload
         self._packet = packet
+        self._pad_pool = b""  # random padding bytes, fetched _PAD_POOL at a time
+        self._pad_at = 0
+
+    def _padding(self, n: int) -> bytes:
+        """``n`` fresh random bytes: one getrandom call per _PAD_POOL bytes, not per chunk."""
+        at = self._pad_at
+        if at + n > len(self._pad_pool):
+            self._pad_pool = os.urandom(_PAD_POOL)
+            at = 0
+        self._pad_at = at + n
+        return self._pad_pool[at:at + n]
 
     def _chunk(self, piece: bytes) -> bytes:
         c = self._c
@@ -161,7 +173,7 @@ class BodyWriter:
             head = _U16.pack(size)
         body = piece if c.aead is None else c.aead.encrypt(c.next_nonce(), piece, None)
         if pad:
-            return b"".join((head, body, os.urandom(pad)))
+            return b"".join((head, body, self._padding(pad)))
         return head + body
 
     def seal(self, data: bytes | bytearray | memoryview) -> bytes:
