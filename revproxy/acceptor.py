@@ -11,10 +11,10 @@ one ends; accept errors (out of descriptors, ...) pause it with a back-off.
 from __future__ import annotations
 
 import errno
-import socket as stdlib_socket
+import socket
 from collections.abc import Callable
 
-from gevent import get_hub, socket
+from gevent import get_hub
 
 from revproxy.log import log
 from revproxy.session import Ending
@@ -27,7 +27,7 @@ _GONE_BEFORE_ACCEPT = (errno.EAGAIN, errno.ECONNABORTED, errno.EPROTO, errno.EIN
 
 
 class Acceptor:
-    def __init__(self, listener: stdlib_socket.socket,
+    def __init__(self, listener: socket.socket,
                  handle: Callable[[socket.socket, tuple, Ending], None],
                  limit: int = MAX_CONNECTIONS) -> None:
         listener.setblocking(False)  # accepting must never block the hub
@@ -82,6 +82,7 @@ class Acceptor:
             return
         self._delay = MIN_DELAY
         sock = socket.socket(self.listener.family, self.listener.type, 0, fileno=fd)
+        sock.setblocking(False)  # for SocketStream
         self.connections += 1
         self.tasks.spawn(self._serve, sock, address)
 

@@ -6,8 +6,10 @@ import errno
 import functools
 import ipaddress
 import os
+import socket
 
-from gevent import socket
+from gevent import Timeout
+from gevent import socket as cooperative
 
 from revproxy.stream import tune_socket
 
@@ -16,21 +18,19 @@ _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)
 
 
 def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
-    """A connected, tuned TCP socket in blocking (cooperative) mode. An IP literal skips the
-    resolver, which in gevent is a hop through its thread pool."""
+    """A connected, tuned, non-blocking TCP socket (for ``SocketStream``). A name is resolved
+    and its addresses tried in turn; an IP literal skips the resolver, which in gevent is a
+    hop through its thread pool."""
     family = _ip_family(host)
-    if family is None:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    else:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+    if family is not None:
+        return _connect(family, (host, port), timeout)
+    error: OSError = OSError(f"{host}: no address")
+    for family, _, _, _, address in cooperative.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
         try:
-            _connect_ip(sock, (host, port), timeout)
-        except OSError:
-            sock.close()
-            raise
-    sock.settimeout(None)
-    tune_socket(sock)
-    return sock
+            return _connect(family, address[:2], timeout)
+        except OSError as exc:
+            error = exc
+    raise error
 
 
 @functools.lru_cache(maxsize=256)
@@ -42,16 +42,24 @@ def _ip_family(host: str) -> int | None:
         return None
 
 
-def _connect_ip(sock: socket.socket, address: tuple[str, int], timeout: float) -> None:
-    # To a local address the kernel has usually finished the handshake by the time the
-    # non-blocking connect returns EINPROGRESS, so ask once more before waiting: the common
-    # case of a bridge in front of a service on its own host then needs no wait in the hub.
-    sock.settimeout(0.0)
-    result = sock.connect_ex(address)
-    if result in _IN_PROGRESS:
+def _connect(family: int, address: tuple[str, int], timeout: float) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        # To a local address the kernel has usually finished the handshake by the time the
+        # non-blocking connect returns EINPROGRESS, so ask once more before waiting: the
+        # common case of a bridge in front of a service on its own host then needs no wait.
         result = sock.connect_ex(address)
-    if result in _IN_PROGRESS:
-        sock.settimeout(timeout)
-        sock.connect(address)  # waits, then raises the error if it failed
-    elif result not in (0, errno.EISCONN):
-        raise OSError(result, os.strerror(result))
+        if result in _IN_PROGRESS:
+            result = sock.connect_ex(address)
+        if result in _IN_PROGRESS:
+            with Timeout(timeout, TimeoutError(f"connect to {address[0]}:{address[1]} timed out")):
+                cooperative.wait_write(sock.fileno())
+            result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if result not in (0, errno.EISCONN):
+            raise OSError(result, os.strerror(result))
+    except BaseException:
+        sock.close()
+        raise
+    tune_socket(sock)
+    return sock

@@ -27,6 +27,7 @@ from revproxy.stream import RECV_SIZE, SocketStream, Stream
 IDLE_TIMEOUT = 300.0
 AFTER_HALF_CLOSE = 30.0
 YIELD_EVERY = 15  # mask: yield to the hub once every 16 transfers
+_READ = 1  # libev's EV_READ
 
 
 class _IdleWatch:
@@ -105,11 +106,9 @@ class _SocketToSession:
         self.after_half_close = after_half_close
         self.on_done = on_done
         self.watch = _IdleWatch(self._progress, self._finish, idle)
-        # gevent's socket internals, the same in 22.10 and later: the plain non-blocking
-        # socket underneath (EAGAIN must raise, not wait) and the socket's own read watcher
-        # (no one else waits to read this socket; a stopped watcher is closed with it).
-        self._recv = stream.sock._sock.recv
-        self._reader = stream.sock._read_event
+        self._recv = stream.sock.recv  # non-blocking: EAGAIN raises
+        fd = stream.sock.fileno()
+        self._reader = get_hub().loop.io(fd, _READ) if fd >= 0 else None
         self._read_done = False  # the socket's end reached the session
         self._write_done = False  # the session's end reached the socket
         self._finished = False
@@ -175,7 +174,7 @@ class _SocketToSession:
             return
         self._finished = True
         if self._reader is not None:
-            self._reader.stop()  # before the socket closes: gevent then closes the watcher
+            self._reader.close()  # before the socket: libev must not watch a closed descriptor
         self.watch.stop()
         self.session.on_end = None
         self.session.close()  # an End with the error flag unless both sides ended

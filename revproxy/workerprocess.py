@@ -190,7 +190,8 @@ class WorkerProcess:
                 continue
             if fd is None:
                 continue
-            visitor = socket.socket(fileno=fd)
+            visitor = stdsocket.socket(fileno=fd)
+            visitor.setblocking(False)  # for SocketStream
             portal = portals.get(meta.portal_tag) if meta is not None else None
             if portal is None:
                 log.warning("worker %d: dropped a malformed hand-off", self.pid)

@@ -10,6 +10,7 @@ from gevent import getcurrent, socket
 from gevent.event import Event
 
 from revproxy.acceptor import Acceptor
+from revproxy.stream import SocketStream
 from revproxy.tasks import Tasks
 
 TIMEOUT = 10
@@ -72,7 +73,8 @@ def connect(listener: stdlib_socket.socket) -> socket.socket:
 def test_each_connection_is_handled_then_closed(listener):
     def echo_once(sock, address, ending) -> None:
         assert address[0] == "127.0.0.1"
-        sock.sendall(sock.recv(100).upper())
+        stream = SocketStream(sock)  # the socket is non-blocking
+        stream.send(stream.recv().upper())
         ending.end()
 
     acceptor = Acceptor(listener, echo_once)

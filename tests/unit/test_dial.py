@@ -9,6 +9,7 @@ import pytest
 from gevent import socket
 
 from revproxy.dial import connect
+from revproxy.stream import SocketStream
 from revproxy.supervisor import bind_listener
 
 
@@ -18,11 +19,14 @@ def test_connects_to_a_listener_and_tunes_the_socket():
         sock = connect("127.0.0.1", listener.getsockname()[1])
         accepted, _ = listener.accept()
         assert sock.getpeername() == listener.getsockname()
-        assert sock.gettimeout() is None  # cooperative blocking mode
+        assert sock.gettimeout() == 0.0  # non-blocking, for SocketStream
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        sock.sendall(b"ping")
+        stream = SocketStream(sock)
+        stream.send(b"ping")
         assert accepted.recv(4) == b"ping"
-        sock.close()
+        accepted.sendall(b"pong")
+        assert stream.recv() == b"pong"
+        stream.close()
         accepted.close()
     finally:
         listener.close()

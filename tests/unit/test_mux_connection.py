@@ -20,6 +20,8 @@ from revproxy.mux.frame import (
 from revproxy.mux.server import MuxServer
 from revproxy.stream import SocketStream
 
+from .sockets import plain
+
 TIMEOUT = 10
 
 
@@ -38,8 +40,8 @@ def pair():
         accepted.append((session, frame))
         gevent.spawn(echo, session)
 
-    client = MuxClient(SocketStream(a), "client")
-    server = MuxServer(SocketStream(b), accept, "server")
+    client = MuxClient(SocketStream(plain(a)), "client")
+    server = MuxServer(SocketStream(plain(b)), accept, "server")
     runners = [gevent.spawn(client.run), gevent.spawn(server.run)]
     yield client, server, accepted
     client.close()
@@ -102,7 +104,7 @@ class RawPeer:
     def __init__(self):
         self.sock, theirs = socket.socketpair()
         self.accepted = []
-        self.server = MuxServer(SocketStream(theirs),
+        self.server = MuxServer(SocketStream(plain(theirs)),
                                 lambda s, f: self.accepted.append(s), "server")
         self.runner = gevent.spawn(self.server.run)
         self.decoder = FrameDecoder()

@@ -18,6 +18,8 @@ from revproxy.mux.server import MuxServer
 from revproxy.relay import relay
 from revproxy.stream import SocketStream
 
+from .sockets import plain
+
 TIMEOUT = 10
 
 
@@ -34,7 +36,7 @@ def sockets():
     """Two socket pairs: (outer_a, inner_a), (inner_b, outer_b); the relay joins the inners."""
     outer_a, inner_a = socket.socketpair()
     inner_b, outer_b = socket.socketpair()
-    yield outer_a, SocketStream(inner_a), SocketStream(inner_b), outer_b
+    yield outer_a, SocketStream(plain(inner_a)), SocketStream(plain(inner_b)), outer_b
     for sock in (outer_a, inner_a, inner_b, outer_b):
         sock.close()
 
@@ -44,8 +46,9 @@ def tunnel():
     """A mux client and server over a socket pair; accepted sessions are queued."""
     a, b = socket.socketpair()
     accepted = gevent.queue.Queue()
-    client = MuxClient(SocketStream(a), "client")
-    server = MuxServer(SocketStream(b), lambda session, frame: accepted.put(session), "server")
+    client = MuxClient(SocketStream(plain(a)), "client")
+    server = MuxServer(SocketStream(plain(b)), lambda session, frame: accepted.put(session),
+                       "server")
     runners = [gevent.spawn(client.run), gevent.spawn(server.run)]
     yield client, accepted
     client.close()
@@ -99,7 +102,7 @@ def test_session_written_through_to_a_socket(tunnel):
     session = client.open_session(NETWORK_TCP, "example.com", 80, b"hello")
     far = accepted.get(timeout=TIMEOUT)
     done = Event()
-    relay(far, SocketStream(inner), on_done=done.set)  # returns at once: no greenlet held
+    relay(far, SocketStream(plain(inner)), on_done=done.set)  # returns at once: no greenlet held
     assert not done.is_set()
     assert outer.recv(5) == b"hello"
     session.send(b"z" * 200_000)
@@ -125,7 +128,7 @@ def test_session_that_ended_before_the_relay_started(tunnel):
     far = accepted.get(timeout=TIMEOUT)
     gevent.sleep(0.05)  # the End arrives before the relay attaches
     done = Event()
-    relay(far, SocketStream(inner), on_done=done.set)
+    relay(far, SocketStream(plain(inner)), on_done=done.set)
     assert read_all(outer) == b"early"
     outer.close()
     assert done.wait(TIMEOUT)
@@ -137,7 +140,7 @@ def test_session_reset_closes_the_socket(tunnel):
     session = client.open_session(NETWORK_TCP, "example.com", 80, b"x")
     far = accepted.get(timeout=TIMEOUT)
     done = Event()
-    relay(far, SocketStream(inner), on_done=done.set)
+    relay(far, SocketStream(plain(inner)), on_done=done.set)
     assert outer.recv(1) == b"x"
     session.close()  # not ended first: the peer sees an error End
     assert read_all(outer) == b""
@@ -151,7 +154,7 @@ def test_idle_written_through_session_is_closed(tunnel):
     session = client.open_session(NETWORK_TCP, "example.com", 80, b"x")
     far = accepted.get(timeout=TIMEOUT)
     done = Event()
-    relay(far, SocketStream(inner), idle=0.2, on_done=done.set)
+    relay(far, SocketStream(plain(inner)), idle=0.2, on_done=done.set)
     assert outer.recv(1) == b"x"
     assert read_all(outer) == b""  # closed, not hung
     assert done.wait(TIMEOUT)
@@ -165,13 +168,13 @@ def test_full_tunnel_queue_pauses_reading_and_loses_nothing():
     write queue is full; when the peer reads again, every byte arrives, in order."""
     tunnel_end, peer = socket.socketpair()
     accepted = gevent.queue.Queue()
-    server = MuxServer(SocketStream(tunnel_end), lambda s, frame: accepted.put(s), "server")
+    server = MuxServer(SocketStream(plain(tunnel_end)), lambda s, frame: accepted.put(s), "server")
     reader = gevent.spawn(server.run)
     peer.sendall(encode_new(1, NETWORK_TCP, "example.com", 80))
     far = accepted.get(timeout=TIMEOUT)
     outer, inner = socket.socketpair()
     done = Event()
-    relay(far, SocketStream(inner), on_done=done.set)
+    relay(far, SocketStream(plain(inner)), on_done=done.set)
     data = bytes(range(256)) * (4 * WRITE_BUFFER // 256)  # 4 MiB: more than queue + buffers
     sender = gevent.spawn(outer.sendall, data)
     with gevent.Timeout(TIMEOUT):

@@ -26,7 +26,7 @@ from revproxy.proxy.vmess.replay import ReplayFilter
 from revproxy.proxy.vmess.stream import VMessServerStream
 from revproxy.routing import Target
 from revproxy.session import Ending, Session
-from revproxy.stream import RECV_SIZE
+from revproxy.stream import SocketStream
 
 HANDSHAKE_TIMEOUT = 4.0
 
@@ -44,7 +44,8 @@ class VMessInbound:
     def handle_connection(self, sock: socket.socket, address: tuple, ending: Ending) -> None:
         source = f"{address[0]}:{address[1]}"
         decoder = RequestDecoder(self.users, self.replay)
-        header = self._handshake(sock, source, decoder)
+        transport = SocketStream(sock)
+        header = self._handshake(transport, source, decoder)
         if header is None:
             ending.end()  # closes the socket
             return
@@ -59,16 +60,16 @@ class VMessInbound:
         email = decoder.user.email if decoder.user is not None else None
         session = Session(Target(network, header.address, header.port), self.tag,
                           source=source, email=email, ending=ending)
-        self.dispatcher.handle(session, VMessServerStream(sock, header, decoder.rest))
+        self.dispatcher.handle(session, VMessServerStream(transport, header, decoder.rest))
 
-    def _handshake(self, sock: socket.socket, source: str,
+    def _handshake(self, transport: SocketStream, source: str,
                    decoder: RequestDecoder) -> RequestHeader | None:
         """The request header, or None if the peer went away or failed to authenticate."""
         received = 0
         try:
             with gevent.Timeout(HANDSHAKE_TIMEOUT, TimeoutError):
                 while True:
-                    data = sock.recv(RECV_SIZE)
+                    data = transport.recv()
                     if not data:
                         return None
                     received += len(data)
@@ -77,17 +78,17 @@ class VMessInbound:
                         return header
         except HandshakeError as exc:
             log.info("vmess: %s rejected: %s", source, exc)
-            self._drain(sock, received)
+            self._drain(transport, received)
         except OSError:
             pass
         return None
 
-    def _drain(self, sock: socket.socket, received: int) -> None:
+    def _drain(self, transport: SocketStream, received: int) -> None:
         remaining = self._drain_base + random.randrange(1, 65) - received
         try:
             with gevent.Timeout(HANDSHAKE_TIMEOUT, TimeoutError):
                 while remaining > 0:
-                    data = sock.recv(RECV_SIZE)
+                    data = transport.recv()
                     if not data:
                         break
                     remaining -= len(data)

@@ -19,7 +19,7 @@ from revproxy.proxy.vmess.header import (
 from revproxy.proxy.vmess.stream import VMessClientStream
 from revproxy.relay import relay
 from revproxy.session import Session
-from revproxy.stream import Stream
+from revproxy.stream import SocketStream, Stream
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,15 @@ class VMessOutbound:
     def open(self, session: Session) -> Stream:
         server = next(self._next)
         command = COMMAND_UDP if session.target.network == "udp" else COMMAND_TCP
-        sock = connect(server.address, server.port)
+        transport = SocketStream(connect(server.address, server.port))
         try:
             header = new_request_header(command, session.target.address, session.target.port,
                                         server.security)
-            sock.sendall(seal_request(server.user.cmd_key, header, int(time.time())))
+            transport.send(seal_request(server.user.cmd_key, header, int(time.time())))
         except OSError:
-            sock.close()
+            transport.close()
             raise
-        return VMessClientStream(sock, header)
+        return VMessClientStream(transport, header)
 
     def handle(self, session: Session, stream: Stream) -> None:
         try:

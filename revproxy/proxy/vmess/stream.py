@@ -1,9 +1,8 @@
-"""VMess body streams over a socket: the server end (after a request header was read) and the
-client end (which sends the request header). Codec errors surface as ``ConnectionError``."""
+"""VMess body streams over a socket stream: the server end (after a request header was read)
+and the client end (which sends the request header). Codec errors surface as
+``ConnectionError``."""
 
 from __future__ import annotations
-
-import socket
 
 from revproxy.proxy.vmess.body import (
     BodyError,
@@ -20,20 +19,19 @@ from revproxy.proxy.vmess.header import (
     ResponseDecoder,
     seal_response,
 )
-from revproxy.stream import RECV_SIZE, recv_more, sendall
+from revproxy.stream import SocketStream
 
 
 class _VMessStream:
     """Shared reading/writing of body chunks; subclasses decide the keys and the preamble."""
 
-    def __init__(self, sock: socket.socket, reader: BodyReader | None, writer: BodyWriter,
+    def __init__(self, transport: SocketStream, reader: BodyReader | None, writer: BodyWriter,
                  preamble: bytes) -> None:
-        self.sock = sock
+        self.transport = transport
         self._reader = reader
         self._writer = writer
         self._preamble = preamble  # sent in front of the first body bytes
         self._write_ended = False
-        self._drained = False
 
     def _feed(self, data: bytes) -> bytes | None:
         """Decode received bytes; None means 'need more'."""
@@ -53,10 +51,9 @@ class _VMessStream:
             reader = self._reader
             if reader is not None and reader.finished:
                 return b""
-            data = recv_more(self.sock, self._drained)
+            data = self.transport.recv()
             if not data:
                 return b""
-            self._drained = len(data) < RECV_SIZE
             out = self._decode(data)
             if out is not None:
                 return out
@@ -69,31 +66,31 @@ class _VMessStream:
         if self._preamble:
             out = self._preamble + out
             self._preamble = b""
-        sendall(self.sock, out)
+        self.transport.send(out)
 
     def close_write(self) -> None:
         if self._write_ended:
             return
         self._write_ended = True
         try:
-            self.sock.sendall(self._preamble + self._writer.end())
+            self.transport.send(self._preamble + self._writer.end())
             self._preamble = b""
-            self.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
+            return
+        self.transport.close_write()
 
     def close(self) -> None:
-        self.sock.close()
+        self.transport.close()
 
     def settimeout(self, seconds: float | None) -> None:
-        self.sock.settimeout(seconds)
+        self.transport.settimeout(seconds)
 
 
 class VMessServerStream(_VMessStream):
     """Server end: decodes the request body, encodes the response (header sent lazily)."""
 
-    def __init__(self, sock: socket.socket, header: RequestHeader, rest: bytes) -> None:
-        super().__init__(sock, request_body_reader(header), response_body_writer(header),
+    def __init__(self, transport: SocketStream, header: RequestHeader, rest: bytes) -> None:
+        super().__init__(transport, request_body_reader(header), response_body_writer(header),
                          seal_response(header))
         self._early = rest
 
@@ -109,8 +106,8 @@ class VMessServerStream(_VMessStream):
 class VMessClientStream(_VMessStream):
     """Client end: the request header went out on connect; the response header comes first."""
 
-    def __init__(self, sock: socket.socket, header: RequestHeader) -> None:
-        super().__init__(sock, None, request_body_writer(header), b"")
+    def __init__(self, transport: SocketStream, header: RequestHeader) -> None:
+        super().__init__(transport, None, request_body_writer(header), b"")
         self._header = header
         self._response = ResponseDecoder(header)
 
