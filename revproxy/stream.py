@@ -39,12 +39,13 @@ class SocketStream:
     stream wakes a greenlet waiting on it with an error.
     """
 
-    __slots__ = ("sock", "timeout", "_drained", "_waiting")
+    __slots__ = ("sock", "timeout", "_drained", "_watchers", "_waiting")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.timeout: float | None = None
         self._drained = False
+        self._watchers: dict[int, object] = {}  # events -> io watcher, made on first wait
         self._waiting: list[tuple[object, object]] = []  # (watcher, greenlet) blocked on us
 
     def recv(self) -> bytes:
@@ -93,16 +94,26 @@ class SocketStream:
                 watcher.stop()
                 loop.run_callback(greenlet.throw, ConnectionAbortedError("stream closed"))
             waiting.clear()
+        watchers = self._watchers
+        if watchers:
+            for watcher in watchers.values():
+                watcher.close()
+            watchers.clear()
         self.sock.close()
 
     def settimeout(self, seconds: float | None) -> None:
         self.timeout = seconds
 
     def _wait(self, events: int) -> None:
-        fd = self.sock.fileno()
-        if fd < 0:
-            raise ConnectionAbortedError("stream closed")
-        watcher = get_hub().loop.io(fd, events)
+        # One watcher per direction, kept for the stream's life (as gevent's socket does):
+        # making one per wait costs an allocation and a system call per message.
+        watcher = self._watchers.get(events)
+        if watcher is None or watcher.callback is not None:  # none yet, or busy elsewhere
+            fd = self.sock.fileno()
+            if fd < 0:
+                raise ConnectionAbortedError("stream closed")
+            watcher = get_hub().loop.io(fd, events)
+            self._watchers.setdefault(events, watcher)
         entry = (watcher, getcurrent())
         self._waiting.append(entry)
         try:
@@ -110,7 +121,8 @@ class SocketStream:
         finally:
             if entry in self._waiting:
                 self._waiting.remove(entry)
-            watcher.close()
+            if self._watchers.get(events) is not watcher:
+                watcher.close()  # a spare for a second waiter
 
 
 class DatagramStream:
