@@ -96,14 +96,26 @@ def test_one_way_transfer_longer_than_the_idle_period_is_not_cut(sockets):
     assert runner.successful()
 
 
-def test_session_written_through_to_a_socket(tunnel):
+def relay_session(tunnel, first: bytes, end_first: bool = False, **options):
+    """Open a session carrying ``first`` (ended at once if asked) and relay its far end to a
+    socket pair's ``inner`` end; returns (session, far end, inner, outer, done event)."""
     client, accepted = tunnel
-    outer, inner = socket.socketpair()
-    session = client.open_session(NETWORK_TCP, "example.com", 80, b"hello")
+    outer, pair_end = socket.socketpair()
+    inner = plain(pair_end)
+    session = client.open_session(NETWORK_TCP, "example.com", 80, first)
+    if end_first:
+        session.close_write()
     far = accepted.get(timeout=TIMEOUT)
+    if end_first:
+        gevent.sleep(0.05)  # the End arrives before the relay attaches
     done = Event()
-    relay(far, SocketStream(plain(inner)), on_done=done.set)  # returns at once: no greenlet held
-    assert not done.is_set()
+    relay(far, SocketStream(inner), on_done=done.set, **options)
+    return session, far, inner, outer, done
+
+
+def test_session_written_through_to_a_socket(tunnel):
+    session, far, inner, outer, done = relay_session(tunnel, b"hello")
+    assert not done.is_set()  # relay() returned at once: no greenlet held
     assert outer.recv(5) == b"hello"
     session.send(b"z" * 200_000)
     session.close_write()
@@ -121,26 +133,14 @@ def test_session_written_through_to_a_socket(tunnel):
 
 
 def test_session_that_ended_before_the_relay_started(tunnel):
-    client, accepted = tunnel
-    outer, inner = socket.socketpair()
-    session = client.open_session(NETWORK_TCP, "example.com", 80, b"early")
-    session.close_write()
-    far = accepted.get(timeout=TIMEOUT)
-    gevent.sleep(0.05)  # the End arrives before the relay attaches
-    done = Event()
-    relay(far, SocketStream(plain(inner)), on_done=done.set)
+    _, _, _, outer, done = relay_session(tunnel, b"early", end_first=True)
     assert read_all(outer) == b"early"
     outer.close()
     assert done.wait(TIMEOUT)
 
 
 def test_session_reset_closes_the_socket(tunnel):
-    client, accepted = tunnel
-    outer, inner = socket.socketpair()
-    session = client.open_session(NETWORK_TCP, "example.com", 80, b"x")
-    far = accepted.get(timeout=TIMEOUT)
-    done = Event()
-    relay(far, SocketStream(plain(inner)), on_done=done.set)
+    session, _, _, outer, done = relay_session(tunnel, b"x")
     assert outer.recv(1) == b"x"
     session.close()  # not ended first: the peer sees an error End
     assert read_all(outer) == b""
@@ -149,12 +149,7 @@ def test_session_reset_closes_the_socket(tunnel):
 
 
 def test_idle_written_through_session_is_closed(tunnel):
-    client, accepted = tunnel
-    outer, inner = socket.socketpair()
-    session = client.open_session(NETWORK_TCP, "example.com", 80, b"x")
-    far = accepted.get(timeout=TIMEOUT)
-    done = Event()
-    relay(far, SocketStream(plain(inner)), idle=0.2, on_done=done.set)
+    session, _, _, outer, done = relay_session(tunnel, b"x", idle=0.2)
     assert outer.recv(1) == b"x"
     assert read_all(outer) == b""  # closed, not hung
     assert done.wait(TIMEOUT)
