@@ -30,6 +30,18 @@ class Stream(Protocol):
     def settimeout(self, seconds: float | None) -> None: ...
 
 
+class TunnelStream(Stream, Protocol):
+    """A stream a mux connection writes through: it can also send from a hub callback."""
+
+    def send_nowait(self, data: bytes) -> bool:
+        """Send without waiting; False if some bytes were kept for ``flush``."""
+        ...
+
+    def flush(self) -> None:
+        """Send what ``send_nowait`` kept, waiting as needed (``send`` does this first)."""
+        ...
+
+
 class SocketStream:
     """A connected TCP socket as a stream.
 
@@ -39,12 +51,13 @@ class SocketStream:
     stream wakes a greenlet waiting on it with an error.
     """
 
-    __slots__ = ("sock", "timeout", "_drained", "_watchers", "_waiting")
+    __slots__ = ("sock", "timeout", "_drained", "_backlog", "_watchers", "_waiting")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.timeout: float | None = None
         self._drained = False
+        self._backlog = b""  # what send_nowait could not send, to go before anything else
         self._watchers: dict[int, object] = {}  # events -> io watcher, made on first wait
         self._waiting: list[tuple[object, object]] = []  # (watcher, greenlet) blocked on us
 
@@ -64,6 +77,8 @@ class SocketStream:
             return data
 
     def send(self, data: bytes | memoryview) -> None:
+        if self._backlog:
+            data, self._backlog = self._backlog + data, b""
         sock = self.sock
         try:
             sent = sock.send(data)
@@ -78,6 +93,23 @@ class SocketStream:
                 sent += sock.send(view[sent:])
             except BlockingIOError:
                 pass
+
+    def send_nowait(self, data: bytes) -> bool:
+        if self._backlog:
+            self._backlog += data
+            return False
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return True
+        self._backlog = data[sent:]
+        return False
+
+    def flush(self) -> None:
+        if self._backlog:
+            self.send(b"")
 
     def close_write(self) -> None:
         try:

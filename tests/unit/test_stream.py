@@ -66,3 +66,16 @@ def test_close_wakes_a_waiting_reader_and_writer(pair):
     assert isinstance(writer.exception, ConnectionAbortedError)
     with pytest.raises(OSError):
         a.recv()  # closed: an error, not a hang
+
+
+def test_send_nowait_keeps_what_does_not_fit_and_keeps_the_order(pair):
+    a, b = pair
+    big = bytes(range(256)) * 40_000  # far more than the socket buffers
+    assert a.send_nowait(b"first") is True  # fits: sent at once
+    assert a.send_nowait(big) is False  # the rest is kept, nothing waited
+    assert a.send_nowait(b"after") is False  # queued behind what was kept
+    reader = gevent.spawn(lambda: b"".join(iter(b.recv, b"")))
+    a.send(b"last")  # sends what was kept first, waiting for room
+    a.flush()  # nothing left: no-op
+    a.close_write()
+    assert reader.get(timeout=TIMEOUT) == b"first" + big + b"after" + b"last"

@@ -61,12 +61,21 @@ class _VMessStream:
     def _decode(self, data: bytes) -> bytes | None:
         return self._feed(data)
 
-    def send(self, data: bytes | memoryview) -> None:
+    def _seal(self, data: bytes | memoryview) -> bytes:
         out = self._writer.seal(data)
         if self._preamble:
             out = self._preamble + out
             self._preamble = b""
-        self.transport.send(out)
+        return out
+
+    def send(self, data: bytes | memoryview) -> None:
+        self.transport.send(self._seal(data))
+
+    def send_nowait(self, data: bytes) -> bool:
+        return self.transport.send_nowait(self._seal(data))
+
+    def flush(self) -> None:
+        self.transport.flush()
 
     def close_write(self) -> None:
         if self._write_ended:
