@@ -115,11 +115,15 @@ class _HelpFormatter(argparse.HelpFormatter):
     added, and shutil imports the compression modules, which every worker would inherit."""
 
     def __init__(self, prog: str) -> None:
-        try:
-            width = os.get_terminal_size(sys.stdout.fileno()).columns
-        except (OSError, ValueError):
-            width = 80
-        super().__init__(prog, width=int(os.environ.get("COLUMNS", width)) - 2)
+        columns = os.environ.get("COLUMNS", "")
+        if columns.isdigit() and int(columns) > 0:
+            width = int(columns)
+        else:
+            try:
+                width = os.get_terminal_size(sys.stdout.fileno()).columns
+            except (OSError, ValueError):
+                width = 80
+        super().__init__(prog, width=width - 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
