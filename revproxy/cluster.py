@@ -100,14 +100,9 @@ class Cluster:
         if entry is None:
             return
         writer, tunnel = entry
-        writer.state = TUNNEL_DRAINING if tunnel.draining else TUNNEL_ACTIVE
-        writer.active_sessions = tunnel.active_sessions
-        writer.total_sessions = tunnel.total_sessions
-        writer.bytes_up = tunnel.bytes_up
-        writer.bytes_down = tunnel.bytes_down
-        writer.throughput = tunnel.throughput
-        writer.heartbeat = tunnel.last_heard
-        writer.publish()
+        writer.update(TUNNEL_DRAINING if tunnel.draining else TUNNEL_ACTIVE,
+                      tunnel.active_sessions, tunnel.total_sessions, tunnel.bytes_up,
+                      tunnel.bytes_down, tunnel.throughput, tunnel.last_heard)
 
     def publish_all(self) -> None:
         for index in self._rows:

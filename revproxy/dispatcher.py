@@ -2,7 +2,8 @@
 
 Two ways in: ``handle`` gives the outbound a stream to serve, ``open`` asks the outbound for a
 new connected stream (used by the bridge to dial its tunnels). An outbound serving a stream
-ends ``session.ending`` once the connection is over, which may be after ``handle`` returns.
+ends ``session.ending`` once the connection is over, which may be after ``handle`` returns;
+ending it also closes the stream.
 """
 
 from __future__ import annotations
@@ -44,13 +45,12 @@ class Dispatcher:
         return outbound
 
     def handle(self, session: Session, stream: Stream) -> None:
-        """Serve ``stream`` through the routed outbound, which closes it and ends the session
-        when done."""
+        """Serve ``stream`` through the routed outbound, which ends the session when done."""
+        session.ending.add(stream.close)  # however the session ends, the stream is closed
         try:
             outbound = self.route(session)
         except NoRoute as exc:
             log.warning("dispatcher: %s", exc)
-            stream.close()
             session.ending.end()
             return
         if access_log.isEnabledFor(logging.INFO):  # describe() costs on every connection
@@ -67,7 +67,6 @@ class Dispatcher:
         except Exception:  # one connection must never take the server down
             log.exception("dispatcher: outbound %s failed for %s", outbound.tag,
                           session.describe())
-            stream.close()
             session.ending.end()
 
     def _ended(self) -> None:

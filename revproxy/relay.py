@@ -199,7 +199,7 @@ class _Pumps:
         return self.moved
 
     def _idle(self) -> None:
-        gevent.spawn(_close_both, self.a, self.b)  # closing may wait: not in the hub
+        _close_both(self.a, self.b)  # no close waits: the pumps wake with an error
 
     def run(self) -> None:
         a, b = self.a, self.b

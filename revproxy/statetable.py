@@ -461,9 +461,9 @@ class WorkerSlotWriter:
 
 
 class TunnelSlotWriter:
-    """A tunnel owner's hot-path writer: change the attributes, then publish() re-packs the
-    row without building a TunnelRow (tag and peer are encoded once). owner_pid, slot,
-    tunnel_id, role, tag, peer, opened and generation are fixed at creation."""
+    """A tunnel owner's hot-path writer: update() re-packs the row with the changing fields
+    without building a TunnelRow (tag and peer are encoded once). owner_pid, slot, tunnel_id,
+    role, tag, peer, opened and generation are fixed at creation."""
 
     __slots__ = ("_buf", "_offset", "_head", "_tag", "_peer", "_opened", "_generation",
                  "state", "active_sessions", "total_sessions", "bytes_up", "bytes_down",
@@ -477,13 +477,19 @@ class TunnelSlotWriter:
         self._peer = fit_text(row.peer, PEER_SIZE)
         self._opened = row.opened
         self._generation = row.generation
-        self.state = row.state
-        self.active_sessions = row.active_sessions
-        self.total_sessions = row.total_sessions
-        self.bytes_up = row.bytes_up
-        self.bytes_down = row.bytes_down
-        self.throughput = row.throughput
-        self.heartbeat = row.heartbeat
+        self.update(row.state, row.active_sessions, row.total_sessions, row.bytes_up,
+                    row.bytes_down, row.throughput, row.heartbeat)
+
+    def update(self, state: int, active_sessions: int, total_sessions: int, bytes_up: int,
+               bytes_down: int, throughput: float, heartbeat: float) -> None:
+        """Set the changing fields and publish the row."""
+        self.state = state
+        self.active_sessions = active_sessions
+        self.total_sessions = total_sessions
+        self.bytes_up = bytes_up
+        self.bytes_down = bytes_down
+        self.throughput = throughput
+        self.heartbeat = heartbeat
         self.publish()
 
     def publish(self) -> None:

@@ -14,5 +14,4 @@ class BlackholeOutbound:
         raise ConnectionRefusedError("blackhole: connection dropped")
 
     def handle(self, session: Session, stream: Stream) -> None:
-        stream.close()
-        session.ending.end()
+        session.ending.end()  # closes the stream

@@ -46,7 +46,6 @@ class FreedomOutbound:
         except OSError as exc:
             host, port = self.destination(session)
             log.warning("freedom: failed to open connection to %s:%s: %s", host, port, exc)
-            stream.close()
             session.ending.end()
             return
         relay(stream, upstream, on_done=session.ending.end)

@@ -189,13 +189,11 @@ class PortalOutbound:
         try:
             first = stream.recv()
             if not first:
-                stream.close()
                 ending.end()
                 return
         except TimeoutError:
             first = None
         except OSError:
-            stream.close()
             ending.end()
             return
         can_hand_off = isinstance(stream, SocketStream)
@@ -208,15 +206,13 @@ class PortalOutbound:
                            session.target.address, session.target.port, session.source,
                            first or b"")
             if self.cluster.hand_off(choice, meta, stream.sock):
-                stream.close()  # only our copy: the sibling received its own descriptor
-                ending.end()
+                ending.end()  # closes our copy: the sibling received its own descriptor
                 return
             # That sibling just went away: choose again among what is left.
             gone.add(choice.pid)
             choice = self.pick(wait=max(0.0, deadline - time.monotonic()), exclude=gone)
         if choice is None:
             log.warning("portal %s: no tunnel available for %s", self.tag, session.describe())
-            stream.close()
             ending.end()
             return
         self._carry(choice, session.target, stream, first, session.describe(), ending)
@@ -238,6 +234,7 @@ class PortalOutbound:
         self.handed_in += 1
         ending = Ending()
         ending.add(self._handoff_ended)
+        ending.add(stream.close)
         self._carry(tunnel, target, stream, meta.first_payload or None, meta.source, ending)
 
     def _handoff_ended(self) -> None:
@@ -245,13 +242,13 @@ class PortalOutbound:
 
     def _carry(self, tunnel: PortalTunnel, target: Target, stream: Stream,
                first: bytes | None, what: str, ending: Ending) -> None:
-        """Relay ``stream`` through a new session of ``tunnel``; ends ``ending`` when done."""
+        """Relay ``stream`` through a new session of ``tunnel``; ends ``ending`` (which closes
+        the stream) when done."""
         network = NETWORK_UDP if target.network == "udp" else NETWORK_TCP
         try:
             mux_session = tunnel.mux.open_session(network, target.address, target.port, first)
         except ConnectionError as exc:
             log.warning("portal %s: tunnel %s refused %s: %s", self.tag, tunnel.name, what, exc)
-            stream.close()
             ending.end()
             return
         log.debug("portal %s: %s carried as session %d of tunnel %s", self.tag, what,

@@ -54,7 +54,6 @@ class VMessOutbound:
             upstream = self.open(session)
         except OSError as exc:
             log.warning("vmess: failed to reach a server for %s: %s", session.describe(), exc)
-            stream.close()
             session.ending.end()
             return
         relay(stream, upstream, on_done=session.ending.end)
