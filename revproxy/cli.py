@@ -41,7 +41,7 @@ def cmd_uuid(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    from revproxy.supervisor import Supervisor
+    from revproxy.server.supervisor import Supervisor
 
     return Supervisor(config, workers=args.workers).run()
 
@@ -91,7 +91,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from revproxy.status import StatusError, collect, render, to_json
+    from revproxy.server.status import StatusError, collect, render, to_json
 
     state = args.state
     if state is None and args.config and not args.pid and not args.pidfile:

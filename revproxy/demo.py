@@ -19,7 +19,7 @@ from gevent.pywsgi import WSGIServer
 
 from revproxy import log as logging_setup
 from revproxy.config import parse_config
-from revproxy.worker import Worker
+from revproxy.instance import Instance
 
 DOMAIN = "test.v2fly.org"
 PAGE = b"Hello from the hidden host, served through a revproxy tunnel.\n"
@@ -101,9 +101,9 @@ def run_demo(once: bool = False) -> int:
     backend_port, public_port, tunnel_port = (s.getsockname()[1] for s in (backend, public,
                                                                            tunnel))
     WSGIServer(backend, _site, log=None).start()
-    portal = Worker(parse_config(portal_config(user_id, public_port, tunnel_port), "demo-portal"),
+    portal = Instance(parse_config(portal_config(user_id, public_port, tunnel_port), "demo-portal"),
                     listeners={0: public, 1: tunnel})
-    bridge = Worker(parse_config(bridge_config(user_id, backend_port, tunnel_port),
+    bridge = Instance(parse_config(bridge_config(user_id, backend_port, tunnel_port),
                                  "demo-bridge"))
     portal.start()
     bridge.start()

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from revproxy.log import access_log, log
+from revproxy.net.session import Session
+from revproxy.net.stream import Stream
 from revproxy.routing import Router
-from revproxy.session import Session
-from revproxy.stream import Stream
 
 
 class Outbound(Protocol):

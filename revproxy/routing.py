@@ -13,23 +13,32 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from revproxy.config import RoutingRule
+from revproxy.net.session import Target
+
+
+class RoutingRule(Protocol):
+    """A "field" rule as the config loader validated it (``config.model.RoutingRule``).
+    The loader checks routes with a ``Router``, so routing names only what it reads and does
+    not import the config."""
+
+    @property
+    def outbound_tag(self) -> str: ...
+    @property
+    def inbound_tags(self) -> Sequence[str]: ...
+    @property
+    def domains(self) -> Sequence[str]: ...
+    @property
+    def ips(self) -> Sequence[str]: ...
+    @property
+    def ports(self) -> Sequence[tuple[int, int]]: ...
+    @property
+    def networks(self) -> Sequence[str]: ...
+
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a session goes: network "tcp"/"udp", a domain or IP text, a port."""
-
-    network: str
-    address: str
-    port: int
 
 
 _DOMAIN_KINDS = ("full", "domain", "keyword", "regexp", "dotless")

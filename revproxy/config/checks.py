@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from revproxy.config.errors import Node, show
 from revproxy.config.fields import suggest
 from revproxy.config.model import Config
-from revproxy.routing import Router, Target
+from revproxy.net.session import Target
+from revproxy.routing import Router
 
 MUX_WARNING = ("Reverse proxy has Mux enabled by default. "
                "Do not enable Mux again on the outbound proxies it uses")

@@ -32,7 +32,7 @@ from revproxy.mux.frame import (
     encode_keep_chunks,
     encode_keepalive,
 )
-from revproxy.stream import TunnelStream
+from revproxy.net.stream import TunnelStream
 
 MAX_STREAM_FRAME = 8192  # V2Ray writes stream payloads in frames of at most 8 KiB
 WRITE_BUFFER = 1024 * 1024  # bytes queued for the tunnel before senders wait

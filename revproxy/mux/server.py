@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from revproxy.mux.connection import MuxConnection, MuxSession
 from revproxy.mux.frame import Frame
-from revproxy.stream import Stream
+from revproxy.net.stream import Stream
 
 
 class MuxServer(MuxConnection):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from revproxy.session import Session
-from revproxy.stream import Stream
+from revproxy.net.session import Session
+from revproxy.net.stream import Stream
 
 
 class BlackholeOutbound:

@@ -7,9 +7,8 @@ import struct
 
 from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
-from revproxy.routing import Target
-from revproxy.session import Ending, Session
-from revproxy.stream import SocketStream
+from revproxy.net.session import Ending, Session, Target
+from revproxy.net.stream import SocketStream
 
 _SO_ORIGINAL_DST = 80
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from gevent import socket
 
-from revproxy.dial import connect
 from revproxy.log import log
-from revproxy.relay import relay
-from revproxy.session import Session
-from revproxy.stream import DatagramStream, SocketStream, Stream
+from revproxy.net.dial import connect
+from revproxy.net.relay import relay
+from revproxy.net.session import Session
+from revproxy.net.stream import DatagramStream, SocketStream, Stream
 
 
 class FreedomOutbound:

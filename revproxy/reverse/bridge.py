@@ -20,19 +20,18 @@ import time
 import gevent
 from gevent.event import Event
 
-from revproxy.cluster import Cluster
 from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
 from revproxy.mux.connection import MuxSession
 from revproxy.mux.frame import NETWORK_UDP, Frame
 from revproxy.mux.server import MuxServer
+from revproxy.net.session import Session, Target
+from revproxy.net.stream import Stream
+from revproxy.net.tasks import Tasks
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, ControlError, decode_control
 from revproxy.reverse.tunnel import Tunnel
-from revproxy.routing import Target
-from revproxy.session import Session
-from revproxy.statetable import ROLE_BRIDGE
-from revproxy.stream import Stream
-from revproxy.tasks import Tasks
+from revproxy.server.cluster import Cluster
+from revproxy.server.statetable import ROLE_BRIDGE
 
 MONITOR_INTERVAL = 2.0
 SILENCE_LIMIT = 10.0

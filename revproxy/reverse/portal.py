@@ -18,20 +18,19 @@ import gevent
 from gevent import socket
 from gevent.event import Event
 
-from revproxy.cluster import Cluster, RemoteTunnel
-from revproxy.handoff import Handoff
 from revproxy.log import log
 from revproxy.mux.client import MuxClient
 from revproxy.mux.connection import MuxSession
 from revproxy.mux.frame import NETWORK_TCP, NETWORK_UDP
-from revproxy.relay import relay
+from revproxy.net.relay import relay
+from revproxy.net.session import Ending, Session, Target
+from revproxy.net.stream import SocketStream, Stream
 from revproxy.reverse.balance import pick_tunnel
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, STATE_DRAIN, encode_control
 from revproxy.reverse.tunnel import Tunnel
-from revproxy.routing import Target
-from revproxy.session import Ending, Session
-from revproxy.statetable import ROLE_PORTAL
-from revproxy.stream import SocketStream, Stream
+from revproxy.server.cluster import Cluster, RemoteTunnel
+from revproxy.server.handoff import Handoff
+from revproxy.server.statetable import ROLE_PORTAL
 
 HEARTBEAT_INTERVAL = 2.0
 DRAIN_AFTER_SESSIONS = 256

@@ -324,8 +324,8 @@ def test_short_requests_avoid_the_busy_tunnel(backend, tmp_path):
 
 
 def test_master_never_imports_gevent():
-    code = ("import sys, revproxy.cli, revproxy.supervisor, revproxy.statetable, "
-            "revproxy.status; sys.exit('gevent' in sys.modules)")
+    code = ("import sys, revproxy.cli, revproxy.server.supervisor, revproxy.server.statetable, "
+            "revproxy.server.status; sys.exit('gevent' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=TIMEOUT).returncode == 0
 
 

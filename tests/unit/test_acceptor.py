@@ -9,9 +9,9 @@ import pytest
 from gevent import getcurrent, socket
 from gevent.event import Event
 
-from revproxy.acceptor import Acceptor
-from revproxy.stream import SocketStream
-from revproxy.tasks import Tasks
+from revproxy.net.acceptor import Acceptor
+from revproxy.net.stream import SocketStream
+from revproxy.net.tasks import Tasks
 
 TIMEOUT = 10
 

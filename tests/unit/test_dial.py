@@ -8,9 +8,9 @@ import socket as stdlib_socket
 import pytest
 from gevent import socket
 
-from revproxy.dial import connect
-from revproxy.stream import SocketStream
-from revproxy.supervisor import bind_listener
+from revproxy.net.dial import connect
+from revproxy.net.listen import bind_listener
+from revproxy.net.stream import SocketStream
 
 
 def test_connects_to_a_listener_and_tunes_the_socket():

@@ -18,7 +18,7 @@ from revproxy.mux.frame import (
     encode_new,
 )
 from revproxy.mux.server import MuxServer
-from revproxy.stream import SocketStream
+from revproxy.net.stream import SocketStream
 
 from .sockets import plain
 

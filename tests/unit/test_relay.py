@@ -15,8 +15,8 @@ from revproxy.mux.client import MuxClient
 from revproxy.mux.connection import WRITE_BUFFER
 from revproxy.mux.frame import NETWORK_TCP, STATUS_KEEP, FrameDecoder, encode_new
 from revproxy.mux.server import MuxServer
-from revproxy.relay import relay
-from revproxy.stream import SocketStream
+from revproxy.net.relay import relay
+from revproxy.net.stream import SocketStream
 
 from .sockets import plain
 

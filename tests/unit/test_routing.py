@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from revproxy.config import RoutingRule, load_config
-from revproxy.routing import Router, Target, parse_cidr, parse_domain
+from revproxy.net.session import Target
+from revproxy.routing import Router, parse_cidr, parse_domain
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

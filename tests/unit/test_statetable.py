@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import revproxy.statetable as statetable
-from revproxy.proxy.vmess.replay import ReplayFilter
-from revproxy.statetable import (
+import revproxy.server.statetable as statetable
+from revproxy.proxy.vmess.replay import REPLAY_WINDOW, ReplayFilter
+from revproxy.server.statetable import (
     MAX_WORKERS,
     ROLE_BRIDGE,
     TABLE_SIZE,
@@ -153,7 +153,7 @@ def test_open_readonly(table: StateTable) -> None:
         with pytest.raises(TypeError):
             reader.write_worker(1, WorkerRow(6))
         with pytest.raises(StateTableError, match="read-only"):
-            reader.replay_filter()
+            reader.replay_filter(REPLAY_WINDOW)
 
 
 @pytest.mark.parametrize("content", [
@@ -187,7 +187,7 @@ def test_default_state_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_module_does_not_import_gevent() -> None:
-    code = "import sys, revproxy.statetable; sys.exit('gevent' in sys.modules)"
+    code = "import sys, revproxy.server.statetable; sys.exit('gevent' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
@@ -344,7 +344,7 @@ def test_readers_never_see_a_torn_row(table: StateTable) -> None:
 
 
 def test_shared_filter_is_a_replay_filter(table: StateTable) -> None:
-    replay: ReplayFilter = table.replay_filter()
+    replay: ReplayFilter = table.replay_filter(REPLAY_WINDOW)
     first, second = os.urandom(16), os.urandom(16)
     assert replay.check_and_add(first, 1000.0)
     assert not replay.check_and_add(first, 1000.0)
@@ -356,7 +356,7 @@ def test_shared_filter_is_a_replay_filter(table: StateTable) -> None:
 
 
 def test_entries_expire_after_120_seconds(table: StateTable) -> None:
-    replay = table.replay_filter()
+    replay = table.replay_filter(REPLAY_WINDOW)
     auth_id = os.urandom(16)
     assert replay.check_and_add(auth_id, 1000.0)
     assert not replay.check_and_add(auth_id, 1119.99)
@@ -365,13 +365,13 @@ def test_entries_expire_after_120_seconds(table: StateTable) -> None:
 
 
 def test_replays_are_refused_across_processes(table: StateTable) -> None:
-    replay = table.replay_filter()
+    replay = table.replay_filter(REPLAY_WINDOW)
     from_child, from_parent = os.urandom(16), os.urandom(16)
     assert replay.check_and_add(from_parent, 50.0)
 
     def child() -> None:  # its own mapping and descriptor, as an unrelated process would
         with StateTable.open(table.path) as own:
-            assert not own.replay_filter().check_and_add(from_parent, 51.0)
+            assert not own.replay_filter(REPLAY_WINDOW).check_and_add(from_parent, 51.0)
         assert replay.check_and_add(from_child, 51.0)  # the inherited object works too
 
     assert exit_code(in_child(child)) == 0
@@ -384,7 +384,7 @@ def same_home(count: int, seed: int) -> list[bytes]:
 
 
 def test_a_full_window_evicts_the_entry_expiring_first(table: StateTable) -> None:
-    replay = table.replay_filter()
+    replay = table.replay_filter(REPLAY_WINDOW)
     ids = same_home(statetable.REPLAY_PROBE + 1, seed=1)
     for n, auth_id in enumerate(ids):
         assert replay.check_and_add(auth_id, 100.0 + n)
@@ -401,7 +401,7 @@ def replay_entry(table: StateTable, number: int) -> bytes:
 
 
 def test_a_match_across_two_entries_is_not_a_match(table: StateTable) -> None:
-    replay = table.replay_filter()
+    replay = table.replay_filter(REPLAY_WINDOW)
     home = bytes([7, 1, 0, 0])  # entry 263
     stored = home + os.urandom(4) + home + os.urandom(4)  # bytes 8..16 start with the home
     assert replay.check_and_add(stored, 10.0)
@@ -414,7 +414,7 @@ def test_a_match_across_two_entries_is_not_a_match(table: StateTable) -> None:
 
 
 def test_many_ids_keep_refusing_recent_ones(table: StateTable) -> None:
-    replay = table.replay_filter()
+    replay = table.replay_filter(REPLAY_WINDOW)
     source = random.Random(3)
     ids = [source.randbytes(16) for _ in range(200_000)]
     for n, auth_id in enumerate(ids):  # 200k ids within 20 s: three times the capacity
@@ -423,7 +423,7 @@ def test_many_ids_keep_refusing_recent_ones(table: StateTable) -> None:
 
 
 def test_a_process_killed_holding_the_lock_does_not_wedge_the_filter(table: StateTable) -> None:
-    replay = table.replay_filter()
+    replay = table.replay_filter(REPLAY_WINDOW)
     ready_r, ready_w = os.pipe()
 
     def holder() -> None:
@@ -455,5 +455,5 @@ def test_a_process_killed_holding_the_lock_does_not_wedge_the_filter(table: Stat
 
 def test_the_filter_region_is_the_documented_one(table: StateTable) -> None:
     auth_id = bytes(range(16))  # little-endian 0x03020100: home entry 0x0100
-    table.replay_filter().check_and_add(auth_id, 5.0)
+    table.replay_filter(REPLAY_WINDOW).check_and_add(auth_id, 5.0)
     assert replay_entry(table, 0x0100) == auth_id + struct.pack("<d", 125.0)

@@ -8,7 +8,7 @@ import socket
 import gevent
 import pytest
 
-from revproxy.stream import RECV_SIZE, SocketStream
+from revproxy.net.stream import RECV_SIZE, SocketStream
 
 TIMEOUT = 10
 

@@ -14,6 +14,8 @@ import gevent
 
 from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
+from revproxy.net.session import Ending, Session, Target
+from revproxy.net.stream import SocketStream
 from revproxy.proxy.vmess.crypto import User
 from revproxy.proxy.vmess.header import (
     COMMAND_TCP,
@@ -24,9 +26,6 @@ from revproxy.proxy.vmess.header import (
 )
 from revproxy.proxy.vmess.replay import ReplayFilter
 from revproxy.proxy.vmess.stream import VMessServerStream
-from revproxy.routing import Target
-from revproxy.session import Ending, Session
-from revproxy.stream import SocketStream
 
 HANDSHAKE_TIMEOUT = 4.0
 

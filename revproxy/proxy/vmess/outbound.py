@@ -7,8 +7,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from revproxy.dial import connect
 from revproxy.log import log
+from revproxy.net.dial import connect
+from revproxy.net.relay import relay
+from revproxy.net.session import Session
+from revproxy.net.stream import SocketStream, Stream
 from revproxy.proxy.vmess.crypto import User
 from revproxy.proxy.vmess.header import (
     COMMAND_TCP,
@@ -17,9 +20,6 @@ from revproxy.proxy.vmess.header import (
     seal_request,
 )
 from revproxy.proxy.vmess.stream import VMessClientStream
-from revproxy.relay import relay
-from revproxy.session import Session
-from revproxy.stream import SocketStream, Stream
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ and the client end (which sends the request header). Codec errors surface as
 
 from __future__ import annotations
 
+from revproxy.net.stream import SocketStream
 from revproxy.proxy.vmess.body import (
     BodyError,
     BodyReader,
@@ -19,7 +20,6 @@ from revproxy.proxy.vmess.header import (
     ResponseDecoder,
     seal_response,
 )
-from revproxy.stream import SocketStream
 
 
 class _VMessStream:

@@ -51,8 +51,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
-from revproxy.proxy.vmess.replay import REPLAY_WINDOW
-
 MAGIC = b"RPXSTATE"
 LAYOUT_VERSION = 1
 MAX_WORKERS = 64
@@ -428,10 +426,11 @@ class StateTable:
 
     # replay filter
 
-    def replay_filter(self) -> SharedReplayFilter:
+    def replay_filter(self, window: float) -> SharedReplayFilter:
+        """The shared filter; it remembers an AuthID for ``window`` seconds."""
         if not self.writable:
             raise StateTableError(f"{self.path} is open read-only")
-        return SharedReplayFilter(self._fd, self._buf)
+        return SharedReplayFilter(self._fd, self._buf, window)
 
 
 class WorkerSlotWriter:
@@ -512,7 +511,7 @@ class SharedReplayFilter:
 
     An AuthID is AES output, so its first 4 bytes pick its home entry (mod 65536); it lives in
     the 32 entries from there (31 spare entries end the area, so windows never wrap). An entry
-    stores the id and its expiry, now + 120 s; an expired entry counts as empty. Each
+    stores the id and its expiry, now + the window; an expired entry counts as empty. Each
     check-and-insert holds an exclusive ``lockf`` lock on its own 768-byte window only, so
     ids in distant windows do not contend; while another process holds an overlapping window
     (microseconds) the call blocks the whole process, gevent loop included. POSIX locks belong
@@ -524,14 +523,15 @@ class SharedReplayFilter:
     where V2Ray's full filter refuses everyone instead.
     """
 
-    __slots__ = ("_fd", "_buf")
+    __slots__ = ("_fd", "_buf", "_window")
 
-    def __init__(self, fd: int, buf: mmap.mmap) -> None:
+    def __init__(self, fd: int, buf: mmap.mmap, window: float) -> None:
         self._fd = fd
         self._buf = buf
+        self._window = window
 
     def check_and_add(self, auth_id: bytes, now: float) -> bool:
-        """Record auth_id at time now; False if any process recorded it in the last 120 s."""
+        """Record auth_id at time now; False if any process recorded it within the window."""
         key = bytes(auth_id)
         if len(key) != 16:
             raise ValueError(f"an AuthID is 16 bytes, not {len(key)}")
@@ -549,7 +549,7 @@ class SharedReplayFilter:
             else:
                 expiries = _WINDOW_EXPIRIES.unpack(window)
                 at = expiries.index(min(expiries)) * REPLAY_ENTRY_SIZE
-            _ENTRY.pack_into(self._buf, start + at, key, now + REPLAY_WINDOW)
+            _ENTRY.pack_into(self._buf, start + at, key, now + self._window)
             return True
         finally:
             fcntl.lockf(self._fd, fcntl.LOCK_UN, _PROBE_SPAN, start)

@@ -36,15 +36,17 @@ from setproctitle import setproctitle
 from revproxy import log as logging_setup
 from revproxy.config import Config, ConfigError, load_config
 from revproxy.log import log
-from revproxy.statetable import (
+from revproxy.net.listen import bind_listener
+from revproxy.server.spec import BOOT_ERROR, WorkerSpec
+from revproxy.server.statetable import (
     MAX_WORKERS,
     WORKER_BOOTING,
     WORKER_RUNNING,
     StateTable,
     default_state_path,
 )
+from revproxy.server.users import resolve_user
 
-BOOT_ERROR = 3  # a worker's exit status when it could not start
 HEARTBEAT_TIMEOUT = 10.0
 BOOT_TIMEOUT = 30.0
 FAST_STOP_TIMEOUT = 5.0
@@ -54,7 +56,7 @@ _HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal
 
 
 @dataclass
-class WorkerInfo:
+class Child:
     pid: int
     slot: int
     index: int
@@ -78,30 +80,13 @@ def _listen_key(config: Config, index: int) -> tuple[str, int]:
     return inbound.listen, inbound.port
 
 
-def bind_listener(listen: str, port: int, backlog: int = 2048) -> socket.socket:
-    """A listening TCP socket. Accepted connections inherit its TCP_NODELAY and SO_KEEPALIVE
-    (Linux copies both), which saves two system calls per connection."""
-    family = socket.AF_INET6 if ":" in listen else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    try:
-        sock.bind((listen, port))
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class Supervisor:
     def __init__(self, config: Config, workers: int | None = None) -> None:
         self.config = config
         self.workers_override = workers
         self.target = workers or config.server.workers or os.cpu_count() or 1
         self.sockets: dict[tuple[str, int], socket.socket] = {}
-        self.workers: dict[int, WorkerInfo] = {}
+        self.workers: dict[int, Child] = {}
         self.generations: dict[int, Generation] = {}
         self.generation = 0
         self.table: StateTable | None = None
@@ -239,7 +224,7 @@ class Supervisor:
             code = BOOT_ERROR
             try:
                 self._become_worker()
-                from revproxy.workerprocess import WorkerSpec, run_worker
+                from revproxy.server.worker import run_worker
 
                 code = run_worker(WorkerSpec(
                     config=generation.config, listeners=generation.listeners,
@@ -252,7 +237,7 @@ class Supervisor:
                     pass
             finally:
                 os._exit(code)
-        self.workers[pid] = WorkerInfo(pid, slot, index, generation.number, time.monotonic())
+        self.workers[pid] = Child(pid, slot, index, generation.number, time.monotonic())
         log.info("master: spawned worker %d/%d gen %d pid %d", index, self.target,
                  generation.number, pid)
 
@@ -275,7 +260,7 @@ class Supervisor:
                 self.spawn(generation)
             self.next_spawn = now + self.respawn_delay
 
-    def _retire(self, worker: WorkerInfo) -> None:
+    def _retire(self, worker: Child) -> None:
         """Graceful stop of one worker whose siblings carry on (SIGUSR2, see workerprocess)."""
         worker.retiring = True
         self._kill(worker.pid, signal.SIGUSR2)
@@ -303,7 +288,7 @@ class Supervisor:
             del self.generations[number]
         self._close_unused_sockets(keep=())
 
-    def _row_state(self, worker: WorkerInfo) -> int:
+    def _row_state(self, worker: Child) -> int:
         assert self.table is not None
         row = self.table.read_worker(worker.slot)
         return row.state if row.pid == worker.pid else -1
@@ -355,7 +340,7 @@ class Supervisor:
                                   if lived < 5 else 0.0)
             self.next_spawn = time.monotonic() + self.respawn_delay
 
-    def _boot_failed(self, worker: WorkerInfo) -> None:
+    def _boot_failed(self, worker: Child) -> None:
         if worker.generation < self.generation:
             return  # a retired generation's late failure changes nothing
         previous = self.generations.get(self.generation - 1)
@@ -509,23 +494,6 @@ class Supervisor:
                 except OSError as exc:
                     if exc.errno != errno.ENOENT:
                         log.warning("master: cannot remove %s: %s", path, exc)
-
-
-def resolve_user(user: str, group: str | None) -> tuple[int, int]:
-    """uid and gid for ``server.user``/``server.group``; ValueError with a clear message."""
-    import grp
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise ValueError(f"server.user: no such user {user!r}") from None
-    if not group:
-        return entry.pw_uid, entry.pw_gid
-    try:
-        return entry.pw_uid, grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ValueError(f"server.group: no such group {group!r}") from None
 
 
 def _remove_stale_state_files(directory: str) -> None:

@@ -11,7 +11,7 @@ import socket
 from gevent import Timeout
 from gevent import socket as cooperative
 
-from revproxy.stream import tune_socket
+from revproxy.net.stream import tune_socket
 
 CONNECT_TIMEOUT = 10.0
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)

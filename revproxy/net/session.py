@@ -1,5 +1,5 @@
-"""What the dispatcher routes: one proxied connection's destination and where it came from,
-and what to do once it is over (``Ending``)."""
+"""What the dispatcher routes: one proxied connection's destination (``Target``), where it came
+from, and what to do once it is over (``Ending``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from revproxy.log import log
-from revproxy.routing import Target
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a session goes: network "tcp"/"udp", a domain or IP text, a port."""
+
+    network: str
+    address: str
+    port: int
 
 
 class Ending:

@@ -9,7 +9,6 @@ import os
 import signal
 import socket as stdsocket
 import time
-from dataclasses import dataclass
 
 import gevent
 from gevent import socket
@@ -17,39 +16,28 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from setproctitle import setproctitle
 
-from revproxy import handoff
 from revproxy import log as logging_setup
-from revproxy.cluster import Cluster
-from revproxy.config import Config
+from revproxy.instance import Instance
 from revproxy.log import log
-from revproxy.statetable import (
+from revproxy.net.tasks import Tasks
+from revproxy.proxy.vmess.replay import REPLAY_WINDOW
+from revproxy.server import handoff
+from revproxy.server.cluster import Cluster
+from revproxy.server.spec import BOOT_ERROR, WorkerSpec
+from revproxy.server.statetable import (
     WORKER_BOOTING,
     WORKER_RETIRING,
     WORKER_RUNNING,
-    StateTable,
     WorkerRow,
 )
-from revproxy.supervisor import BOOT_ERROR, resolve_user
-from revproxy.tasks import Tasks
-from revproxy.worker import Worker
+from revproxy.server.users import drop_privileges
 
 PUBLISH_INTERVAL = 1.0
 STEER_INTERVAL = 0.1  # how often portal workers re-check their share of the tunnels
 TITLE_INTERVAL = 3.0
 
 
-@dataclass
-class WorkerSpec:
-    config: Config
-    listeners: dict[int, stdsocket.socket]
-    table: StateTable
-    slot: int
-    index: int
-    count: int
-    generation: int
-
-
-class WorkerProcess:
+class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.pid = os.getpid()
@@ -58,7 +46,7 @@ class WorkerProcess:
         self.row = spec.table.worker_writer(spec.slot, WorkerRow(
             pid=self.pid, generation=spec.generation, index=spec.index, state=WORKER_BOOTING,
             started=time.time(), heartbeat=time.time()))
-        self.worker: Worker | None = None
+        self.instance: Instance | None = None
         self.stop_requested = Event()
         self.graceful = True
         self.retire = False
@@ -74,9 +62,10 @@ class WorkerProcess:
             endpoint = handoff.bind_endpoint(self.pid, socket.socket)
             cluster = Cluster(spec.table, spec.slot, spec.generation, endpoint, Semaphore(),
                               gevent.sleep)
-            self.worker = Worker(config, spec.listeners, replay=spec.table.replay_filter(),
-                                 cluster=cluster, workers=spec.count)
-            self.worker.start()
+            self.instance = Instance(config, spec.listeners,
+                                     replay=spec.table.replay_filter(REPLAY_WINDOW),
+                                     cluster=cluster, workers=spec.count)
+            self.instance.start()
         except Exception as exc:
             log.error("worker %d: cannot start: %s", self.pid, exc)
             return BOOT_ERROR
@@ -94,7 +83,7 @@ class WorkerProcess:
         for ignored in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(ignored, signal.SIG_IGN)
         publisher = gevent.spawn(self._publish_loop)
-        steerer = gevent.spawn(self._steer_loop) if self.worker.portals else None
+        steerer = gevent.spawn(self._steer_loop) if self.instance.portals else None
         receiver = gevent.spawn(self._receive_handoffs, endpoint)
         log.info("worker %d: %d/%d gen %d running", self.pid, spec.index, spec.count,
                  spec.generation)
@@ -103,7 +92,7 @@ class WorkerProcess:
         self.publish()
         self.set_title("stopping")
         timeout = config.server.graceful_timeout if self.graceful else 0.0
-        self.worker.stop(timeout, retire=self.retire and self.graceful)
+        self.instance.stop(timeout, retire=self.retire and self.graceful)
         receiver.kill(block=False)
         publisher.kill(block=False)
         if steerer is not None:
@@ -128,7 +117,7 @@ class WorkerProcess:
         row = self.row
         row.state = self.state
         row.heartbeat = time.time()
-        worker = self.worker
+        worker = self.instance
         if worker is not None:
             tunnels = worker.tunnels()
             row.bytes_in = sum(t.bytes_down for t in tunnels)
@@ -146,14 +135,14 @@ class WorkerProcess:
                 os._exit(1)
             try:
                 now = time.monotonic()
-                assert self.worker is not None
-                for tunnel in self.worker.tunnels():
+                assert self.instance is not None
+                for tunnel in self.instance.tunnels():
                     tunnel.measure(now)
-                if self.worker.cluster is not None:
-                    self.worker.cluster.publish_all()
+                if self.instance.cluster is not None:
+                    self.instance.cluster.publish_all()
                 self.publish()
                 if now - self._last_title >= TITLE_INTERVAL:
-                    self.set_title(self.worker.summary())
+                    self.set_title(self.instance.summary())
                     self._last_title = now
             except Exception:
                 log.exception("worker %d: publishing state failed", self.pid)
@@ -162,11 +151,11 @@ class WorkerProcess:
     def _steer_loop(self) -> None:
         """Portal workers re-spread new tunnels often: under new-connection load the bridges
         replace drained tunnels every few seconds."""
-        assert self.worker is not None
+        assert self.instance is not None
         while True:
             if self.state == WORKER_RUNNING:
                 try:
-                    self.worker.steer_tunnels()
+                    self.instance.steer_tunnels()
                 except Exception:
                     log.exception("worker %d: steering tunnels failed", self.pid)
             gevent.sleep(STEER_INTERVAL)
@@ -178,8 +167,8 @@ class WorkerProcess:
 
     # -- hand-offs
     def _receive_handoffs(self, endpoint: socket.socket) -> None:
-        assert self.worker is not None
-        portals = {portal.tag: portal for portal in self.worker.portals}
+        assert self.instance is not None
+        portals = {portal.tag: portal for portal in self.instance.portals}
         tasks = Tasks()
         while True:
             try:
@@ -200,16 +189,5 @@ class WorkerProcess:
             tasks.spawn(portal.serve_handoff, meta, visitor)
 
 
-def drop_privileges(user: str | None, group: str | None) -> None:
-    """Become ``user``/``group`` when started as root (the sockets are already bound)."""
-    if os.geteuid() != 0 or not user:
-        return
-    uid, gid = resolve_user(user, group)
-    os.setgroups([])
-    os.initgroups(user, gid)
-    os.setgid(gid)
-    os.setuid(uid)
-
-
 def run_worker(spec: WorkerSpec) -> int:
-    return WorkerProcess(spec).run()
+    return Worker(spec).run()

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from gevent import get_hub
 
 from revproxy.log import log
-from revproxy.session import Ending
-from revproxy.tasks import Tasks
+from revproxy.net.session import Ending
+from revproxy.net.tasks import Tasks
 
 MAX_CONNECTIONS = 10000
 MIN_DELAY = 0.05

@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping
 
 import gevent
 
-from revproxy.acceptor import Acceptor
-from revproxy.cluster import Cluster
 from revproxy.config import Config, InboundConfig
 from revproxy.config.model import (
     BlackholeSettings,
@@ -27,6 +25,9 @@ from revproxy.config.model import (
 )
 from revproxy.dispatcher import Dispatcher, Outbound
 from revproxy.log import log
+from revproxy.net.acceptor import Acceptor
+from revproxy.net.listen import bind_listener
+from revproxy.net.session import Ending
 from revproxy.proxy.blackhole import BlackholeOutbound
 from revproxy.proxy.dokodemo import DokodemoInbound
 from revproxy.proxy.freedom import FreedomOutbound
@@ -39,9 +40,8 @@ from revproxy.reverse.bridge import Bridge
 from revproxy.reverse.portal import PortalOutbound
 from revproxy.reverse.tunnel import Tunnel
 from revproxy.routing import Router
-from revproxy.session import Ending
-from revproxy.statetable import ROLE_BRIDGE, ROLE_PORTAL
-from revproxy.supervisor import bind_listener
+from revproxy.server.cluster import Cluster
+from revproxy.server.statetable import ROLE_BRIDGE, ROLE_PORTAL
 
 
 def outbound_key(index: int, tag: str | None) -> str:
@@ -49,7 +49,7 @@ def outbound_key(index: int, tag: str | None) -> str:
     return tag if tag else f"outbounds[{index}]"
 
 
-class Worker:
+class Instance:
     def __init__(self, config: Config, listeners: Mapping[int, socket.socket] | None = None,
                  replay: ReplayFilter | None = None, cluster: Cluster | None = None,
                  workers: int = 1) -> None:

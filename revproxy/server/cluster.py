@@ -11,8 +11,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from revproxy import handoff
-from revproxy.statetable import (
+from revproxy.server import handoff
+from revproxy.server.statetable import (
     ROLE_BRIDGE,
     ROLE_PORTAL,
     TUNNEL_ACTIVE,

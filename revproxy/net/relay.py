@@ -22,7 +22,7 @@ import gevent
 from gevent import get_hub
 
 from revproxy.mux.connection import MuxSession
-from revproxy.stream import RECV_SIZE, SocketStream, Stream
+from revproxy.net.stream import RECV_SIZE, SocketStream, Stream
 
 IDLE_TIMEOUT = 300.0
 AFTER_HALF_CLOSE = 30.0

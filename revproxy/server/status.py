@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from revproxy.statetable import (
+from revproxy.server.statetable import (
     TUNNEL_DRAINING,
     WORKER_BOOTING,
     WORKER_RETIRING,
