@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import signal
 import sys
+from typing import Any
 
 from revproxy import __version__
 
@@ -126,12 +126,18 @@ class _HelpFormatter(argparse.HelpFormatter):
         super().__init__(prog, width=width - 2)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser, with the help formatter above."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(**kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="revproxy", formatter_class=_HelpFormatter,
-                                     description="V2Ray-compatible reverse tunnel")
+    parser = _Parser(prog="revproxy", description="V2Ray-compatible reverse tunnel")
     parser.add_argument("--version", action="version", version=f"revproxy {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
-        argparse.ArgumentParser, formatter_class=_HelpFormatter))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a portal and/or bridge from a config file")
     run.add_argument("-c", "--config", required=True, help="V2Ray JSON or YAML config")

@@ -70,9 +70,9 @@ def parse_domain(text: str) -> tuple[str, str]:
 def parse_cidr(text: str) -> IPNetwork:
     """An IP condition: "10.0.0.0/8", "2001:db8::/32", or a bare IP (/32 or /128).
     Raises ValueError."""
-    for prefix in ("geoip:", "ext:", "ext-ip:"):
-        if text.startswith(prefix):
-            raise ValueError(f"{prefix} IP lists are not supported by revproxy")
+    for scheme in ("geoip:", "ext:", "ext-ip:"):
+        if text.startswith(scheme):
+            raise ValueError(f"{scheme} IP lists are not supported by revproxy")
     address_text, slash, mask = text.partition("/")
     address = _as_ip(address_text)
     if address is None:

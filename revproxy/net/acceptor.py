@@ -42,10 +42,6 @@ class Acceptor:
         self._delay = MIN_DELAY
         self._retry = None
 
-    @property
-    def accepting(self) -> bool:
-        return self._watcher.active
-
     def start_accepting(self) -> None:
         self._want = True
         self._resume()
@@ -75,7 +71,8 @@ class Acceptor:
             self._watcher.stop()  # resumed by _ended
             return
         try:
-            fd, address = self.listener._accept()
+            # socket._accept returns the bare descriptor: no socket object per attempt
+            fd, address = self.listener._accept()  # type: ignore[attr-defined]
         except OSError as exc:
             if exc.errno not in _GONE_BEFORE_ACCEPT:  # not just a sibling's catch
                 self._back_off(exc)
@@ -107,6 +104,6 @@ class Acceptor:
         self._watcher.stop()
         if self._retry is not None:
             self._retry.close()
-        self._retry = get_hub().loop.timer(self._delay)
-        self._retry.start(self._resume)
+        retry = self._retry = get_hub().loop.timer(self._delay)
+        retry.start(self._resume)
         self._delay = min(MAX_DELAY, self._delay * 2)

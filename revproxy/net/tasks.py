@@ -21,7 +21,6 @@ class Tasks:
     """Starts ``func(*args)`` on a parked greenlet (or a new one) from the hub's next turn."""
 
     def __init__(self, keep_idle: int = KEEP_IDLE) -> None:
-        self.running = 0
         self._idle: list[greenlet] = []
         self._keep_idle = keep_idle
 
@@ -31,7 +30,6 @@ class Tasks:
         runner = idle.pop() if idle else None
         if runner is None or runner.dead:  # (dead only if something killed a parked one)
             runner = greenlet(self._serve, parent=hub)
-        self.running += 1
         hub.loop.run_callback(runner.switch, func, args)
 
     def _serve(self, func: Callable[..., object], args: tuple) -> None:
@@ -41,9 +39,7 @@ class Tasks:
                 func(*args)
             except Exception:  # a handler's bug must not end the greenlet loop or the worker
                 log.exception("task %s failed", getattr(func, "__qualname__", func))
-            finally:
-                self.running -= 1
-            func = args = None  # drop references while parked
+            del func, args  # drop references while parked
             if len(self._idle) >= self._keep_idle:
                 return
             self._idle.append(getcurrent())

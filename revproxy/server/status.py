@@ -71,8 +71,10 @@ def collect(master_pid: int, state_path: str | None = None) -> dict:
             except psutil.Error:
                 pass
         time.sleep(CPU_SAMPLE)
+        workers: list[dict[str, object]] = []
+        tunnels: list[dict[str, object]] = []
         report = {"master": _process_view(master), "state_file": path,
-                  "generation": table.generation, "workers": [], "tunnels": []}
+                  "generation": table.generation, "workers": workers, "tunnels": tunnels}
         now = time.time()
         for slot, row in table.workers():
             entry = {"slot": slot, "pid": row.pid, "index": row.index,
@@ -81,22 +83,25 @@ def collect(master_pid: int, state_path: str | None = None) -> dict:
                      "heartbeat_age": round(now - row.heartbeat, 1),
                      "sessions": row.connections, "total_sessions": row.total_connections,
                      "bytes_in": row.bytes_in, "bytes_out": row.bytes_out}
-            proc = children.get(row.pid)
-            if proc is not None:
+            child = children.get(row.pid)
+            if child is not None:
                 try:
-                    entry.update({k: v for k, v in _process_view(proc).items() if k != "pid"})
+                    entry.update({k: v for k, v in _process_view(child).items() if k != "pid"})
                 except psutil.Error:
                     pass
-            report["workers"].append(entry)
-        for slot, index, row in table.tunnels():
-            report["tunnels"].append({
-                "worker_pid": row.owner_pid, "slot": slot, "row": index, "id": row.tunnel_id,
-                "role": _ROLES.get(row.role, str(row.role)), "tag": row.tag, "peer": row.peer,
-                "state": "draining" if row.state == TUNNEL_DRAINING else "active",
-                "active_sessions": row.active_sessions, "total_sessions": row.total_sessions,
-                "bytes_up": row.bytes_up, "bytes_down": row.bytes_down,
-                "throughput": round(row.throughput, 1), "age": round(now - row.opened, 1),
-                "heard_ago": round(now - row.heartbeat, 1), "generation": row.generation})
+            workers.append(entry)
+        for slot, index, tunnel in table.tunnels():
+            tunnels.append({
+                "worker_pid": tunnel.owner_pid, "slot": slot, "row": index,
+                "id": tunnel.tunnel_id, "role": _ROLES.get(tunnel.role, str(tunnel.role)),
+                "tag": tunnel.tag, "peer": tunnel.peer,
+                "state": "draining" if tunnel.state == TUNNEL_DRAINING else "active",
+                "active_sessions": tunnel.active_sessions,
+                "total_sessions": tunnel.total_sessions,
+                "bytes_up": tunnel.bytes_up, "bytes_down": tunnel.bytes_down,
+                "throughput": round(tunnel.throughput, 1), "age": round(now - tunnel.opened, 1),
+                "heard_ago": round(now - tunnel.heartbeat, 1),
+                "generation": tunnel.generation})
         return report
     finally:
         table.close()

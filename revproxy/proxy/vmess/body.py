@@ -163,7 +163,8 @@ class BodyWriter:
             if c.shake is not None:
                 size ^= c.shake.next_u16()
             return _U16.pack(size) + piece
-        pad = c.shake.next_u16() % 64 if c.padding else 0  # drawn before the length mask
+        # drawn before the length mask; padding implies a shake stream
+        pad = c.shake.next_u16() % 64 if c.padding else 0  # type: ignore[union-attr]
         size = len(piece) + c.overhead + pad
         if c.length_aead is not None:
             head = c.length_aead.encrypt(c.next_length_nonce(), _U16.pack(size - _TAG), None)
@@ -229,7 +230,8 @@ class BodyReader:
             if c.shake is not None:
                 size ^= c.shake.next_u16()
             return size if size else -1
-        self._pad = pad = c.shake.next_u16() % 64 if c.padding else 0
+        # padding implies a shake stream
+        self._pad = pad = c.shake.next_u16() % 64 if c.padding else 0  # type: ignore[union-attr]
         if c.length_aead is not None:
             try:
                 plain = c.length_aead.decrypt(c.next_length_nonce(), head, None)
