@@ -6,10 +6,13 @@ for one line per accepted or rejected connection (V2Ray's access log format).
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 import time
 import traceback
+from typing import Protocol
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -50,13 +53,48 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _handler(path: str | None) -> logging.Handler:
+class LogSettings(Protocol):
+    """The config's ``log`` section, as far as logging reads it."""
+
+    @property
+    def level(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def access(self) -> str | None: ...
+
+
+class _NoFollowFileHandler(logging.FileHandler):
+    """Appends to a log file that must not be a symbolic link: the master runs as root and
+    (re)opens files in directories the service user may own, so a link planted there must
+    not make it write elsewhere. New files are created 0640."""
+
+    def _open(self) -> io.TextIOWrapper:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        return open(os.open(self.baseFilename, flags, 0o640), "a", encoding=self.encoding,
+                    errors=self.errors)
+
+
+def _handler(path: str | None, failures: list[str]) -> logging.Handler:
+    """A handler writing to ``path`` (stderr without one). A file that cannot be opened is
+    reported in ``failures`` and stderr is used instead: logging never stops the server."""
+    handler: logging.Handler | None = None
     if path and path != "none":
-        handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
-    else:
+        try:
+            handler = _NoFollowFileHandler(path, encoding="utf-8")
+        except OSError as exc:
+            failures.append(f"cannot open log file {path}: {exc.strerror or exc}; "
+                            "logging to stderr")
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(V2RayFormatter())
     return handler
+
+
+def configure(settings: LogSettings) -> None:
+    """Configure logging as the config's ``log`` section says (at start, on reload, and to
+    reopen files after rotation)."""
+    setup(settings.level, settings.error, settings.access)
 
 
 def setup(level: str = "warning", error_path: str | None = None,
@@ -66,18 +104,21 @@ def setup(level: str = "warning", error_path: str | None = None,
         for old in list(logger.handlers):
             logger.removeHandler(old)
             old.close()
+    failures: list[str] = []
     log.setLevel(LEVELS.get(level, logging.WARNING))
-    log.addHandler(_handler(error_path))
+    log.addHandler(_handler(error_path, failures))
     log.propagate = False
     access_log.propagate = False
     if access_path == "none":  # V2Ray's spelling of "no access log"
         access_log.setLevel(LEVELS["none"])
     elif access_path:
         access_log.setLevel(logging.INFO)
-        access_log.addHandler(_handler(access_path))
+        access_log.addHandler(_handler(access_path, failures))
     elif level in ("debug", "info"):
         # V2Ray prints access lines to stdout when no access file is set; we use stderr.
         access_log.setLevel(logging.INFO)
-        access_log.addHandler(_handler(None))
+        access_log.addHandler(_handler(None, failures))
     else:
         access_log.setLevel(LEVELS["none"])
+    for failure in failures:
+        log.error("%s", failure)
