@@ -1,1 +1,7 @@
-"""reverse package."""
+"""V2Ray's reverse proxy: the bridge dials tunnels out, the portal serves visitors through them.
+
+``portal`` is an outbound (a session to the portal's domain *is* a tunnel; any other is a
+visitor carried as a mux session); ``bridge`` keeps a pool of tunnels and dispatches the
+sessions the portal opens in them; ``control`` is the sans-IO codec of the control channel;
+``balance`` picks a tunnel for a visitor; ``tunnel`` holds what both ends count per tunnel.
+"""
