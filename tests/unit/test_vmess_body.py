@@ -14,9 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from revproxy.proxy.vmess.body import (
+    MAX_WRITE_PAYLOAD,
+    NONCE_COUNT,
     BodyError,
     BodyReader,
     BodyWriter,
+    NonceExhausted,
     request_body_reader,
     request_body_writer,
     response_body_reader,
@@ -320,14 +323,6 @@ def test_packet_too_large_and_empty_seal() -> None:
     assert stream.seal(bytearray()) == b""
 
 
-def test_nonce_counter_wraps_like_v2ray() -> None:
-    writer = BodyWriter(SECURITY_AES128_GCM, KEY, IV, OPTION_CHUNK_STREAM)
-    reader = BodyReader(SECURITY_AES128_GCM, KEY, IV, OPTION_CHUNK_STREAM)
-    wire = b"".join(writer.seal(b"z") for _ in range(65537))
-    assert reader.feed(wire) == [b"z"] * 65537
-    assert AESGCM(KEY).decrypt(_nonce(0, IV), wire[-19 + 2 :], None) == b"z"  # counter 65536 → 0
-
-
 def test_reader_does_not_keep_callers_buffer() -> None:
     writer = BodyWriter(SECURITY_AES128_GCM, KEY, IV, 0x0D)
     reader = BodyReader(SECURITY_AES128_GCM, KEY, IV, 0x0D)
@@ -443,3 +438,40 @@ def test_decode_v2ray_server_response(security: int) -> None:
     decoder = ResponseDecoder(header)
     assert decoder.feed(bytes.fromhex(V2RAY_RESPONSES[security]))
     assert response_body_reader(header).feed(decoder.rest) == [b"ping v2ray server"]
+
+
+@pytest.mark.parametrize("option", [OPTION_CHUNK_STREAM,
+                                    OPTION_CHUNK_STREAM | OPTION_AUTH_LENGTH])
+def test_a_writer_never_reuses_a_nonce(option: int) -> None:
+    """2**16 chunks use every nonce once, in order; the next chunk (or the end chunk) is
+    refused: the connection ends rather than reuse a nonce."""
+    writer = BodyWriter(SECURITY_AES128_GCM, KEY, IV, option)
+    chunks = [writer.seal(b"x") for _ in range(NONCE_COUNT)]
+    assert writer.chunks == NONCE_COUNT
+    if not option & OPTION_AUTH_LENGTH:  # size ‖ sealed: open the first and the last
+        assert AESGCM(KEY).decrypt(_nonce(0, IV), chunks[0][2:], None) == b"x"
+        assert AESGCM(KEY).decrypt(_nonce(NONCE_COUNT - 1, IV), chunks[-1][2:], None) == b"x"
+    with pytest.raises(NonceExhausted):
+        writer.seal(b"one too many")
+    with pytest.raises(NonceExhausted):
+        writer.end()
+    assert isinstance(NonceExhausted(), ConnectionError)  # the relay ends the connection
+
+
+def test_a_reader_follows_a_writer_that_wraps_its_nonce() -> None:
+    """V2Ray's writers wrap the counter after 2**16 chunks: the chunk after wrapping is sealed
+    with counter 0 again, and the reader (which counts on) opens it."""
+    reader = BodyReader(SECURITY_AES128_GCM, KEY, IV, OPTION_CHUNK_STREAM)
+    reader._c.counter = NONCE_COUNT  # as if 2**16 chunks were read
+    sealed = AESGCM(KEY).encrypt(_nonce(0, IV), b"wrapped", None)
+    assert reader.feed(struct.pack(">H", len(sealed)) + sealed) == [b"wrapped"]
+    assert reader.chunks == NONCE_COUNT + 1
+
+
+def test_writers_use_the_largest_chunks_by_default() -> None:
+    option = OPTION_CHUNK_STREAM | OPTION_CHUNK_MASKING | OPTION_GLOBAL_PADDING
+    writer = BodyWriter(SECURITY_AES128_GCM, KEY, IV, option)
+    reader = BodyReader(SECURITY_AES128_GCM, KEY, IV, option)
+    data = bytes(3 * MAX_WRITE_PAYLOAD)
+    assert b"".join(reader.feed(writer.seal(data))) == data
+    assert writer.chunks == 3

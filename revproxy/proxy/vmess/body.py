@@ -36,6 +36,10 @@ MAX_CHUNK_SIZE = 0xFFFF  # the u16 size field, after unmasking
 _TAG = 16
 _MAX_PADDING = 63
 _PAD_POOL = 4096  # random padding bytes fetched at once
+# The largest payload a chunk can carry in every mode. Large chunks use few nonces: a writer
+# never reuses one, so a connection ends after 2**16 chunks (4 GiB at this size).
+MAX_WRITE_PAYLOAD = MAX_CHUNK_SIZE - _TAG - _MAX_PADDING
+NONCE_COUNT = 1 << 16  # the nonce's counter is a u16
 _AUTH_LEN_SALT = b"auth_len"
 _U16 = struct.Struct(">H")
 
@@ -46,6 +50,10 @@ _AUTH = 2  # AEAD ciphers (always), or "none" + ChunkStream for UDP: authenticat
 
 class BodyError(Exception):
     """A body chunk failed authentication or is malformed; the connection must be dropped."""
+
+
+class NonceExhausted(ConnectionAbortedError):
+    """A writer sealed 2**16 chunks: one more would reuse a nonce, so the connection ends."""
 
 
 _Aead = AESGCM | ChaCha20Poly1305
@@ -69,7 +77,11 @@ class _ChunkCodec:
         packet: bool,
         request_key: bytes | None,
         request_iv: bytes | None,
+        wraps: bool,
     ) -> None:
+        # A writer never wraps its nonce counter. A reader follows V2Ray's writers, which
+        # wrap it (so interop with a long-lived V2Ray tunnel keeps working).
+        self.nonce_limit = 1 << 62 if wraps else NONCE_COUNT
         if security == SECURITY_ZERO:
             security = SECURITY_NONE
         if security not in (SECURITY_AES128_GCM, SECURITY_CHACHA20_POLY1305, SECURITY_NONE):
@@ -107,14 +119,19 @@ class _ChunkCodec:
         self.size_len = 2 + (_TAG if self.length_aead is not None else 0)
 
     def next_nonce(self) -> bytes:
-        nonce = self.counter.to_bytes(2, "big") + self.iv_tail
-        self.counter = (self.counter + 1) & 0xFFFF
-        return nonce
+        """The next chunk's nonce; ``counter`` counts every chunk (it is not wrapped)."""
+        counter = self.counter
+        if counter >= self.nonce_limit:
+            raise NonceExhausted("VMess: 2**16 chunks sealed, the nonce would repeat")
+        self.counter = counter + 1
+        return (counter & 0xFFFF).to_bytes(2, "big") + self.iv_tail
 
     def next_length_nonce(self) -> bytes:
-        nonce = self.length_counter.to_bytes(2, "big") + self.length_iv_tail
-        self.length_counter = (self.length_counter + 1) & 0xFFFF
-        return nonce
+        counter = self.length_counter
+        if counter >= self.nonce_limit:
+            raise NonceExhausted("VMess: 2**16 lengths sealed, the nonce would repeat")
+        self.length_counter = counter + 1
+        return (counter & 0xFFFF).to_bytes(2, "big") + self.length_iv_tail
 
 
 class BodyWriter:
@@ -133,12 +150,13 @@ class BodyWriter:
         iv: bytes,
         option: int,
         *,
-        max_payload: int = 16384,
+        max_payload: int = MAX_WRITE_PAYLOAD,
         packet: bool = False,
         request_key: bytes | None = None,
         request_iv: bytes | None = None,
     ) -> None:
-        self._c = _ChunkCodec(security, key, iv, option, packet, request_key, request_iv)
+        self._c = _ChunkCodec(security, key, iv, option, packet, request_key, request_iv,
+                              wraps=False)
         limit = MAX_CHUNK_SIZE - self._c.overhead - (_MAX_PADDING if self._c.padding else 0)
         if not 0 < max_payload <= limit:
             raise ValueError(f"max_payload must be in 1..{limit}")
@@ -193,6 +211,11 @@ class BodyWriter:
         step = self._max
         return b"".join([self._chunk(bytes(view[i : i + step])) for i in range(0, n, step)])
 
+    @property
+    def chunks(self) -> int:
+        """Chunks sealed so far (nonces used); at NONCE_COUNT the writer refuses more."""
+        return self._c.counter
+
     def end(self) -> bytes:
         """The end-of-stream chunk (empty payload); b"" when the option lacks ChunkStream."""
         if not self._c.chunked_end:
@@ -216,11 +239,17 @@ class BodyReader:
         request_key: bytes | None = None,
         request_iv: bytes | None = None,
     ) -> None:
-        self._c = _ChunkCodec(security, key, iv, option, packet, request_key, request_iv)
+        self._c = _ChunkCodec(security, key, iv, option, packet, request_key, request_iv,
+                              wraps=True)
         self._buf = bytearray()
         self._size = -1  # size of the chunk being read (after its size field), -1 = none yet
         self._pad = 0
         self.finished = False
+
+    @property
+    def chunks(self) -> int:
+        """Authenticated chunks opened so far (V2Ray's writers wrap the nonce after 2**16)."""
+        return self._c.counter
 
     def _read_size(self, head: bytes) -> int:
         """Decode one size field; returns the chunk size, or -1 for the end chunk."""
@@ -304,7 +333,8 @@ class BodyReader:
         return out
 
 
-def request_body_writer(header: RequestHeader, *, max_payload: int = 16384) -> BodyWriter:
+def request_body_writer(header: RequestHeader, *,
+                        max_payload: int = MAX_WRITE_PAYLOAD) -> BodyWriter:
     """Client: writer for the request body described by header."""
     return BodyWriter(
         header.security,
@@ -327,7 +357,8 @@ def request_body_reader(header: RequestHeader) -> BodyReader:
     )
 
 
-def response_body_writer(header: RequestHeader, *, max_payload: int = 16384) -> BodyWriter:
+def response_body_writer(header: RequestHeader, *,
+                         max_payload: int = MAX_WRITE_PAYLOAD) -> BodyWriter:
     """Server: writer for the response body (SHA256-derived key/IV, v5 length key from the
     request key/IV)."""
     key, iv = response_body_key_iv(header)
