@@ -7,6 +7,7 @@ import functools
 import ipaddress
 import os
 import socket
+from collections.abc import Callable
 
 from gevent import Timeout
 from gevent import socket as cooperative
@@ -17,17 +18,19 @@ CONNECT_TIMEOUT = 10.0
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)
 
 
-def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
+def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT,
+            before_connect: Callable[[socket.socket], None] | None = None) -> socket.socket:
     """A connected, tuned, non-blocking TCP socket (for ``SocketStream``). A name is resolved
     and its addresses tried in turn; an IP literal skips the resolver, which in gevent is a
-    hop through its thread pool."""
+    hop through its thread pool. ``before_connect`` may set socket options first (its
+    ``OSError`` ends the attempt)."""
     family = _ip_family(host)
     if family is not None:
-        return _connect(family, (host, port), timeout)
+        return _connect(family, (host, port), timeout, before_connect)
     error: OSError = OSError(f"{host}: no address")
     for family, _, _, _, address in cooperative.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
         try:
-            return _connect(family, address[:2], timeout)
+            return _connect(family, address[:2], timeout, before_connect)
         except OSError as exc:
             error = exc
     raise error
@@ -42,10 +45,13 @@ def _ip_family(host: str) -> int | None:
         return None
 
 
-def _connect(family: int, address: tuple[str, int], timeout: float) -> socket.socket:
+def _connect(family: int, address: tuple[str, int], timeout: float,
+             before_connect: Callable[[socket.socket], None] | None) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
+        if before_connect is not None:
+            before_connect(sock)
         # To a local address the kernel has usually finished the handshake by the time the
         # non-blocking connect returns EINPROGRESS, so ask once more before waiting: the
         # common case of a bridge in front of a service on its own host then needs no wait.

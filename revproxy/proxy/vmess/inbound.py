@@ -1,7 +1,9 @@
 """VMess AEAD inbound: authenticates a request header, then dispatches the session.
 
-A failed handshake gets no answer: like V2Ray, the server keeps reading a random amount
-(fixed per process) for up to the handshake timeout before closing, so a prober learns nothing.
+The connection arrives through the inbound's transport (``streamSettings``), whose handshake
+runs first. A failed VMess handshake gets no answer: like V2Ray, the server keeps reading a
+random amount (fixed per process) for up to the handshake timeout before closing, so a prober
+learns nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import gevent
 from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
 from revproxy.net.session import Ending, Session, Target
-from revproxy.net.stream import SocketStream
+from revproxy.net.stream import TunnelStream
 from revproxy.proxy.vmess.crypto import User
 from revproxy.proxy.vmess.header import (
     COMMAND_TCP,
@@ -26,27 +28,36 @@ from revproxy.proxy.vmess.header import (
 )
 from revproxy.proxy.vmess.replay import ReplayFilter
 from revproxy.proxy.vmess.stream import VMessServerStream
+from revproxy.transport import PLAIN, Transport, wrap
 
 HANDSHAKE_TIMEOUT = 4.0
 
 
 class VMessInbound:
     def __init__(self, tag: str | None, users: Sequence[User], replay: ReplayFilter,
-                 dispatcher: Dispatcher) -> None:
+                 dispatcher: Dispatcher, transport: Transport = PLAIN) -> None:
         self.tag = tag
         self.users = tuple(users)
         self.replay = replay
         self.dispatcher = dispatcher
+        self.transport = transport
         # Like V2Ray's behaviour seed: every failure drains a similar amount on this server.
         self._drain_base = random.randrange(3266) + 16 + 38
 
     def handle_connection(self, sock: socket.socket, address: tuple, ending: Ending) -> None:
+        try:
+            transport, address = wrap(self.transport, sock, address)
+        except OSError as exc:
+            log.info("vmess: %s:%s: transport handshake failed: %s", address[0], address[1],
+                     exc)
+            ending.end()  # closes the socket
+            return
         source = f"{address[0]}:{address[1]}"
         decoder = RequestDecoder(self.users, self.replay)
-        transport = SocketStream(sock)
         header = self._handshake(transport, source, decoder)
         if header is None:
-            ending.end()  # closes the socket
+            transport.close()  # a transport may have a last word (V2Ray's HTTP header has)
+            ending.end()
             return
         if header.command == COMMAND_TCP:
             network = "tcp"
@@ -54,6 +65,7 @@ class VMessInbound:
             network = "udp"
         else:
             log.warning("vmess: %s: command %d is not supported", source, header.command)
+            transport.close()
             ending.end()
             return
         email = decoder.user.email if decoder.user is not None else None
@@ -61,7 +73,7 @@ class VMessInbound:
                           source=source, email=email, ending=ending)
         self.dispatcher.handle(session, VMessServerStream(transport, header, decoder.rest))
 
-    def _handshake(self, transport: SocketStream, source: str,
+    def _handshake(self, transport: TunnelStream, source: str,
                    decoder: RequestDecoder) -> RequestHeader | None:
         """The request header, or None if the peer went away or failed to authenticate."""
         received = 0
@@ -82,7 +94,7 @@ class VMessInbound:
             pass
         return None
 
-    def _drain(self, transport: SocketStream, received: int) -> None:
+    def _drain(self, transport: TunnelStream, received: int) -> None:
         remaining = self._drain_base + random.randrange(1, 65) - received
         try:
             with gevent.Timeout(HANDSHAKE_TIMEOUT, TimeoutError):

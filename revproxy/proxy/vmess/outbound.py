@@ -1,4 +1,5 @@
-"""VMess AEAD outbound: dials a VMess server and carries the session over it."""
+"""VMess AEAD outbound: dials a VMess server over the outbound's transport and carries the
+session over it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from revproxy.log import log
-from revproxy.net.dial import connect
 from revproxy.net.relay import relay
 from revproxy.net.session import Session
-from revproxy.net.stream import SocketStream, Stream
+from revproxy.net.stream import Stream
 from revproxy.proxy.vmess.crypto import User
 from revproxy.proxy.vmess.header import (
     COMMAND_TCP,
@@ -20,6 +20,7 @@ from revproxy.proxy.vmess.header import (
     seal_request,
 )
 from revproxy.proxy.vmess.stream import VMessClientStream
+from revproxy.transport import PLAIN, Transport, dial
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,17 @@ class VMessServer:
 
 
 class VMessOutbound:
-    def __init__(self, tag: str, servers: Sequence[VMessServer]) -> None:
+    def __init__(self, tag: str, servers: Sequence[VMessServer],
+                 transport: Transport = PLAIN) -> None:
         self.tag = tag
         self.servers = tuple(servers)
+        self.transport = transport
         self._next = itertools.cycle(self.servers)
 
     def open(self, session: Session) -> Stream:
         server = next(self._next)
         command = COMMAND_UDP if session.target.network == "udp" else COMMAND_TCP
-        transport = SocketStream(connect(server.address, server.port))
+        transport = dial(self.transport, server.address, server.port)
         try:
             header = new_request_header(command, session.target.address, session.target.port,
                                         server.security)

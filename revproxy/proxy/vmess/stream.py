@@ -1,10 +1,10 @@
-"""VMess body streams over a socket stream: the server end (after a request header was read)
+"""VMess body streams over a transport's stream: the server end (after a request header was read)
 and the client end (which sends the request header). Codec errors surface as
 ``ConnectionError``."""
 
 from __future__ import annotations
 
-from revproxy.net.stream import SocketStream
+from revproxy.net.stream import TunnelStream
 from revproxy.proxy.vmess.body import (
     BodyError,
     BodyReader,
@@ -25,7 +25,7 @@ from revproxy.proxy.vmess.header import (
 class _VMessStream:
     """Shared reading/writing of body chunks; subclasses decide the keys and the preamble."""
 
-    def __init__(self, transport: SocketStream, reader: BodyReader | None, writer: BodyWriter,
+    def __init__(self, transport: TunnelStream, reader: BodyReader | None, writer: BodyWriter,
                  preamble: bytes) -> None:
         self.transport = transport
         self._reader = reader
@@ -98,7 +98,7 @@ class _VMessStream:
 class VMessServerStream(_VMessStream):
     """Server end: decodes the request body, encodes the response (header sent lazily)."""
 
-    def __init__(self, transport: SocketStream, header: RequestHeader, rest: bytes) -> None:
+    def __init__(self, transport: TunnelStream, header: RequestHeader, rest: bytes) -> None:
         super().__init__(transport, request_body_reader(header), response_body_writer(header),
                          seal_response(header))
         self._early = rest
@@ -115,7 +115,7 @@ class VMessServerStream(_VMessStream):
 class VMessClientStream(_VMessStream):
     """Client end: the request header went out on connect; the response header comes first."""
 
-    def __init__(self, transport: SocketStream, header: RequestHeader) -> None:
+    def __init__(self, transport: TunnelStream, header: RequestHeader) -> None:
         super().__init__(transport, None, request_body_writer(header), b"")
         self._header = header
         self._response = ResponseDecoder(header)
