@@ -448,7 +448,7 @@ def test_decode_v2ray_client_request(name: str) -> None:
 
 
 def test_memory_replay_filter_window() -> None:
-    f = MemoryReplayFilter()
+    f = MemoryReplayFilter(window=120.0)
     assert f.check_and_add(b"a" * 16, 1000.0)
     assert not f.check_and_add(b"a" * 16, 1000.0)
     assert f.check_and_add(b"b" * 16, 1050.0)
@@ -472,6 +472,20 @@ def test_memory_replay_filter_never_forgets_within_window(events: list[tuple[int
             assert not fresh
         if fresh:
             last_seen[key] = now
+
+
+def test_a_replay_of_a_future_stamped_auth_id_is_refused() -> None:
+    """An AuthID stamped 119 s ahead is valid until 239 s after it is first seen: a replay
+    200 s later must still be refused."""
+    user = User(UID)
+    stamp = 1_000_000
+    auth_id = seal_auth_id(user.cmd_key, stamp + 119, bytes(4))
+    replay = MemoryReplayFilter()
+    assert replay.check_and_add(b"o" * 16, stamp - 100.0)  # the filter's clock starts here
+    assert RequestDecoder([user], replay, now=lambda: float(stamp))._match_user(auth_id) is user
+    later = RequestDecoder([user], replay, now=lambda: stamp + 200.0)
+    with pytest.raises(HandshakeError, match="replayed"):
+        later._match_user(auth_id)
 
 
 def test_memory_replay_filter_is_bounded() -> None:

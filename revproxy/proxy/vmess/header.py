@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .crypto import User, kdf, kdf16, open_auth_id, seal_auth_id
-from .replay import ReplayFilter
+from .replay import MAX_TIME_SKEW, ReplayFilter
 
 SECURITY_AES128_GCM = 3
 SECURITY_CHACHA20_POLY1305 = 4
@@ -34,7 +34,6 @@ COMMAND_UDP = 2
 COMMAND_MUX = 3
 
 MUX_ADDRESS = "v1.mux.cool"  # what V2Ray's server reports for the Mux command (no address on wire)
-MAX_TIME_SKEW = 120  # seconds between an AuthID's timestamp and the server clock
 
 _WIRE_SECURITIES = (SECURITY_AES128_GCM, SECURITY_CHACHA20_POLY1305, SECURITY_NONE)
 _SECURITY_NAMES = {

@@ -1,4 +1,4 @@
-"""Anti-replay filter for VMess AuthIDs: refuse an AuthID seen within the last 120 s. The
+"""Anti-replay filter for VMess AuthIDs: refuse an AuthID seen within the replay window. The
 RequestDecoder depends only on the ReplayFilter protocol, so a cross-process filter can
 replace this one."""
 
@@ -6,14 +6,18 @@ from __future__ import annotations
 
 from typing import Protocol
 
-REPLAY_WINDOW = 120.0
+MAX_TIME_SKEW = 120  # seconds between an AuthID's timestamp and the server clock
+# An AuthID is accepted while the clock is within MAX_TIME_SKEW of its timestamp: first seen
+# as early as ts - 120, it may come back until ts + 120. Remembering it for 240 s from first
+# sight covers that (V2Ray remembers 120 s, so a replay of a future-stamped id gets through).
+REPLAY_WINDOW = 2.0 * MAX_TIME_SKEW
 
 
 class ReplayFilter(Protocol):
     """Remembers AuthIDs for at least REPLAY_WINDOW seconds."""
 
     def check_and_add(self, auth_id: bytes, now: float) -> bool:
-        """Record auth_id; False if it was already seen within the last 120 s."""
+        """Record auth_id; False if it was already seen within the window."""
         ...
 
 
