@@ -6,9 +6,12 @@ import argparse
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revproxy import __version__
+
+if TYPE_CHECKING:
+    from revproxy.server.spec import WorkerSpec
 
 
 class CliError(Exception):
@@ -39,11 +42,19 @@ def cmd_uuid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_worker(spec: WorkerSpec) -> int:
+    """The worker's entry point, imported only in the forked child: the master never
+    imports gevent."""
+    from revproxy.server.worker import run_worker
+
+    return run_worker(spec)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     from revproxy.server.supervisor import Supervisor
 
-    return Supervisor(config, workers=args.workers).run()
+    return Supervisor(config, workers=args.workers, worker_main=_run_worker).run()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -175,9 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "workers", None) is not None and args.workers < 1:
-        print("revproxy: --workers must be at least 1", file=sys.stderr)
-        return 2
+    if getattr(args, "workers", None) is not None:
+        from revproxy.config.sections import MAX_WORKERS
+
+        if not 1 <= args.workers <= MAX_WORKERS:  # the bound of server.workers
+            print(f"revproxy: --workers must be between 1 and {MAX_WORKERS}, got "
+                  f"{args.workers}", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except CliError as exc:

@@ -30,6 +30,11 @@ from revproxy.config.model import (
 from revproxy.config.proxies import inbound, outbound
 from revproxy.routing import parse_cidr, parse_domain
 
+# The most worker processes one generation may have: a reload runs the new generation beside
+# the old one, and the state table (revproxy/server/statetable.py) has a slot for each of
+# twice this many.
+MAX_WORKERS = 128
+
 _V2RAY_ONLY_SECTIONS = ("dns", "api", "policy", "transport", "fakedns", "observatory",
                         "burstObservatory", "multiObservatory", "browserForwarder", "reverseDNS",
                         "port", "inbound", "outbound", "inboundDetour", "outboundDetour")
@@ -163,9 +168,9 @@ def _server(node: Node, raw: Any) -> ServerConfig:
 
 
 def _workers(value: Any) -> int | None:
-    """A number of worker processes, or "auto" (None: one per CPU)."""
+    """A number of worker processes up to MAX_WORKERS, or "auto" (None: one per CPU)."""
     if isinstance(value, str) and value.lower() == "auto":
         return None
     if isinstance(value, str):
         raise Invalid(f'expected a number of workers or "auto", got {show(value)}')
-    return f.integer(1, 1024)(value)
+    return f.integer(1, MAX_WORKERS)(value)

@@ -11,24 +11,30 @@ owns tunnel rows ``[64*i, 64*i + 64)``, so tunnel rows need no allocation lock. 
 relies on the CPU making a process's stores visible in program order (x86-64 TSO); Python has
 no memory fences, so on weakly ordered CPUs a reader could in theory still see a mixed row.
 
+There are 256 worker slots: a reload runs the new generation beside the old one, so the table
+holds two generations of the most workers ``server.workers`` allows (128, checked with the
+config). The file is 0600 and sits in a directory only its owner can read: rows name pids,
+tunnel tags and bridge addresses.
+
 The replay filter is an open-addressing hash table of AuthIDs shared by all workers;
 check-and-insert runs under an ``fcntl.lockf`` byte-range lock on the probe window, which the
 kernel drops if the holder dies (a ``multiprocessing.Lock`` would wedge the siblings).
 
-Layout version 1, little-endian, offsets in bytes (size 2,200,360)::
+Layout version 1 (offsets follow from the geometry in the header), little-endian, offsets in
+bytes (size 4,080,424)::
 
     header          @0         64 bytes
       0  8s  magic b"RPXSTATE"         24 f64 created (unix)
-      8  u32 layout version (1)        32 u32 worker slots (64)
+      8  u32 layout version (1)        32 u32 worker slots (256)
       12 u32 seq over bytes 16..48     36 u32 tunnel rows per worker (64)
       16 i32 master pid                40 u32 replay slots (65536)
       20 u32 generation                44 u32 replay probe window (32); 48..64 zero
-    worker rows     @64        64 slots x 64 bytes
+    worker rows     @64        256 slots x 64 bytes
       0  u32 seq      12 u16 index (I of "worker I/N")     32 u32 active connections
       4  i32 pid      14 u8  state FREE/BOOTING/RUNNING/   40 u64 total connections
       8  u32 gen.            RETIRING = 0/1/2/3; 15 pad    48 u64 bytes in
                       16 f64 started  24 f64 heartbeat     56 u64 bytes out  (36 pad)
-    tunnel rows     @4160      64 x 64 rows x 152 bytes
+    tunnel rows     @16448     256 x 64 rows x 152 bytes
       0  u32 seq       14 u8  role PORTAL/BRIDGE = 1/2      104 u64 bytes up
       4  i32 owner pid 15 u8  state FREE/ACTIVE/DRAINING    112 u64 bytes down
       8  u32 tunnel id        = 0/1/2                       120 f64 throughput (bytes/s)
@@ -36,7 +42,7 @@ Layout version 1, little-endian, offsets in bytes (size 2,200,360)::
                        48 48s peer (UTF-8, NUL padded)      136 f64 heartbeat (unix)
                        96 u32 active sessions               144 u32 generation
                        100 u32 total sessions (mod 2**32)   148 pad
-    replay filter   @626752    (65536 + 31) entries x 24 bytes
+    replay filter   @2506816   (65536 + 31) entries x 24 bytes
       0  16s AuthID    16 f64 expires (unix; 0 = empty)
 """
 
@@ -51,9 +57,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
+from revproxy.config.sections import MAX_WORKERS
+
 MAGIC = b"RPXSTATE"
 LAYOUT_VERSION = 1
-MAX_WORKERS = 64
+WORKER_SLOTS = 2 * MAX_WORKERS  # two generations side by side during a reload
 TUNNELS_PER_WORKER = 64
 REPLAY_SLOTS = 1 << 16
 REPLAY_PROBE = 32
@@ -81,8 +89,8 @@ HEADER_SEQ_OFFSET = 12
 WORKER_ROW_SIZE = _WORKER.size
 TUNNEL_ROW_SIZE = _TUNNEL.size
 WORKERS_OFFSET = HEADER_SIZE
-TUNNELS_OFFSET = WORKERS_OFFSET + MAX_WORKERS * WORKER_ROW_SIZE
-REPLAY_OFFSET = TUNNELS_OFFSET + MAX_WORKERS * TUNNELS_PER_WORKER * TUNNEL_ROW_SIZE
+TUNNELS_OFFSET = WORKERS_OFFSET + WORKER_SLOTS * WORKER_ROW_SIZE
+REPLAY_OFFSET = TUNNELS_OFFSET + WORKER_SLOTS * TUNNELS_PER_WORKER * TUNNEL_ROW_SIZE
 REPLAY_ENTRY_SIZE = _ENTRY.size
 REPLAY_SIZE = (REPLAY_SLOTS + REPLAY_PROBE - 1) * REPLAY_ENTRY_SIZE  # no wrap-around
 TABLE_SIZE = REPLAY_OFFSET + REPLAY_SIZE
@@ -181,8 +189,8 @@ def _read(buf: mmap.mmap, offset: int, row: struct.Struct) -> tuple | None:
 
 
 def _check_slot(slot: int) -> None:
-    if not 0 <= slot < MAX_WORKERS:
-        raise IndexError(f"worker slot {slot} not in 0..{MAX_WORKERS - 1}")
+    if not 0 <= slot < WORKER_SLOTS:
+        raise IndexError(f"worker slot {slot} not in 0..{WORKER_SLOTS - 1}")
 
 
 def _tunnel_offset(slot: int, index: int) -> int:
@@ -219,16 +227,23 @@ class StateTable:
         self._buf = buf
 
     @classmethod
-    def create(cls, path: str, master_pid: int) -> StateTable:
+    def create(cls, path: str, master_pid: int, *, private_directory: bool = False
+               ) -> StateTable:
         """A zeroed table with its header written, replacing any file at path (atomically,
-        so a process still mapping the old file keeps reading it instead of faulting)."""
+        so a process still mapping the old file keeps reading it instead of faulting).
+
+        The file is 0600. A directory it has to make is 0700; an existing one is the
+        operator's and is left as it is, unless ``private_directory`` says it is revproxy's
+        own (the default location), which is then made 0700 if it was not."""
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
-            os.makedirs(directory, 0o755, exist_ok=True)
-            os.chmod(directory, 0o755)
-        owner = os.stat(directory).st_uid
-        if owner not in (0, os.geteuid()):
-            raise StateTableError(f"{directory} belongs to uid {owner}, not to us")
+            os.makedirs(directory, 0o700, exist_ok=True)
+            os.chmod(directory, 0o700)  # whatever the umask
+        info = os.stat(directory)
+        if info.st_uid not in (0, os.geteuid()):
+            raise StateTableError(f"{directory} belongs to uid {info.st_uid}, not to us")
+        if private_directory and info.st_uid == os.geteuid() and info.st_mode & 0o077:
+            os.chmod(directory, 0o700)  # made 0755 by an older revproxy
         # not tempfile.mkstemp: tempfile pulls in shutil, random and the compressors, and
         # every worker would inherit that memory
         temp = os.path.join(directory, f".revproxy-{os.getpid()}-{os.urandom(6).hex()}.tmp")
@@ -236,11 +251,11 @@ class StateTable:
                      0o600)
         buf: mmap.mmap | None = None
         try:
-            os.fchmod(fd, 0o644)
+            os.fchmod(fd, 0o600)  # whatever the umask, and not world-readable
             os.ftruncate(fd, TABLE_SIZE)
             buf = mmap.mmap(fd, TABLE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             _publish(buf, HEADER_SEQ_OFFSET, _HEADER_BODY, (
-                master_pid, 0, time.time(), MAX_WORKERS, TUNNELS_PER_WORKER, REPLAY_SLOTS,
+                master_pid, 0, time.time(), WORKER_SLOTS, TUNNELS_PER_WORKER, REPLAY_SLOTS,
                 REPLAY_PROBE))
             _HEADER_ID.pack_into(buf, 0, MAGIC, LAYOUT_VERSION)  # last: only now a table
             os.replace(temp, path)
@@ -290,7 +305,7 @@ class StateTable:
             raise StateTableError(f"state file layout version {version}, "
                                   f"this revproxy reads version {LAYOUT_VERSION}")
         geometry = self._header()[4:]
-        expected = (MAX_WORKERS, TUNNELS_PER_WORKER, REPLAY_SLOTS, REPLAY_PROBE)
+        expected = (WORKER_SLOTS, TUNNELS_PER_WORKER, REPLAY_SLOTS, REPLAY_PROBE)
         if geometry != expected or size != TABLE_SIZE:
             raise StateTableError(f"state file geometry {geometry}/{size} bytes, "
                                   f"expected {expected}/{TABLE_SIZE} bytes")
@@ -318,16 +333,8 @@ class StateTable:
         return values
 
     @property
-    def master_pid(self) -> int:
-        return self._header()[1]
-
-    @property
     def generation(self) -> int:
         return self._header()[2]
-
-    @property
-    def created(self) -> float:
-        return self._header()[3]
 
     def set_generation(self, generation: int) -> None:
         """Supervisor only: the header's one changing field."""
@@ -336,11 +343,6 @@ class StateTable:
         _publish(self._buf, HEADER_SEQ_OFFSET, _HEADER_BODY, tuple(values))
 
     # worker rows
-
-    def write_worker(self, slot: int, row: WorkerRow) -> None:
-        _check_slot(slot)
-        _publish(self._buf, WORKERS_OFFSET + slot * WORKER_ROW_SIZE, _WORKER_BODY,
-                 _worker_values(row))
 
     def read_worker(self, slot: int) -> WorkerRow:
         _check_slot(slot)
@@ -358,7 +360,7 @@ class StateTable:
         """(slot, row) of every non-FREE worker row; rows stuck mid-write are skipped."""
         found = []
         for slot in self._in_use(WORKERS_OFFSET, WORKER_ROW_SIZE, _WORKER_STATE_OFFSET,
-                                 MAX_WORKERS):
+                                 WORKER_SLOTS):
             values = _read(self._buf, WORKERS_OFFSET + slot * WORKER_ROW_SIZE, _WORKER)
             if values is not None and values[4] != WORKER_FREE:
                 found.append((slot, WorkerRow(*values[1:])))
@@ -368,24 +370,11 @@ class StateTable:
         """Supervisor only, once the slot's worker is dead: FREE its tunnels, then its row."""
         _check_slot(slot)
         for index in range(TUNNELS_PER_WORKER):
-            self.free_tunnel(slot, index)
+            _publish(self._buf, _tunnel_offset(slot, index), _TUNNEL_BODY, _FREE_TUNNEL)
         _publish(self._buf, WORKERS_OFFSET + slot * WORKER_ROW_SIZE, _WORKER_BODY,
                  _FREE_WORKER)
 
     # tunnel rows
-
-    def write_tunnel(self, slot: int, index: int, row: TunnelRow) -> None:
-        _publish(self._buf, _tunnel_offset(slot, index), _TUNNEL_BODY, (
-            row.owner_pid, row.tunnel_id, row.slot, row.role, row.state,
-            fit_text(row.tag, TAG_SIZE), fit_text(row.peer, PEER_SIZE), row.active_sessions,
-            row.total_sessions & _U32, row.bytes_up, row.bytes_down, row.throughput,
-            row.opened, row.heartbeat, row.generation))
-
-    def read_tunnel(self, slot: int, index: int) -> TunnelRow:
-        values = _read(self._buf, _tunnel_offset(slot, index), _TUNNEL)
-        if values is None:
-            raise StateTableError(f"tunnel row {slot}/{index} stuck mid-write")
-        return _tunnel_row(values)
 
     def tunnel_writer(self, slot: int, index: int, row: TunnelRow) -> TunnelSlotWriter:
         """A mutable writer for one of the owner's tunnel rows (publishes row now)."""
@@ -396,7 +385,7 @@ class StateTable:
         ``slots`` (which keeps a reader from touching every page of the table); rows stuck
         mid-write are skipped."""
         if slots is None:
-            blocks = [(0, MAX_WORKERS * TUNNELS_PER_WORKER)]
+            blocks = [(0, WORKER_SLOTS * TUNNELS_PER_WORKER)]
         else:
             blocks = [(slot * TUNNELS_PER_WORKER, TUNNELS_PER_WORKER) for slot in sorted(slots)]
         found = []
@@ -408,9 +397,6 @@ class StateTable:
                     found.append((*divmod(first + number, TUNNELS_PER_WORKER),
                                   _tunnel_row(values)))
         return found
-
-    def free_tunnel(self, slot: int, index: int) -> None:
-        _publish(self._buf, _tunnel_offset(slot, index), _TUNNEL_BODY, _FREE_TUNNEL)
 
     def _in_use(self, start: int, size: int, state_offset: int, count: int) -> list[int]:
         """Row numbers whose state byte is non-zero, from one strided slice scanned in C. A row

@@ -1,7 +1,8 @@
 """The master process: binds the inbound sockets, forks gevent workers, obeys signals.
 
-It never imports gevent: workers import it after the fork. Signal handlers only enqueue (and
-wake the loop through the wakeup fd); the loop does the work:
+It never imports gevent: the worker's entry point is handed in (``worker_main``, which
+imports the worker after the fork). Signal handlers only enqueue (and wake the loop through
+the wakeup fd); the loop does the work:
 
 =========  =================================================================================
 HUP        reload: re-read the config; if broken, log and keep serving; else start a new
@@ -11,12 +12,21 @@ TERM       graceful stop: workers stop accepting, finish their sessions (up to
            ``gracefulTimeout``), the master exits 0
 INT, QUIT  fast stop
 USR1       reopen log files, here and in every worker
-TTIN/TTOU  one worker more / less
+TTIN/TTOU  one worker more / less (the one with the highest index retires)
 CHLD       reap; respawn with backoff; a worker that cannot boot halts the master
 =========  =================================================================================
 
+Words: to *retire* a worker is to stop it gracefully while its siblings carry on (SIGUSR2: it
+hands its tunnels over first); a generation is *retiring* once a newer one runs and its
+workers were told to retire. A worker is *leaving* when the master asked it to go, so its
+exit is no crash and it is not replaced.
+
 A worker's heartbeat lives in the state table; a worker whose heartbeat stops is killed and
-replaced.
+replaced. Workers die with the master: the kernel kills them when it exits (see
+``die_with_master``), so a restarted server never finds old workers holding its ports.
+
+What touches processes (fork, kill, waitpid) and both clocks are parameters, so unit tests
+drive the master with a fake process table and time of their own.
 """
 
 from __future__ import annotations
@@ -29,20 +39,24 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import NoReturn
 
 from setproctitle import setproctitle
 
 from revproxy import log as logging_setup
 from revproxy.config import Config, ConfigError, load_config
+from revproxy.config.sections import MAX_WORKERS
 from revproxy.log import log
 from revproxy.net.listen import bind_listener
-from revproxy.server.spec import BOOT_ERROR, WorkerSpec
+from revproxy.server.spec import BOOT_ERROR, WorkerSpec, die_with_master, load_prctl
 from revproxy.server.statetable import (
-    MAX_WORKERS,
     WORKER_BOOTING,
     WORKER_RUNNING,
+    WORKER_SLOTS,
     StateTable,
+    StateTableError,
     default_state_path,
 )
 from revproxy.server.users import resolve_user
@@ -50,29 +64,37 @@ from revproxy.server.users import resolve_user
 HEARTBEAT_TIMEOUT = 10.0
 BOOT_TIMEOUT = 30.0
 FAST_STOP_TIMEOUT = 5.0
+SHORT_LIFE = 5.0  # a worker dying younger than this makes the next respawn wait longer
+FIRST_RESPAWN_DELAY = 0.1
 MAX_RESPAWN_DELAY = 30.0
 _HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
             signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 
+WorkerMain = Callable[[WorkerSpec], int]
+
 
 @dataclass
 class Child:
+    """A forked worker as the master tracks it."""
+
     pid: int
-    slot: int
-    index: int
+    slot: int  # its rows in the state table
+    index: int  # I of "worker I/N", unique within its generation
     generation: int
-    started: float
-    retiring: bool = False
-    killed: bool = False
+    started: float  # on the master's monotonic clock
+    leaving: bool = False  # asked to go (retired, stopped, abandoned): not replaced
+    killed: bool = False  # SIGKILL sent
 
 
 @dataclass
 class Generation:
+    """The workers of one configuration: the first, then one more per accepted reload."""
+
     number: int
     config: Config
     listeners: dict[int, socket.socket]
-    retire_sent: bool = False
-    started: float = field(default_factory=time.monotonic)
+    started: float
+    retiring: bool = False  # a newer generation runs; these workers were told to retire
 
 
 def _listen_key(config: Config, index: int) -> tuple[str, int]:
@@ -81,14 +103,36 @@ def _listen_key(config: Config, index: int) -> tuple[str, int]:
 
 
 class Supervisor:
-    def __init__(self, config: Config, workers: int | None = None) -> None:
+    """The master of one server; ``run()`` returns its exit status.
+
+    ``worker_main(spec)`` runs in each forked child and returns the child's exit status
+    (``BOOT_ERROR`` when it cannot start). ``fork``, ``kill``, ``waitpid``, ``clock``
+    (monotonic) and ``wall_clock`` (the table's heartbeats) default to the real ones."""
+
+    def __init__(self, config: Config, workers: int | None = None, *,
+                 worker_main: WorkerMain,
+                 fork: Callable[[], int] = os.fork,
+                 kill: Callable[[int, int], None] = os.kill,
+                 waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.worker_main = worker_main
+        self._fork = fork
+        self._kill_process = kill
+        self._waitpid = waitpid
+        self._clock = clock
+        self._wall_clock = wall_clock
+        if workers is not None and not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be between 1 and {MAX_WORKERS}, got {workers}")
         self.workers_override = workers
-        self.target = workers or config.server.workers or os.cpu_count() or 1
+        self.target = workers or config.server.workers or min(_cpus(), MAX_WORKERS)
         self.sockets: dict[tuple[str, int], socket.socket] = {}
         self.workers: dict[int, Child] = {}
         self.generations: dict[int, Generation] = {}
-        self.generation = 0
+        self.generation = 0  # the current one: the newest not abandoned
+        self._generations_made = 0  # numbers are never reused, even after an abandon
+        self._target_before_reload = self.target
         self.table: StateTable | None = None
         self.pid_file: str | None = None
         self.signals: list[int] = []
@@ -97,12 +141,13 @@ class Supervisor:
         self.respawn_delay = 0.0
         self.next_spawn = 0.0
         self.exit_code = 0
+        self._short_of_slots = False
         self._wakeup_r = self._wakeup_w = -1
 
     # -- start and main loop
     def run(self) -> int:
         config = self.config
-        logging_setup.setup(config.log.level, config.log.error, config.log.access)
+        logging_setup.configure(config.log)
         try:
             listeners = self._listeners_for(config)
         except OSError as exc:
@@ -113,39 +158,65 @@ class Supervisor:
             state_path = default_state_path(os.getpid())
             _remove_stale_state_files(os.path.dirname(state_path))
         try:
-            self.table = StateTable.create(state_path, os.getpid())
-        except OSError as exc:
+            table = StateTable.create(state_path, os.getpid(),
+                                      private_directory=not config.server.state_file)
+        except (OSError, StateTableError) as exc:
             log.error("master: cannot create the state table %s: %s", state_path, exc)
+            self._cleanup()
             return 1
-        self._own_runtime_files(config)
-        self._write_pid_file(config.server.pid_file)
+        self.table = table
+        try:
+            self._own_runtime_files(config)
+            self._write_pid_file(config.server.pid_file)
+        except OSError as exc:
+            log.error("master: %s", exc)
+            self._cleanup()
+            return 1
         self._install_signals()
         setproctitle(f"revproxy: master [{config.source}]")
-        self.generation = 1
-        self.table.set_generation(1)
-        self.generations[1] = Generation(1, config, listeners)
-        log.warning("master %d: starting %d workers (%s)", os.getpid(), self.target,
-                    config.source)
+        self.start(table, listeners)
         try:
-            while not (self.stopping and not self.workers):
+            while not self.finished:
                 self._tick()
         finally:
             self._cleanup()
         log.warning("master %d: stopped", os.getpid())
         return self.exit_code
 
+    def start(self, table: StateTable, listeners: dict[int, socket.socket]) -> None:
+        """Adopt the state table and open generation 1; its workers are forked by the next
+        step(). run() calls this once set up; tests call it directly."""
+        self.table = table
+        self.generation = self._generations_made = 1
+        table.set_generation(1)
+        self.generations[1] = Generation(1, self.config, listeners, self._clock())
+        if not (self.workers_override or self.config.server.workers) and _cpus() > self.target:
+            log.warning("master: %d CPUs, but %d workers are the most a reload has room for",
+                        _cpus(), self.target)
+        log.warning("master %d: starting %d workers (%s)", os.getpid(), self.target,
+                    self.config.source)
+
+    @property
+    def finished(self) -> bool:
+        """Stopping, and every worker reaped."""
+        return self.stopping is not None and not self.workers
+
     def _tick(self) -> None:
         self._wait_for_signal(1.0)
+        self.step()
+
+    def step(self) -> None:
+        """One turn of the loop, without waiting: queued signals, reaping, then upkeep."""
         while self.signals:
             self._handle_signal(self.signals.pop(0))
         self._reap()
-        now = time.monotonic()
+        now = self._clock()
         if self.stopping:
             if now > self.stop_deadline:
                 self._kill_all(signal.SIGKILL)
             return
         self._check_heartbeats(now)
-        self._retire_replaced_generations()
+        self._retire_replaced_generations(now)
         self._keep_worker_count(now)
 
     # -- signals
@@ -174,7 +245,7 @@ class Supervisor:
 
     def _handle_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
-            return  # reaping happens on every tick
+            return  # reaping happens on every step
         log.info("master: got %s", signal.Signals(signum).name)
         if signum == signal.SIGHUP:
             self.reload()
@@ -183,27 +254,42 @@ class Supervisor:
         elif signum in (signal.SIGINT, signal.SIGQUIT):
             self.stop(graceful=False)
         elif signum == signal.SIGUSR1:
-            config = self.generations[self.generation].config
-            logging_setup.setup(config.log.level, config.log.error, config.log.access)
+            logging_setup.configure(self.generations[self.generation].config.log)
             self._signal_workers(signal.SIGUSR1)
         elif signum == signal.SIGTTIN:
-            self.target += 1
-            log.warning("master: workers %d -> %d", self.target - 1, self.target)
-        elif signum == signal.SIGTTOU and self.target > 1:
-            self.target -= 1
-            log.warning("master: workers %d -> %d", self.target + 1, self.target)
-            current = [w for w in self.workers.values()
-                       if w.generation == self.generation and not w.retiring]
-            if len(current) > self.target:
-                self._retire(max(current, key=lambda w: w.index))
+            self._more_workers()
+        elif signum == signal.SIGTTOU:
+            self._fewer_workers()
+
+    def _more_workers(self) -> None:
+        if self.target >= MAX_WORKERS:
+            log.warning("master: staying at %d workers, the most a reload has room for in "
+                        "the state table", self.target)
+            return
+        self.target += 1
+        log.warning("master: workers %d -> %d", self.target - 1, self.target)
+
+    def _fewer_workers(self) -> None:
+        if self.target <= 1:
+            log.warning("master: staying at 1 worker")
+            return
+        self.target -= 1
+        log.warning("master: workers %d -> %d", self.target + 1, self.target)
+        current = self._current_workers()
+        if len(current) > self.target:
+            self._retire(max(current, key=lambda w: w.index))
 
     # -- workers
-    def _free_slot(self) -> int:
+    def _current_workers(self) -> list[Child]:
+        return [w for w in self.workers.values()
+                if w.generation == self.generation and not w.leaving]
+
+    def _free_slot(self) -> int | None:
         used = {w.slot for w in self.workers.values()}
-        for slot in range(MAX_WORKERS):
+        for slot in range(WORKER_SLOTS):
             if slot not in used:
                 return slot
-        raise RuntimeError("no free worker slot in the state table")
+        return None
 
     def _free_index(self, generation: int) -> int:
         used = {w.index for w in self.workers.values() if w.generation == generation}
@@ -212,73 +298,88 @@ class Supervisor:
             index += 1
         return index
 
-    def spawn(self, generation: Generation) -> None:
+    def spawn(self, generation: Generation) -> bool:
+        """Fork one worker of ``generation``; False (logged once) while every slot of the
+        table is taken: the workers that hold them are leaving, and the upkeep of the loop
+        spawns again once they are reaped."""
         assert self.table is not None
         slot = self._free_slot()
+        if slot is None:
+            if not self._short_of_slots:
+                log.error("master: all %d worker slots of the state table are in use; more "
+                          "workers start as others exit", WORKER_SLOTS)
+            self._short_of_slots = True
+            return False
+        self._short_of_slots = False
         index = self._free_index(generation.number)
         self.table.clear_worker(slot)
+        spec = WorkerSpec(config=generation.config, listeners=generation.listeners,
+                          table=self.table, slot=slot, index=index, count=self.target,
+                          generation=generation.number, master_pid=os.getpid())
+        load_prctl()  # here, so that every child shares what it loads
         sys.stdout.flush()  # or the child would write the master's pending output again
         sys.stderr.flush()
-        pid = os.fork()
+        pid = self._fork()
         if pid == 0:  # the worker
-            code = BOOT_ERROR
-            try:
-                self._become_worker()
-                from revproxy.server.worker import run_worker
-
-                code = run_worker(WorkerSpec(
-                    config=generation.config, listeners=generation.listeners,
-                    table=self.table, slot=slot, index=index, count=self.target,
-                    generation=generation.number))
-            except BaseException as exc:  # noqa: BLE001 - whatever happens, never return
-                try:
-                    log.error("worker %d: crashed: %s", os.getpid(), exc)
-                except BaseException:  # noqa: BLE001
-                    pass
-            finally:
-                os._exit(code)
-        self.workers[pid] = Child(pid, slot, index, generation.number, time.monotonic())
+            self._run_child(spec)
+        self.workers[pid] = Child(pid, slot, index, generation.number, self._clock())
         log.info("master: spawned worker %d/%d gen %d pid %d", index, self.target,
                  generation.number, pid)
+        return True
+
+    def _run_child(self, spec: WorkerSpec) -> NoReturn:
+        """The forked child's whole life: it never returns into the master's code."""
+        code = BOOT_ERROR
+        try:
+            die_with_master(spec.master_pid)  # first: the master may die at any moment
+            self._become_worker()
+            code = self.worker_main(spec)
+        except BaseException as exc:  # noqa: BLE001 - whatever happens, never return
+            try:
+                log.error("worker %d: crashed: %s", os.getpid(), exc)
+            except BaseException:  # noqa: BLE001
+                pass
+        finally:
+            os._exit(code)
 
     def _become_worker(self) -> None:
         """Undo the master's process state in a fresh child."""
         signal.set_wakeup_fd(-1)
         for signum in _HANDLED:
             signal.signal(signum, signal.SIG_DFL)
-        os.close(self._wakeup_r)
-        os.close(self._wakeup_w)
+        for fd in (self._wakeup_r, self._wakeup_w):
+            if fd >= 0:
+                os.close(fd)
 
     def _keep_worker_count(self, now: float) -> None:
         generation = self.generations[self.generation]
-        current = [w for w in self.workers.values()
-                   if w.generation == self.generation and not w.retiring]
-        missing = self.target - len(current)
+        missing = self.target - len(self._current_workers())
         if missing > 0 and now >= self.next_spawn:
             # After a crash, one at a time with the back-off; otherwise all at once.
             for _ in range(1 if self.respawn_delay else missing):
-                self.spawn(generation)
+                if not self.spawn(generation):
+                    break
             self.next_spawn = now + self.respawn_delay
 
     def _retire(self, worker: Child) -> None:
-        """Graceful stop of one worker whose siblings carry on (SIGUSR2, see workerprocess)."""
-        worker.retiring = True
+        """Graceful stop of one worker whose siblings carry on (SIGUSR2, see worker.py)."""
+        worker.leaving = True
         self._kill(worker.pid, signal.SIGUSR2)
 
-    def _retire_replaced_generations(self) -> None:
-        """Once the newest generation runs, send the older ones home."""
-        old = [g for n, g in self.generations.items() if n < self.generation and not g.retire_sent]
+    def _retire_replaced_generations(self, now: float) -> None:
+        """Once the current generation runs in full, or runs in part after BOOT_TIMEOUT,
+        retire the older ones. While none of it runs, the old generation serves on."""
+        old = [g for n, g in self.generations.items() if n < self.generation and not g.retiring]
         if not old:
             return
-        newest = [w for w in self.workers.values() if w.generation == self.generation]
-        running = [w for w in newest if self._row_state(w) == WORKER_RUNNING]
-        waited = time.monotonic() - self.generations[self.generation].started
-        if len(running) < min(self.target, len(newest)) and waited < BOOT_TIMEOUT:
+        running = [w for w in self._current_workers() if self._row_state(w) == WORKER_RUNNING]
+        waited = now - self.generations[self.generation].started
+        if len(running) < self.target and (waited < BOOT_TIMEOUT or not running):
             return
         for generation in old:
-            generation.retire_sent = True
+            generation.retiring = True
             for worker in list(self.workers.values()):
-                if worker.generation == generation.number and not worker.retiring:
+                if worker.generation == generation.number and not worker.leaving:
                     self._retire(worker)
             log.warning("master: generation %d retiring", generation.number)
 
@@ -295,7 +396,7 @@ class Supervisor:
 
     def _check_heartbeats(self, now: float) -> None:
         assert self.table is not None
-        wall = time.time()
+        wall = self._wall_clock()
         for worker in list(self.workers.values()):
             if worker.killed:
                 continue
@@ -315,7 +416,7 @@ class Supervisor:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = self._waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -327,8 +428,8 @@ class Supervisor:
             self.table.clear_worker(worker.slot)
             self._forget_finished_generations()
             code = os.waitstatus_to_exitcode(status)
-            lived = time.monotonic() - worker.started
-            if self.stopping or worker.retiring:
+            lived = self._clock() - worker.started
+            if self.stopping or worker.leaving:
                 log.info("master: worker %d exited (%d)", pid, code)
                 continue
             if code == BOOT_ERROR:
@@ -336,31 +437,41 @@ class Supervisor:
                 continue
             log.error("master: worker %d (gen %d) died unexpectedly (%s) after %.1f s",
                       pid, worker.generation, _describe_exit(code), lived)
-            self.respawn_delay = (min(MAX_RESPAWN_DELAY, max(0.1, self.respawn_delay * 2))
-                                  if lived < 5 else 0.0)
-            self.next_spawn = time.monotonic() + self.respawn_delay
+            # Workers dying young wait longer and longer to be replaced (a crash loop must
+            # not eat the CPU); one that lived long is replaced at once.
+            self.respawn_delay = (min(MAX_RESPAWN_DELAY,
+                                      max(FIRST_RESPAWN_DELAY, self.respawn_delay * 2))
+                                  if lived < SHORT_LIFE else 0.0)
+            self.next_spawn = self._clock() + self.respawn_delay
 
     def _boot_failed(self, worker: Child) -> None:
         if worker.generation < self.generation:
-            return  # a retired generation's late failure changes nothing
-        previous = self.generations.get(self.generation - 1)
-        if previous is not None and not previous.retire_sent:
+            return  # a replaced generation's late failure changes nothing
+        previous = self._previous_generation()
+        if previous is not None and not previous.retiring:
             log.error("master: the new configuration's workers cannot boot; keeping "
                       "generation %d", previous.number)
-            self._abandon_generation(self.generation)
+            self._abandon_generation(self.generation, previous)
             return
         log.error("master: worker %d could not boot; halting (see the error above)", worker.pid)
         self.exit_code = 1
         self.stop(graceful=False)
 
-    def _abandon_generation(self, number: int) -> None:
+    def _previous_generation(self) -> Generation | None:
+        older = [n for n in self.generations if n < self.generation]
+        return self.generations[max(older)] if older else None
+
+    def _abandon_generation(self, number: int, previous: Generation) -> None:
+        """A reload whose workers cannot boot: stop them at once and serve on with the
+        previous generation, its config and its worker count."""
         for worker in list(self.workers.values()):
             if worker.generation == number:
-                worker.retiring = True
+                worker.leaving = True
                 self._kill(worker.pid, signal.SIGQUIT)
         generation = self.generations.pop(number)
-        self.generation = number - 1
-        self.config = self.generations[self.generation].config
+        self.generation = previous.number
+        self.config = previous.config
+        self.target = self._target_before_reload
         assert self.table is not None
         self.table.set_generation(self.generation)
         self._close_unused_sockets(keep=generation.listeners.values())
@@ -379,25 +490,29 @@ class Supervisor:
             log.error("reload refused: cannot listen: %s", exc)
             return
         self.config = config
-        self.generation += 1
+        self._generations_made += 1
+        self.generation = self._generations_made
         assert self.table is not None
         self.table.set_generation(self.generation)
+        self._target_before_reload = self.target
         if self.workers_override is None and config.server.workers:
             self.target = config.server.workers
-        self.generations[self.generation] = Generation(self.generation, config, listeners)
-        logging_setup.setup(config.log.level, config.log.error, config.log.access)
+        generation = Generation(self.generation, config, listeners, self._clock())
+        self.generations[self.generation] = generation
+        logging_setup.configure(config.log)
         log.warning("master: reloading: generation %d with %d workers", self.generation,
                     self.target)
         self.next_spawn = 0.0
         for _ in range(self.target):
-            self.spawn(self.generations[self.generation])
+            if not self.spawn(generation):
+                break  # the rest once slots are free again (_keep_worker_count)
 
     def stop(self, graceful: bool) -> None:
         if self.stopping == "fast" or (self.stopping and graceful):
             return
         self.stopping = "graceful" if graceful else "fast"
         grace = self.config.server.graceful_timeout + 5 if graceful else FAST_STOP_TIMEOUT
-        self.stop_deadline = time.monotonic() + grace
+        self.stop_deadline = self._clock() + grace
         log.warning("master: %s stop", self.stopping)
         for sock in self.sockets.values():
             sock.close()  # workers hold their own copies until they finish
@@ -426,7 +541,7 @@ class Supervisor:
         self._close_unused_sockets(keep=listeners.values())
         return listeners
 
-    def _close_unused_sockets(self, keep) -> None:
+    def _close_unused_sockets(self, keep: Iterable[socket.socket]) -> None:
         wanted = {id(s) for s in keep}
         for generation in self.generations.values():
             wanted.update(id(s) for s in generation.listeners.values())
@@ -446,10 +561,9 @@ class Supervisor:
                 log.error("master: worker %d did not stop in time, killing it", worker.pid)
                 self._kill(worker.pid, signum)
 
-    @staticmethod
-    def _kill(pid: int, signum: int) -> None:
+    def _kill(self, pid: int, signum: int) -> None:
         try:
-            os.kill(pid, signum)
+            self._kill_process(pid, signum)
         except ProcessLookupError:
             pass
 
@@ -465,22 +579,17 @@ class Supervisor:
         os.chown(self.table.path, uid, gid)
 
     def _write_pid_file(self, path: str | None) -> None:
-        if not path:
-            return
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os.replace(tmp, path)
-        self.pid_file = path
+        if path:
+            write_pid_file(path, os.getpid())
+            self.pid_file = path
 
     def _cleanup(self) -> None:
         for sock in self.sockets.values():
             sock.close()
         if self.pid_file:
             try:
-                with open(self.pid_file) as f:
+                fd = os.open(self.pid_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                with open(fd) as f:
                     if f.read().strip() == str(os.getpid()):
                         os.unlink(self.pid_file)
             except OSError:
@@ -494,6 +603,37 @@ class Supervisor:
                 except OSError as exc:
                     if exc.errno != errno.ENOENT:
                         log.warning("master: cannot remove %s: %s", path, exc)
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Write ``pid`` to ``path`` atomically. The temporary file has an unpredictable name and
+    is created with O_EXCL | O_NOFOLLOW, and the rename replaces whatever ``path`` is (a
+    link included) instead of writing through it: the master (root) never writes into a
+    file someone else planted in a directory the service user may own."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, 0o755, exist_ok=True)
+    # not tempfile.mkstemp: tempfile pulls in shutil, random and the compressors, and every
+    # worker would inherit that memory; this is what mkstemp does
+    temp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(8).hex()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    try:
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask: `revproxy reload` reads it
+            os.write(fd, f"{pid}\n".encode())
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 1
 
 
 def _remove_stale_state_files(directory: str) -> None:

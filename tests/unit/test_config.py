@@ -360,7 +360,7 @@ def test_json_comments_outside_strings_only(tmp_path: Path) -> None:
     (PORTAL, "routing.rules.0.user", ["a@b"], "routing.rules[0].user: not supported by revproxy"),
     (PORTAL, "routing.balancers", [{"tag": "b", "selector": ["x"]}],
      "routing.balancers: not supported by revproxy"),
-    (PORTAL, "server", {"workers": 0}, "server.workers: must be between 1 and 1024, got 0"),
+    (PORTAL, "server", {"workers": 0}, "server.workers: must be between 1 and 128, got 0"),
     (PORTAL, "server", {"workers": "many"},
      'server.workers: expected a number of workers or "auto", got "many"'),
     (PORTAL, "server", {"gracefulTimeout": -1},

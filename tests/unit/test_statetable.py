@@ -1,5 +1,6 @@
-"""Tests for the shared-memory state table: layout and header, row round trips, the seqlock
-under a concurrent writer process, and the VMess replay filter shared between processes."""
+"""Tests for the shared-memory state table: layout and header, file and directory modes, row
+round trips, the seqlock under a concurrent writer process, and the VMess replay filter
+shared between processes."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import revproxy.server.statetable as statetable
+from revproxy.config.sections import MAX_WORKERS
 from revproxy.proxy.vmess.replay import REPLAY_WINDOW, ReplayFilter
 from revproxy.server.statetable import (
-    MAX_WORKERS,
     ROLE_BRIDGE,
     TABLE_SIZE,
     TUNNEL_DRAINING,
@@ -31,6 +32,7 @@ from revproxy.server.statetable import (
     TUNNELS_PER_WORKER,
     WORKER_FREE,
     WORKER_RUNNING,
+    WORKER_SLOTS,
     StateTable,
     StateTableError,
     TunnelRow,
@@ -78,6 +80,29 @@ def exit_code(pid: int) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
+def header(table: StateTable) -> tuple[int, int, float]:
+    """master pid, generation and creation time, as the header holds them."""
+    _seq, master_pid, generation, created, *_geometry = table._header()
+    return master_pid, generation, created
+
+
+def write_worker(table: StateTable, slot: int, row: WorkerRow) -> None:
+    table.worker_writer(slot, row)  # publishes the row
+
+
+def write_tunnel(table: StateTable, slot: int, index: int, row: TunnelRow) -> None:
+    table.tunnel_writer(slot, index, row)  # publishes the row
+
+
+def read_tunnel(table: StateTable, slot: int, index: int) -> TunnelRow:
+    """One tunnel row as a seqlock reader sees it, FREE or not."""
+    values = statetable._read(table._buf, statetable._tunnel_offset(slot, index),
+                              statetable._TUNNEL)
+    if values is None:
+        raise StateTableError(f"tunnel row {slot}/{index} stuck mid-write")
+    return statetable._tunnel_row(values)
+
+
 def poke(path: str, offset: int, data: bytes) -> None:
     """Write raw bytes into the file, as a foreign or dying process might have left them."""
     with open(path, "r+b") as raw:
@@ -92,66 +117,100 @@ def test_layout_is_the_documented_one() -> None:
     assert (statetable.HEADER_SIZE, statetable.WORKER_ROW_SIZE, statetable.TUNNEL_ROW_SIZE) \
         == (64, 64, 152)
     assert (statetable.WORKERS_OFFSET, statetable.TUNNELS_OFFSET, statetable.REPLAY_OFFSET,
-            TABLE_SIZE) == (64, 4160, 626752, 2_200_360)
+            TABLE_SIZE) == (64, 16448, 2506816, 4_080_424)
     doc = statetable.__doc__ or ""
-    for text in ("@64 ", "@4160 ", "@626752 ", "size 2,200,360", "x 152 bytes", "x 24 bytes"):
+    for text in ("@64 ", "@16448 ", "@2506816 ", "size 4,080,424", "256 slots x 64 bytes",
+                 "256 x 64 rows x 152 bytes", "x 24 bytes", "worker slots (256)"):
         assert text in doc
+
+
+def test_a_reload_has_room_for_two_generations_of_the_most_workers() -> None:
+    assert WORKER_SLOTS == 256 == 2 * MAX_WORKERS
 
 
 def test_create_makes_directory_file_and_header(tmp_path: Path) -> None:
     path = tmp_path / "run" / "revproxy" / "revproxy.state"
     before = time.time()
-    umask = os.umask(0o077)  # the modes are what we say, whatever the umask
-    try:
-        table = StateTable.create(str(path), 777)
-    finally:
-        os.umask(umask)
-    with table:
+    with StateTable.create(str(path), 777) as table:
         assert table.path == str(path)
         assert path.stat().st_size == TABLE_SIZE
-        assert path.stat().st_mode & 0o777 == 0o644
-        assert path.parent.stat().st_mode & 0o777 == 0o755
-        assert [p.name for p in path.parent.iterdir()] == ["revproxy.state"]
         assert path.read_bytes()[:12] == b"RPXSTATE" + struct.pack("<I", 1)
-        assert table.master_pid == 777
-        assert before <= table.created <= time.time()
-        assert table.generation == 0
+        master_pid, generation, created = header(table)
+        assert (master_pid, generation, table.generation) == (777, 0, 0)
+        assert before <= created <= time.time()
         assert table.workers() == [] and table.tunnels() == []
         table.set_generation(9)
-        assert (table.generation, table.master_pid) == (9, 777)
+        assert table.generation == 9 and header(table) == (777, 9, created)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_the_table_and_the_directory_it_makes_are_private(tmp_path: Path, umask: int) -> None:
+    """Rows name pids, tags and bridge addresses: no other user may read them."""
+    path = tmp_path / "run" / "revproxy" / "revproxy.state"
+    previous = os.umask(umask)
+    try:
+        table = StateTable.create(str(path), 1)
+    finally:
+        os.umask(previous)
+    with table:
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.parent.stat().st_mode & 0o777 == 0o700
+        assert [p.name for p in path.parent.iterdir()] == ["revproxy.state"]
+
+
+def test_an_existing_directory_is_made_private_only_when_it_is_revproxys(
+        tmp_path: Path) -> None:
+    shared_dir, own_dir = tmp_path / "operators", tmp_path / "revproxy"
+    for directory in (shared_dir, own_dir):
+        directory.mkdir()
+        directory.chmod(0o755)  # as an older revproxy made its own
+    with StateTable.create(str(shared_dir / "a.state"), 1):
+        assert shared_dir.stat().st_mode & 0o777 == 0o755  # the operator's choice
+        assert (shared_dir / "a.state").stat().st_mode & 0o777 == 0o600
+    with StateTable.create(str(own_dir / "b.state"), 1, private_directory=True):
+        assert own_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("making a directory another user owns needs root")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, 65534, 65534)
+    with pytest.raises(StateTableError, match="belongs to uid 65534"):
+        StateTable.create(str(foreign / "revproxy.state"), 1)
 
 
 def test_open_sees_what_the_creator_wrote(table: StateTable) -> None:
     table.set_generation(3)
-    table.write_worker(5, WorkerRow(1234, generation=3, index=2, state=WORKER_RUNNING))
+    write_worker(table, 5, WorkerRow(1234, generation=3, index=2, state=WORKER_RUNNING))
     with StateTable.open(table.path) as other:
         assert other.writable
-        assert (other.master_pid, other.generation, other.created) \
-            == (4242, 3, table.created)
+        assert header(other) == header(table) and header(other)[:2] == (4242, 3)
         assert other.workers() == [(5, table.read_worker(5))]
-        other.write_tunnel(5, 0, TunnelRow(1234, 5, 1, tag="t"))
-    assert table.read_tunnel(5, 0).tag == "t"
+        write_tunnel(other, 5, 0, TunnelRow(1234, 5, 1, tag="t"))
+    assert read_tunnel(table, 5, 0).tag == "t"
 
 
 def test_create_replaces_the_file_of_a_previous_master(tmp_path: Path) -> None:
     path = str(tmp_path / "revproxy.state")
     old = StateTable.create(path, 1)
-    old.write_worker(0, WorkerRow(11))
+    write_worker(old, 0, WorkerRow(11))
     with StateTable.create(path, 2) as new:
         assert new.read_worker(0).state == WORKER_FREE
         assert old.read_worker(0).pid == 11  # still mapped: no SIGBUS, the old data
-        assert old.master_pid == 1 and new.master_pid == 2
+        assert header(old)[0] == 1 and header(new)[0] == 2
     old.close()
     old.close()  # idempotent
 
 
 def test_open_readonly(table: StateTable) -> None:
-    table.write_worker(1, WorkerRow(5))
+    write_worker(table, 1, WorkerRow(5))
     with StateTable.open(table.path, readonly=True) as reader:
         assert not reader.writable
         assert reader.read_worker(1).pid == 5
         with pytest.raises(TypeError):
-            reader.write_worker(1, WorkerRow(6))
+            write_worker(reader, 1, WorkerRow(6))
         with pytest.raises(StateTableError, match="read-only"):
             reader.replay_filter(REPLAY_WINDOW)
 
@@ -200,19 +259,19 @@ tunnels = st.builds(TunnelRow, I32, U16, U32, U8, U8, TEXT, TEXT, U32, U32, U64,
 
 
 @settings(max_examples=200)
-@given(slot=st.integers(0, MAX_WORKERS - 1), row=workers)
+@given(slot=st.integers(0, WORKER_SLOTS - 1), row=workers)
 def test_worker_row_round_trip(shared: StateTable, slot: int, row: WorkerRow) -> None:
-    shared.write_worker(slot, row)
+    write_worker(shared, slot, row)
     assert shared.read_worker(slot) == row
 
 
 @settings(max_examples=200)
-@given(slot=st.integers(0, MAX_WORKERS - 1), index=st.integers(0, TUNNELS_PER_WORKER - 1),
+@given(slot=st.integers(0, WORKER_SLOTS - 1), index=st.integers(0, TUNNELS_PER_WORKER - 1),
        row=tunnels)
 def test_tunnel_row_round_trip(shared: StateTable, slot: int, index: int,
                                row: TunnelRow) -> None:
-    shared.write_tunnel(slot, index, row)
-    got = shared.read_tunnel(slot, index)
+    write_tunnel(shared, slot, index, row)
+    got = read_tunnel(shared, slot, index)
     assert row.tag.startswith(got.tag) and row.peer.startswith(got.peer)
     assert len(got.tag.encode()) <= 32 and len(got.peer.encode()) <= 48
     assert got.tag == fit_text(row.tag, 32).decode() and got.peer == fit_text(row.peer, 48).decode()
@@ -221,56 +280,59 @@ def test_tunnel_row_round_trip(shared: StateTable, slot: int, index: int,
 
 
 def test_long_text_is_cut_at_a_character_boundary(table: StateTable) -> None:
-    table.write_tunnel(0, 0, TunnelRow(1, tag="é" * 20, peer="a" + "€" * 20))
-    row = table.read_tunnel(0, 0)
+    write_tunnel(table, 0, 0, TunnelRow(1, tag="é" * 20, peer="a" + "€" * 20))
+    row = read_tunnel(table, 0, 0)
     assert row.tag == "é" * 16  # 32 bytes exactly
     assert row.peer == "a" + "€" * 15  # 46 bytes; a 16th € would need 49
     assert fit_text("ab\udcff", 8) == b"ab?"  # a lone surrogate does not raise
 
 
 def test_rows_are_indexed_checked(table: StateTable) -> None:
-    for call in (lambda: table.read_worker(MAX_WORKERS), lambda: table.read_worker(-1),
-                 lambda: table.read_tunnel(0, TUNNELS_PER_WORKER),
-                 lambda: table.write_tunnel(MAX_WORKERS, 0, TunnelRow(1)),
-                 lambda: table.clear_worker(MAX_WORKERS)):
+    for call in (lambda: table.read_worker(WORKER_SLOTS), lambda: table.read_worker(-1),
+                 lambda: table.tunnel_writer(0, TUNNELS_PER_WORKER, TunnelRow(1)),
+                 lambda: table.tunnel_writer(WORKER_SLOTS, 0, TunnelRow(1)),
+                 lambda: table.worker_writer(WORKER_SLOTS, WorkerRow(1)),
+                 lambda: table.clear_worker(WORKER_SLOTS)):
         with pytest.raises(IndexError):
             call()
 
 
 def test_listing_clear_and_free(table: StateTable) -> None:
-    table.write_worker(2, WorkerRow(20, state=WORKER_RUNNING))
-    table.write_worker(63, WorkerRow(630))
-    for slot, index in ((2, 0), (2, 63), (3, 5), (63, 63)):
-        table.write_tunnel(slot, index, TunnelRow(slot * 10, slot, index, ROLE_BRIDGE))
-    assert [slot for slot, _ in table.workers()] == [2, 63]
+    last = WORKER_SLOTS - 1
+    write_worker(table, 2, WorkerRow(20, state=WORKER_RUNNING))
+    write_worker(table, last, WorkerRow(630))
+    for slot, index in ((2, 0), (2, 63), (3, 5), (last, 63)):
+        write_tunnel(table, slot, index, TunnelRow(slot * 10, slot, index, ROLE_BRIDGE))
+    assert [slot for slot, _ in table.workers()] == [2, last]
     assert [(s, i, r.tunnel_id) for s, i, r in table.tunnels()] \
-        == [(2, 0, 0), (2, 63, 63), (3, 5, 5), (63, 63, 63)]
+        == [(2, 0, 0), (2, 63, 63), (3, 5, 5), (last, 63, 63)]
+    assert [(s, i) for s, i, _ in table.tunnels([last, 2])] == [(2, 0), (2, 63), (last, 63)]
     table.clear_worker(2)
     assert table.read_worker(2) == WorkerRow(0, state=WORKER_FREE)
-    assert table.read_tunnel(2, 63) == TunnelRow(0, role=0, state=TUNNEL_FREE)
-    assert [(s, i) for s, i, _ in table.tunnels()] == [(3, 5), (63, 63)]
-    table.free_tunnel(63, 63)
+    assert read_tunnel(table, 2, 63) == TunnelRow(0, role=0, state=TUNNEL_FREE)
+    assert [(s, i) for s, i, _ in table.tunnels()] == [(3, 5), (last, 63)]
+    table.clear_worker(last)
     assert [(s, i) for s, i, _ in table.tunnels()] == [(3, 5)]
-    assert [slot for slot, _ in table.workers()] == [63]
+    assert table.workers() == []
 
 
 def test_tunnel_slot_writer(table: StateTable) -> None:
     writer = table.tunnel_writer(4, 7, TunnelRow(99, 4, 12, ROLE_BRIDGE, tag="bridge-😀",
                                                  peer="10.0.0.1:443", opened=5.0))
-    assert table.read_tunnel(4, 7).tag == "bridge-😀"
+    assert read_tunnel(table, 4, 7).tag == "bridge-😀"
     writer.active_sessions += 2
     writer.total_sessions = 2**32 + 3  # a counter that outlived u32 wraps instead of raising
     writer.bytes_up, writer.bytes_down, writer.throughput = 10, 20, 1.5
     writer.heartbeat, writer.state = 6.0, TUNNEL_DRAINING
-    assert table.read_tunnel(4, 7).active_sessions == 0  # nothing shows before publish()
+    assert read_tunnel(table, 4, 7).active_sessions == 0  # nothing shows before publish()
     writer.publish()
-    assert table.read_tunnel(4, 7) == TunnelRow(
+    assert read_tunnel(table, 4, 7) == TunnelRow(
         99, 4, 12, ROLE_BRIDGE, TUNNEL_DRAINING, "bridge-😀", "10.0.0.1:443", 2, 3, 10, 20,
         1.5, 5.0, 6.0, 0)
     writer.free()
     assert table.tunnels() == []
-    table.write_tunnel(4, 8, TunnelRow(1, total_sessions=2**32 + 3))
-    assert table.read_tunnel(4, 8).total_sessions == 3
+    write_tunnel(table, 4, 8, TunnelRow(1, total_sessions=2**32 + 3))
+    assert read_tunnel(table, 4, 8).total_sessions == 3
 
 
 def test_worker_slot_writer(table: StateTable) -> None:
@@ -282,18 +344,18 @@ def test_worker_slot_writer(table: StateTable) -> None:
 
 
 def test_a_row_left_mid_write_is_skipped_then_cleared(table: StateTable) -> None:
-    table.write_worker(1, WorkerRow(10))
-    table.write_tunnel(1, 3, TunnelRow(10))
-    table.write_tunnel(2, 0, TunnelRow(20))
+    write_worker(table, 1, WorkerRow(10))
+    write_tunnel(table, 1, 3, TunnelRow(10))
+    write_tunnel(table, 2, 0, TunnelRow(20))
     offset = statetable.TUNNELS_OFFSET + (1 * TUNNELS_PER_WORKER + 3) * 152
     poke(table.path, offset, struct.pack("<I", 7))  # odd: its writer was killed mid-write
     with pytest.raises(StateTableError, match="mid-write"):
-        table.read_tunnel(1, 3)
+        read_tunnel(table, 1, 3)
     assert [(s, i) for s, i, _ in table.tunnels()] == [(2, 0)]
     table.clear_worker(1)  # the supervisor, once the worker is reaped
-    assert table.read_tunnel(1, 3).state == TUNNEL_FREE
-    table.write_tunnel(1, 3, TunnelRow(11))  # a new owner of the slot writes as usual
-    assert table.read_tunnel(1, 3).owner_pid == 11
+    assert read_tunnel(table, 1, 3).state == TUNNEL_FREE
+    write_tunnel(table, 1, 3, TunnelRow(11))  # a new owner of the slot writes as usual
+    assert read_tunnel(table, 1, 3).owner_pid == 11
 
 
 # the seqlock against a writer in another process
@@ -314,8 +376,8 @@ def test_readers_never_see_a_torn_row(table: StateTable) -> None:
     def writer() -> None:
         k = 1
         while True:
-            table.write_tunnel(9, 9, counted_tunnel(k))
-            table.write_worker(9, counted_worker(k))
+            write_tunnel(table, 9, 9, counted_tunnel(k))
+            write_worker(table, 9, counted_worker(k))
             if k == 1:
                 os.write(ready_w, b"1")
             k += 1
@@ -326,7 +388,7 @@ def test_readers_never_see_a_torn_row(table: StateTable) -> None:
         seen: set[int] = set()
         reads, deadline = 0, time.monotonic() + 8.0
         while (reads < 20_000 or len(seen) < 200) and time.monotonic() < deadline:
-            tunnel = table.read_tunnel(9, 9)
+            tunnel = read_tunnel(table, 9, 9)
             assert tunnel == counted_tunnel(tunnel.tunnel_id)
             worker = table.read_worker(9)
             assert worker == counted_worker(worker.pid)
@@ -355,13 +417,14 @@ def test_shared_filter_is_a_replay_filter(table: StateTable) -> None:
         replay.check_and_add(b"short", 1000.0)
 
 
-def test_entries_expire_after_120_seconds(table: StateTable) -> None:
+def test_entries_expire_after_the_window(table: StateTable) -> None:
     replay = table.replay_filter(REPLAY_WINDOW)
     auth_id = os.urandom(16)
     assert replay.check_and_add(auth_id, 1000.0)
-    assert not replay.check_and_add(auth_id, 1119.99)
-    assert replay.check_and_add(auth_id, 1120.0)
-    assert not replay.check_and_add(auth_id, 1200.0)  # remembered again from 1120
+    assert not replay.check_and_add(auth_id, 1000.0 + REPLAY_WINDOW - 0.01)
+    assert replay.check_and_add(auth_id, 1000.0 + REPLAY_WINDOW)
+    # remembered again from then
+    assert not replay.check_and_add(auth_id, 1000.0 + REPLAY_WINDOW + 80.0)
 
 
 def test_replays_are_refused_across_processes(table: StateTable) -> None:
@@ -405,10 +468,10 @@ def test_a_match_across_two_entries_is_not_a_match(table: StateTable) -> None:
     home = bytes([7, 1, 0, 0])  # entry 263
     stored = home + os.urandom(4) + home + os.urandom(4)  # bytes 8..16 start with the home
     assert replay.check_and_add(stored, 10.0)
-    straddling = stored[8:] + struct.pack("<d", 10.0 + 120.0)  # id tail + its expiry
+    straddling = stored[8:] + struct.pack("<d", 10.0 + REPLAY_WINDOW)  # id tail + its expiry
     assert replay.check_and_add(straddling, 50.0)
-    assert replay_entry(table, 263) == stored + struct.pack("<d", 130.0)
-    assert replay_entry(table, 264) == straddling + struct.pack("<d", 170.0)
+    assert replay_entry(table, 263) == stored + struct.pack("<d", 10.0 + REPLAY_WINDOW)
+    assert replay_entry(table, 264) == straddling + struct.pack("<d", 50.0 + REPLAY_WINDOW)
     assert not replay.check_and_add(straddling, 50.0)
     assert not replay.check_and_add(stored, 50.0)
 
@@ -456,4 +519,4 @@ def test_a_process_killed_holding_the_lock_does_not_wedge_the_filter(table: Stat
 def test_the_filter_region_is_the_documented_one(table: StateTable) -> None:
     auth_id = bytes(range(16))  # little-endian 0x03020100: home entry 0x0100
     table.replay_filter(REPLAY_WINDOW).check_and_add(auth_id, 5.0)
-    assert replay_entry(table, 0x0100) == auth_id + struct.pack("<d", 125.0)
+    assert replay_entry(table, 0x0100) == auth_id + struct.pack("<d", 5.0 + REPLAY_WINDOW)
