@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from revproxy import __version__
 
 if TYPE_CHECKING:
+    from revproxy.config import Config
     from revproxy.server.spec import WorkerSpec
 
 
@@ -18,20 +19,30 @@ class CliError(Exception):
     """A one-line error for the user; exit status 1."""
 
 
-def _load(path: str):
+def _load(args: argparse.Namespace) -> Config:
+    """The configuration the -c files and confdirs give; its problems end the command with
+    status 2 (the warnings found on the way are printed first)."""
     from revproxy.config import ConfigError, load_config
 
     try:
-        return load_config(path)
+        return load_config(args.config or [], args.confdir or [])
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        for line in (*exc.warnings, *exc.problems):
+            print(line, file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    _load(args.config)
-    print("configuration OK")
+    config = _load(args)
+    for line in config.warnings:
+        print(line, file=sys.stderr)
+    count = len(config.warnings)
+    if count and args.strict:
+        print(f"revproxy: configuration refused: {count} warning{'s' * (count != 1)} "
+              "(--strict)", file=sys.stderr)
+        return 2
+    print(f"configuration OK ({count} warning{'s' * (count != 1)})" if count
+          else "configuration OK")
     return 0
 
 
@@ -51,7 +62,13 @@ def _run_worker(spec: WorkerSpec) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args)
+    if config.warnings:
+        from revproxy import log
+
+        log.configure(config.log)  # the supervisor configures it again as it starts
+        for line in config.warnings:
+            log.log.warning("config: %s", line)
     from revproxy.server.supervisor import Supervisor
 
     return Supervisor(config, workers=args.workers, worker_main=_run_worker).run()
@@ -68,10 +85,11 @@ def master_pid(args: argparse.Namespace) -> int:
     if args.pid:
         return args.pid
     path = args.pidfile
-    if path is None and args.config:
-        path = _load(args.config).server.pid_file
+    if path is None and (args.config or args.confdir):
+        config = _load(args)
+        path = config.server.pid_file
         if path is None:
-            raise CliError(f"{args.config}: server.pidFile is not set; use --pid")
+            raise CliError(f"{config.source}: server.pidFile is not set; use --pid")
     if path is None:
         raise CliError("say which server: --pidfile FILE, --pid PID or -c CONFIG")
     try:
@@ -105,8 +123,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from revproxy.server.status import StatusError, collect, render, to_json
 
     state = args.state
-    if state is None and args.config and not args.pid and not args.pidfile:
-        state = _load(args.config).server.state_file
+    if state is None and (args.config or args.confdir) and not args.pid and not args.pidfile:
+        state = _load(args).server.state_file
     try:
         report = collect(master_pid(args), state)
     except StatusError as exc:
@@ -115,8 +133,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """-c FILE (repeatable) and -confdir DIR, spelled as V2Ray spells them too."""
+    parser.add_argument("-c", "-config", "--config", action="append", metavar="FILE",
+                        help=f"{what}: V2Ray JSON (comments allowed) or YAML; give it more "
+                        "than once to merge several files as V2Ray does")
+    parser.add_argument("-confdir", "--confdir", action="append", metavar="DIR",
+                        help="merge every *.json in DIR (by name), after the -c files")
+
+
+def _config_given(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not (args.config or args.confdir):
+        parser.error("give the configuration: -c FILE or -confdir DIR")
+
+
 def _which_server(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", help="the server's config (for server.pidFile)")
+    _config_options(parser, "the server's config (for server.pidFile)")
     parser.add_argument("--pidfile", help="the master's pid file")
     parser.add_argument("--pid", type=int, help="the master's pid")
 
@@ -151,13 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a portal and/or bridge from a config file")
-    run.add_argument("-c", "--config", required=True, help="V2Ray JSON or YAML config")
+    _config_options(run, "the configuration")
     run.add_argument("-w", "--workers", type=int, help="worker processes (default: "
                      "server.workers, else the CPU count)")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a config file and exit")
-    check.add_argument("-c", "--config", required=True)
+    _config_options(check, "the configuration")
+    check.add_argument("--strict", action="store_true",
+                       help="refuse a configuration that loads with warnings")
     check.set_defaults(func=cmd_check)
 
     status = sub.add_parser("status", help="show the master, workers and tunnels")
@@ -185,7 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("run", "check"):
+        _config_given(parser, args)
     if getattr(args, "workers", None) is not None:
         from revproxy.config.sections import MAX_WORKERS
 

@@ -1,14 +1,17 @@
 """Whole-configuration checks run after parsing: unique tags, routing references that
-resolve, and a sane route for each bridge's tunnels."""
+resolve, and a sane route for each bridge's tunnels. Paths come from the parser's Layout,
+since inbounds, outbounds and rules may come from several keys (and files)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 
 from revproxy.config.errors import Node, show
 from revproxy.config.fields import suggest
-from revproxy.config.model import Config
+from revproxy.config.model import Config, RoutingRule
+from revproxy.config.sections import Layout
 from revproxy.net.session import Target
 from revproxy.routing import Router
 
@@ -16,43 +19,75 @@ MUX_WARNING = ("Reverse proxy has Mux enabled by default. "
                "Do not enable Mux again on the outbound proxies it uses")
 
 
-def check(config: Config, node: Node) -> None:
-    """Report cross-reference problems. References are checked only against tag lists that
-    parsed cleanly, and bridge routes only when nothing else is wrong, so one mistake does
-    not cascade into several."""
-    inbound_tags = _unique(node, [(f"inbounds[{i}].tag", inbound.tag)
-                                  for i, inbound in enumerate(config.inbounds)]
+def check(config: Config, node: Node, layout: Layout | None = None) -> Config:
+    """Report cross-reference problems, and give the configuration with rules naming no
+    outbound sent to the first outbound, as V2Ray sends their traffic. References are
+    checked only against tag lists that parsed cleanly, and bridge routes only when nothing
+    else is wrong, so one mistake does not cascade into several."""
+    if layout is None:
+        layout = Layout(tuple(f"inbounds[{i}]" for i in range(len(config.inbounds))),
+                        tuple(f"outbounds[{i}]" for i in range(len(config.outbounds))),
+                        tuple(f"routing.rules[{i}]" for i in range(len(config.routing))))
+    inbounds = zip(layout.inbounds, config.inbounds, strict=True)
+    outbounds = zip(layout.outbounds, config.outbounds, strict=True)
+    inbound_tags = _unique(node, [(f"{path}.tag", inbound.tag) for path, inbound in inbounds]
                            + [(f"reverse.bridges[{i}].tag", bridge.tag)
                               for i, bridge in enumerate(config.reverse.bridges)])
-    outbound_tags = _unique(node, [(f"outbounds[{i}].tag", outbound.tag)
-                                   for i, outbound in enumerate(config.outbounds)]
+    outbound_tags = _unique(node, [(f"{path}.tag", outbound.tag)
+                                   for path, outbound in outbounds]
                             + [(f"reverse.portals[{i}].tag", portal.tag)
                                for i, portal in enumerate(config.reverse.portals)])
+    if layout.api_tag is not None:
+        outbound_tags.add(layout.api_tag)
     paths = node.problem_paths()
-    check_inbounds = _tags_clean(paths, "inbounds", "reverse.bridges")
-    check_outbounds = _tags_clean(paths, "outbounds", "reverse.portals")
-    for i, rule in enumerate(config.routing):
-        path = f"routing.rules[{i}]"
+    check_inbounds = _tags_clean(paths, ("reverse.bridges", *layout.inbounds), _HANDLER_LISTS)
+    check_outbounds = _tags_clean(paths, ("reverse.portals", *layout.outbounds),
+                                  _HANDLER_LISTS)
+    rules = list(config.routing)
+    for index, (path, rule) in enumerate(zip(layout.rules, config.routing, strict=True)):
         if check_outbounds and rule.outbound_tag not in outbound_tags:
-            node.at(f"{path}.outboundTag").report(
-                f"no outbound or portal is tagged {show(rule.outbound_tag)}"
-                f"{suggest(rule.outbound_tag, outbound_tags)}")
+            rules[index] = _to_default(config, node.at(f"{path}.outboundTag"), rule,
+                                       outbound_tags, layout)
         for j, tag in enumerate(rule.inbound_tags):
             if check_inbounds and tag not in inbound_tags:
-                node.at(f"{path}.inboundTag[{j}]").report(
-                    f"no inbound or bridge is tagged {show(tag)}{suggest(tag, inbound_tags)}")
+                node.at(f"{path}.inboundTag[{j}]").warn(
+                    f"no inbound or bridge is tagged {show(tag)}{suggest(tag, inbound_tags)}: "
+                    "this tag never matches (as in V2Ray)")
+    config = dataclasses.replace(config, routing=tuple(rules))
     if node.problem_count() == 0:
-        _check_bridge_routes(config, node)
+        _check_bridge_routes(config, node, layout)
+    return config
 
 
-def _tags_clean(problem_paths: Iterable[str], *lists: str) -> bool:
-    """Whether no problem was reported at a tag in ``lists``, at one of their items, or
-    at a parent of the lists (say "reverse", or the top level)."""
+def _to_default(config: Config, node: Node, rule: RoutingRule, tags: set[str],
+                layout: Layout) -> RoutingRule:
+    """A rule naming no outbound: V2Ray sends what it matches to the first outbound."""
+    missing = f"no outbound or portal is tagged {show(rule.outbound_tag)}"
+    missing += suggest(rule.outbound_tag, tags)
+    first = config.outbounds[0].tag if config.outbounds else None
+    if first is None:
+        whose = "which has no tag: give it one" if config.outbounds else "and there is none"
+        node.report(f"{missing} (V2Ray would send this traffic to the first outbound, {whose})")
+        return rule
+    node.warn(f"{missing}: V2Ray sends this traffic to the first outbound, "
+              f"{node.describe(layout.outbounds[0])} ({show(first)}), and so does revproxy")
+    return dataclasses.replace(rule, outbound_tag=first)
+
+
+_HANDLER_LISTS = ("inbounds", "outbounds", "inboundDetour", "outboundDetour", "inbound",
+                  "outbound", "reverse")
+
+
+def _tags_clean(problem_paths: Iterable[str], items: Iterable[str],
+                lists: Iterable[str]) -> bool:
+    """Whether no problem was reported at one of ``items`` or its tag, at one of the
+    ``lists`` holding them, or at the top level."""
+    watched = {path for item in items for path in (item, f"{item}.tag")}
+    watched.update(lists)
     for path in problem_paths:
-        for name in lists:
-            if re.fullmatch(rf"{re.escape(name)}(\[\d+\](\.tag)?)?", path) or (
-                    path == "" or name.startswith(path + ".")):
-                return False
+        if path == "" or path in watched or re.fullmatch(r"reverse\.(bridges|portals)\[\d+\]"
+                                                         r"(\.tag)?", path):
+            return False
     return True
 
 
@@ -62,13 +97,14 @@ def _unique(node: Node, tags: Iterable[tuple[str, str | None]]) -> set[str]:
         if tag is None:
             continue
         if tag in first_seen:
-            node.at(path).report(f"duplicate tag {show(tag)} (first used at {first_seen[tag]})")
+            node.at(path).report(f"duplicate tag {show(tag)} (first used at "
+                                 f"{node.describe(first_seen[tag])})")
         else:
             first_seen[tag] = path
     return set(first_seen)
 
 
-def _check_bridge_routes(config: Config, node: Node) -> None:
+def _check_bridge_routes(config: Config, node: Node, layout: Layout) -> None:
     """Each bridge dials its portal by dispatching "<domain>:0" with its own tag as inbound
     tag; the outbound routing picks for that must be a proxy without mux."""
     tags = [outbound.tag for outbound in config.outbounds]
@@ -87,9 +123,10 @@ def _check_bridge_routes(config: Config, node: Node) -> None:
         outbound = config.outbounds[index]
         if outbound.protocol in ("freedom", "blackhole"):
             here.report(f"its tunnels to {show(bridge.domain)} are routed to the "
-                        f"{outbound.protocol} outbound outbounds[{index}], which cannot reach a "
+                        f"{outbound.protocol} outbound {node.describe(layout.outbounds[index])}"
+                        ", which cannot reach a "
                         f"portal: add a routing rule for inboundTag {show(bridge.tag)} and "
                         f"domain \"full:{bridge.domain}\"")
         elif outbound.mux.enabled:
-            node.at(f"outbounds[{index}].mux").report(
+            node.at(f"{layout.outbounds[index]}.mux").report(
                 f"{MUX_WARNING} (bridge {show(bridge.tag)} sends its tunnels here)")

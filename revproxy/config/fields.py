@@ -18,39 +18,64 @@ D = TypeVar("D")
 NOT_SUPPORTED = "not supported by revproxy"
 
 
+EMPTY_VALUES: tuple[Any, ...] = ({}, [], "", False)
+
+
 class Obj:
-    """One JSON object being read. Keys match case-insensitively (as Go's encoding/json does);
-    null means absent; ``ok`` is false when ``raw`` is not an object. ``ignored`` keys are
-    accepted unread; ``unsupported`` keys are reported unless their value is empty ({}, [],
-    "", false). Anything else unknown is reported."""
+    """One JSON object being read, as Go's encoding/json reads it for V2Ray: keys match
+    case-insensitively, the last of repeated keys wins, null means absent, and keys it does
+    not know are ignored. ``ok`` is false when ``raw`` is not an object.
+
+    The keys: ``known`` are read by the caller (``get``/``nested``); ``ignored`` are accepted
+    unread (they have no effect here); ``warned`` (key -> reason) are accepted unread with a
+    warning giving the reason, unless their value is empty ({}, [], "", false);
+    ``unsupported`` (keys, or key -> reason) are refused unless their value is empty. Unknown
+    keys and repeated keys get a warning; with ``strict`` (revproxy's own objects, which
+    V2Ray never reads) an unknown key is a problem."""
 
     def __init__(self, node: Node, raw: Any, known: Collection[str], *,
-                 ignored: Collection[str] = (), unsupported: Collection[str] = ()) -> None:
+                 ignored: Collection[str] = (), unsupported: Collection[str] = (),
+                 warned: Mapping[str, str] | None = None, strict: bool = False) -> None:
         self.node = node
         self._values: dict[str, Any] = {}
         self.ok = isinstance(raw, Mapping)
         if not self.ok:
             node.report(f"expected an object, got {show(raw)}")
             return
+        warned = warned or {}
         for key in getattr(raw, "duplicates", ()):
-            node.report(f"duplicate key {show(key)}")
-        names = {name.lower(): name for name in (*known, *ignored, *unsupported)}
+            node.warn(f"duplicate key {show(key)}: the last one is used (as V2Ray does)")
+        names = {name.lower(): name for name in (*known, *ignored, *unsupported, *warned)}
         spelled: dict[str, Any] = {}
         for key, value in raw.items():
             name = names.get(key.lower()) if isinstance(key, str) else None
             if name is None:
-                node.report(f"unknown key {show(key)}{suggest(key, names.values())}")
-            elif name in spelled:
-                node.report(f"duplicate key {show(key)} (also {show(spelled[name])})")
+                hint = suggest(key, names.values())
+                if strict:
+                    node.report(f"unknown key {show(key)}{hint}")
+                else:
+                    node.warn(f"unknown key {show(key)} is ignored (as V2Ray does){hint}")
+                continue
+            if name in spelled:
+                node.warn(f"duplicate key {show(key)} (also {show(spelled[name])}): the last "
+                          "one is used (as V2Ray does)")
+                self._values.pop(name, None)
+            spelled[name] = key
+            if value is None or name in ignored:
+                continue
+            if name in unsupported:
+                if value not in EMPTY_VALUES:
+                    reason = unsupported.get(name) if isinstance(unsupported, Mapping) else None
+                    node.at(name).report(reason or NOT_SUPPORTED)
+            elif name in warned:
+                if value not in EMPTY_VALUES:
+                    node.at(name).warn(warned[name])
             else:
-                spelled[name] = key
-                if value is None or name in ignored:
-                    continue
-                if name in unsupported:
-                    if value not in ({}, [], "", False):
-                        node.at(name).report(NOT_SUPPORTED)
-                    continue
                 self._values[name] = value
+
+    def raw(self, key: str) -> Any:
+        """The unparsed value of a ``known`` key (None when absent)."""
+        return self._values.get(key)
 
     def has(self, key: str) -> bool:
         return key in self._values
@@ -185,8 +210,12 @@ def single_port(value: Any) -> int:
 
 
 def port_ranges(value: Any) -> tuple[tuple[int, int], ...]:
-    """V2Ray's PortList: 80, "80", "1000-2000" or "80,443,1000-2000"; 0 is a valid port."""
+    """V2Ray's PortList: 80, "80", "1000-2000" or "80,443,1000-2000"; 0 is a valid port in a
+    string. As in V2Ray, the number 0 and a string with no port give no range at all (a rule
+    with such a condition never matches)."""
     if not isinstance(value, str):
+        if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+            return ()
         return ((port(value, low=0),) * 2,)
     ranges = []
     for part in (part.strip() for part in value.split(",")):
@@ -198,15 +227,14 @@ def port_ranges(value: Any) -> tuple[tuple[int, int], ...]:
         if low > high:
             raise Invalid(f"port range {show(part)} is reversed")
         ranges.append((low, high))
-    if not ranges:
-        raise Invalid(f"expected ports, got {show(value)}")
     return tuple(ranges)
 
 
 def string_list(value: Any) -> tuple[str, ...]:
-    """V2Ray's StringList: a list of strings, or one string of comma-separated items."""
+    """V2Ray's StringList: a list of strings, or one string of comma-separated items (split
+    as V2Ray splits it: spaces around the commas stay in the items)."""
     if isinstance(value, str):
-        return tuple(item.strip() for item in value.split(","))
+        return tuple(value.split(","))
     if not isinstance(value, list):
         raise Invalid(f"expected a list of strings, got {show(value)}")
     for item in value:
@@ -219,7 +247,7 @@ def networks(value: Any) -> tuple[str, ...]:
     """A network list ("tcp", "udp", "tcp,udp" or a list), lowercased, without repeats."""
     found: list[str] = []
     for item in string_list(value):
-        name = item.lower()
+        name = item.strip().lower()
         if name not in ("tcp", "udp"):
             raise Invalid(f'unknown network {show(item)} (expected "tcp" or "udp")')
         if name not in found:
@@ -227,6 +255,17 @@ def networks(value: Any) -> tuple[str, ...]:
     if not found:
         raise Invalid("no network given")
     return tuple(found)
+
+
+def raw_get(raw: Any, key: str) -> Any:
+    """The value of ``key`` in a raw object as V2Ray reads it (case-insensitive, the last
+    spelling wins), or None; for looking at parts another parser reads."""
+    found = None
+    if isinstance(raw, Mapping):
+        for name, value in raw.items():
+            if isinstance(name, str) and name.lower() == key.lower():
+                found = value
+    return found
 
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}(-?)[0-9a-fA-F]{4}\1[0-9a-fA-F]{4}\1[0-9a-fA-F]{4}\1"

@@ -137,7 +137,8 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """A whole configuration; ``source`` (where it was read from) is not compared."""
+    """A whole configuration; ``source`` (where it was read from) and ``warnings`` (one line
+    each, ``file: path: warning: message``) are not compared."""
 
     source: str = field(compare=False)
     log: LogConfig
@@ -146,3 +147,4 @@ class Config:
     routing: tuple[RoutingRule, ...]
     reverse: ReverseConfig
     server: ServerConfig
+    warnings: tuple[str, ...] = field(default=(), compare=False)

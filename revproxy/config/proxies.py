@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from revproxy.config import compat
 from revproxy.config import fields as f
 from revproxy.config.errors import Invalid, Node, show
 from revproxy.config.fields import NOT_SUPPORTED, Obj
@@ -31,8 +32,10 @@ _SECURITIES = ("auto", "aes-128-gcm", "chacha20-poly1305", "none", "zero")
 
 
 def inbound(node: Node, raw: Any) -> InboundConfig:
-    o = Obj(node, raw, ("protocol", "port", "listen", "settings", "tag", "streamSettings"),
-            ignored=("sniffing", "domainOverride"), unsupported=("allocate",))
+    o = Obj(node, raw, ("protocol", "port", "listen", "settings", "tag", "streamSettings",
+                        "sniffing", "domainOverride", "allocate"))
+    compat.sniffing(node, o.raw("sniffing"), o.raw("domainOverride"))
+    o.nested("allocate", compat.allocate, None)
     tag = o.get("tag", f.tag, None)
     listen = o.get("listen", f.ip_address, "0.0.0.0")
     port = o.get("port", f.single_port, 0, required=True)
@@ -56,9 +59,9 @@ def outbound(node: Node, raw: Any) -> OutboundConfig:
 
 def _protocol(supported: Collection[str], v2ray_only: Collection[str]) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
-        if f.string(value) in supported:
-            return value
-        if value in v2ray_only:
+        if f.string(value).lower() in supported:  # V2Ray looks protocols up in lower case
+            return value.lower()
+        if value.lower() in v2ray_only:
             raise Invalid(f"protocol {show(value)} is {NOT_SUPPORTED}")
         raise Invalid(f"unknown protocol {show(value)}{f.suggest(value, supported)}")
 
