@@ -1,5 +1,6 @@
-"""VMess AEAD request and response headers, sans-IO: sealing on one side, incremental opening
-on the other. Wire-compatible with V2Ray 4.34 / v5 (proxy/vmess/aead, proxy/vmess/encoding)."""
+"""VMess request and response headers, sans-IO: sealing on one side, incremental opening on the
+other. AEAD both ways; a server also opens the legacy headers of users with alter ids (see
+``legacy``). Wire-compatible with V2Ray 4.34 / v5 (proxy/vmess/aead, proxy/vmess/encoding)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from . import legacy
 from .crypto import User, kdf, kdf16, open_auth_id, seal_auth_id
 from .replay import MAX_TIME_SKEW, ReplayFilter
 
+SECURITY_LEGACY = 1  # AES-128-CFB body: old clients only (V2Ray 4.34's cannot choose it)
 SECURITY_AES128_GCM = 3
 SECURITY_CHACHA20_POLY1305 = 4
 SECURITY_NONE = 5
@@ -55,6 +58,7 @@ _SEALED_LEN_LEN = 18  # u16 + GCM tag
 _NONCE_LEN = 8
 _TAG = 16
 _PREAMBLE = _AUTH_ID_LEN + _SEALED_LEN_LEN + _NONCE_LEN
+_MAX_LEGACY_HEADER = _FIXED_LEN + 2 + 2 + 255 + 15 + 4  # a domain address, full padding
 _U16 = struct.Struct(">H")
 
 _SALT_LEN_KEY = b"VMess Header AEAD Key_Length"
@@ -69,6 +73,12 @@ _SALT_RESP_IV = b"AEAD Resp Header IV"
 
 class HandshakeError(Exception):
     """The peer's header is invalid; a server should drain and close without answering."""
+
+
+def is_insecure(security: int) -> bool:
+    """What ``disableInsecureEncryption`` refuses, as V2Ray does: no body encryption, or the
+    legacy AES-CFB one (anything else never gets past the header parser)."""
+    return security in (SECURITY_NONE, SECURITY_LEGACY)
 
 
 def security_from_name(name: str) -> int:
@@ -157,7 +167,8 @@ def _decode_address(buf: bytes, pos: int) -> tuple[str, int]:
 @dataclass(frozen=True)
 class RequestHeader:
     """A decoded (or to-be-sealed) VMess request. `security` is the wire value (3, 4 or 5);
-    `address` is dotted IPv4, IPv6 text or a domain; for COMMAND_MUX it is MUX_ADDRESS, port 0."""
+    `address` is dotted IPv4, IPv6 text or a domain; for COMMAND_MUX it is MUX_ADDRESS, port 0.
+    `legacy`: it came in a legacy (alter id) request, which changes the response's keys."""
 
     command: int
     address: str
@@ -167,6 +178,7 @@ class RequestHeader:
     body_key: bytes
     body_iv: bytes
     response_auth: int
+    legacy: bool = False
 
     def __post_init__(self) -> None:
         if self.command not in (COMMAND_TCP, COMMAND_UDP, COMMAND_MUX):
@@ -269,7 +281,32 @@ def seal_request(cmd_key: bytes, header: RequestHeader, now: int | None = None) 
     )
 
 
-def _parse_request(plain: bytes) -> RequestHeader:
+def _legacy_header_length(plain: bytes) -> int | None:
+    """How long a legacy header is, from its first decrypted bytes; None while more are needed.
+    (An AEAD header comes with its length; a legacy one does not.)"""
+    if len(plain) < _FIXED_LEN:
+        return None
+    padding, command = plain[35] >> 4, plain[37]
+    pos = _FIXED_LEN
+    if command in (COMMAND_TCP, COMMAND_UDP):
+        if len(plain) < pos + 4:
+            return None
+        kind = plain[pos + 2]
+        if kind == _ADDR_IPV4:
+            pos += 3 + 4
+        elif kind == _ADDR_IPV6:
+            pos += 3 + 16
+        elif kind == _ADDR_DOMAIN:
+            pos += 4 + plain[pos + 3]
+        else:
+            raise HandshakeError(f"unknown address type {kind}")
+    elif command != COMMAND_MUX:
+        raise HandshakeError(f"unknown command {command}")
+    end = pos + padding + 4
+    return end if len(plain) >= end else None
+
+
+def _parse_request(plain: bytes, *, from_legacy: bool = False) -> RequestHeader:
     """Parse an opened request header. Bytes after the checksum are ignored, as V2Ray does."""
     if len(plain) < _FIXED_LEN:
         raise HandshakeError("header too short")
@@ -291,6 +328,8 @@ def _parse_request(plain: bytes) -> RequestHeader:
         raise HandshakeError("header truncated before the checksum")
     if _fnv1a32(plain[:pos]) != int.from_bytes(plain[pos : pos + 4], "big"):
         raise HandshakeError("header checksum mismatch")
+    if security in (0, SECURITY_LEGACY):
+        raise HandshakeError("the legacy aes-128-cfb body is not supported")
     if security not in _WIRE_SECURITIES:
         raise HandshakeError(f"unsupported security {security}")
     option = plain[34]
@@ -305,12 +344,15 @@ def _parse_request(plain: bytes) -> RequestHeader:
         body_key=plain[17:33],
         body_iv=plain[1:17],
         response_auth=plain[33],
+        legacy=from_legacy,
     )
 
 
 class RequestDecoder:
     """Server side: feed bytes until a RequestHeader comes out. Checks, in V2Ray's order: AuthID
     of a known user within ±120 s, replay, sealed length, sealed header, then its contents.
+    When no AEAD user matches, ``legacy`` (the users with alter ids) may recognise a legacy
+    request: its CFB header is opened and its body key and IV checked against replays.
     After a HandshakeError the caller should keep reading a while and close, never answer."""
 
     def __init__(
@@ -318,10 +360,13 @@ class RequestDecoder:
         users: Sequence[User],
         replay: ReplayFilter,
         now: Callable[[], float] = time.time,
+        legacy_users: legacy.LegacyUsers | None = None,
     ) -> None:
         self._users = users
         self._replay = replay
         self._now = now
+        self._legacy_users = legacy_users
+        self._legacy_time: int | None = None  # the matched legacy request's time
         self._buf = bytearray()
         self._payload: tuple[AESGCM, bytes] | None = None
         self._sealed_len = 0
@@ -338,7 +383,29 @@ class RequestDecoder:
                 if not self._replay.check_and_add(auth_id, now):
                     raise HandshakeError("replayed AuthID")
                 return user
+        if self._legacy_users:
+            found = self._legacy_users.match(auth_id, now)
+            if found is not None:
+                self._legacy_time = found[1]
+                return found[0]
         raise HandshakeError("no user matches the AuthID (unknown user or clock skew)")
+
+    def _feed_legacy(self, user: User, timestamp: int) -> RequestHeader | None:
+        buf = self._buf
+        sealed = bytes(buf[_AUTH_ID_LEN:_AUTH_ID_LEN + _MAX_LEGACY_HEADER])
+        # Decrypting from the start each time is cheap (the header is a few hundred bytes).
+        plain = legacy.cfb(user.cmd_key, legacy.header_iv(timestamp)).decryptor().update(sealed)
+        length = _legacy_header_length(plain)
+        if length is None:
+            return None
+        header = _parse_request(plain[:length], from_legacy=True)
+        key = legacy.session_key(user, header.body_key, header.body_iv)
+        if not self._replay.check_and_add(key, self._now()):
+            raise HandshakeError("replayed legacy request (same body key and IV)")
+        self._header = header
+        self.rest = bytes(buf[_AUTH_ID_LEN + length:])
+        self._buf = bytearray()
+        return header
 
     def feed(self, data: bytes | bytearray | memoryview) -> RequestHeader | None:
         """Add received bytes; the header once complete (then `rest` holds what followed it),
@@ -351,6 +418,8 @@ class RequestDecoder:
             if len(buf) < _AUTH_ID_LEN:
                 return None
             self.user = self._match_user(bytes(buf[:_AUTH_ID_LEN]))
+        if self._legacy_time is not None:
+            return self._feed_legacy(self.user, self._legacy_time)
         if self._payload is None:
             if len(buf) < _PREAMBLE:
                 return None
@@ -373,7 +442,10 @@ class RequestDecoder:
 
 
 def response_body_key_iv(header: RequestHeader) -> tuple[bytes, bytes]:
-    """Response-direction body key and IV: SHA256(request key)[:16], SHA256(request IV)[:16]."""
+    """Response-direction body key and IV: SHA256(request key)[:16], SHA256(request IV)[:16]
+    (MD5 of each for a legacy request)."""
+    if header.legacy:
+        return legacy.response_key_iv(header.body_key, header.body_iv)
     return (
         hashlib.sha256(header.body_key).digest()[:16],
         hashlib.sha256(header.body_iv).digest()[:16],
@@ -391,7 +463,11 @@ def _response_ciphers(header: RequestHeader) -> tuple[AESGCM, bytes, AESGCM, byt
 
 
 def seal_response(header: RequestHeader) -> bytes:
-    """Server: the AEAD response header (response auth, option 0, no command), no AAD."""
+    """Server: the response header (response auth, option 0, no command): AEAD-sealed without
+    AAD, or AES-CFB-encrypted for a legacy request."""
+    if header.legacy:
+        key, iv = response_body_key_iv(header)
+        return legacy.cfb(key, iv).encryptor().update(bytes((header.response_auth, 0, 0, 0)))
     length_aead, length_nonce, payload_aead, payload_nonce = _response_ciphers(header)
     plain = bytes((header.response_auth, 0, 0, 0))
     return length_aead.encrypt(length_nonce, _U16.pack(len(plain)), None) + payload_aead.encrypt(
