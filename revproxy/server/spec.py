@@ -23,6 +23,9 @@ _prctl_loaded = False
 
 @dataclass
 class WorkerSpec:
+    """One worker's charge: its generation's config and listening sockets, the table and
+    its slot there, and its place among its siblings ("worker index/count gen G")."""
+
     config: Config
     listeners: dict[int, socket.socket]
     table: StateTable
