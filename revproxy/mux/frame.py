@@ -26,10 +26,8 @@ NETWORK_UDP = 2
 
 MAX_METADATA = 512
 MAX_PAYLOAD = 0xFFFF
-#: V2Ray splits stream payloads into frames of at most this size.
+#: V2Ray splits stream payloads into frames of at most this size; so do we.
 MAX_STREAM_PAYLOAD = 8 * 1024
-#: V2Ray's packet reader refuses a UDP datagram larger than this (and drops the connection).
-MAX_UDP_PAYLOAD = 2048
 
 ADDR_IPV4 = 1
 ADDR_DOMAIN = 2
@@ -302,6 +300,10 @@ class FrameDecoder:
         append = frames.append
         unpack_u16 = _U16.unpack_from
         unpack_meta = _META.unpack_from
+        # Declared once, not assigned: set on New frames only (no cost per frame).
+        network: int | None
+        address: str | None
+        port: int | None
         while end - pos >= 2:
             (meta_len,) = unpack_u16(view, pos)
             if meta_len > MAX_METADATA:
