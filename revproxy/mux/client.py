@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from revproxy.mux.connection import MAX_STREAM_FRAME, MuxConnection, MuxSession
-from revproxy.mux.frame import Frame, encode_keep_chunks, encode_new
+from revproxy.mux.connection import DEFAULT_LIMITS, FlowLimits, MuxConnection, MuxSession
+from revproxy.mux.frame import MAX_STREAM_PAYLOAD, Frame, encode_keep_chunks, encode_new
+from revproxy.net.stream import TunnelStream
 
 MAX_SESSION_ID = 0xFFFF
 
@@ -13,8 +14,9 @@ class TunnelExhausted(ConnectionError):
 
 
 class MuxClient(MuxConnection):
-    def __init__(self, tunnel, name: str = "") -> None:
-        super().__init__(tunnel, name)
+    def __init__(self, tunnel: TunnelStream, name: str = "",
+                 limits: FlowLimits = DEFAULT_LIMITS) -> None:
+        super().__init__(tunnel, name, limits)
         self._last_id = 0
 
     def open_session(self, network: int, address: str, port: int,
@@ -30,11 +32,12 @@ class MuxClient(MuxConnection):
             self.write(encode_new(session.id, network, address, port))
             return session
         session.bytes_out += len(first_payload)
-        head = first_payload[:MAX_STREAM_FRAME]
+        head = first_payload[:MAX_STREAM_PAYLOAD]
         frames = encode_new(session.id, network, address, port, head)
-        if len(first_payload) > MAX_STREAM_FRAME:
-            frames += encode_keep_chunks(session.id, memoryview(first_payload)[MAX_STREAM_FRAME:],
-                                         MAX_STREAM_FRAME)
+        if len(first_payload) > MAX_STREAM_PAYLOAD:
+            frames += encode_keep_chunks(session.id,
+                                         memoryview(first_payload)[MAX_STREAM_PAYLOAD:],
+                                         MAX_STREAM_PAYLOAD)
         self.write(frames)
         return session
 

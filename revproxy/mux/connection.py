@@ -1,10 +1,31 @@
-"""One Mux.Cool connection over a tunnel stream: its sessions, its frame reader, its writes.
+"""One Mux.Cool connection over a tunnel stream: its sessions, its frame reader, its writes,
+and the flow control that keeps one session from holding up the others.
 
 ``MuxConnection`` runs the read loop and keeps the session table; ``MuxClient`` (opens
 sessions) and ``MuxServer`` (accepts them) add what differs. A ``MuxSession`` is a stream:
-payloads are buffered for ``recv`` (a full buffer blocks the tunnel reader: back-pressure as in
-V2Ray), or handed to a ``sink`` callable as they arrive: the reverse control session does
-that, and so does the relay for a session bound to a socket (no buffer, no switch).
+payloads are buffered for ``recv``, handed to a ``sink`` callable as they arrive (the reverse
+control sessions do that), or written to a socket by ``MuxSession.splice`` (mux/splice.py).
+
+Flow control. Mux.Cool has no window and a tunnel has one reader. V2Ray's reader waits as long
+as one session's buffer is full, so one visitor that stops reading stalls its whole tunnel.
+Here each session holds what its consumer has not taken yet (``recv``'s queue, or what its
+socket would not accept), counted against ``FlowLimits.buffer_size`` (V2Ray's ``bufferSize``
+policy); a session holding that much is *full*. The reader waits for a full session only while
+its consumer keeps taking bytes (a slower reader than the tunnel, a consumer descheduled for a
+moment: the only back-pressure Mux.Cool has is the tunnel's own), and at most ``stall_wait``
+without progress; after that the session is no longer waited for, and the tunnel moves on.
+Such a session is reset alone (End with the error flag; a spliced socket is closed with a
+reset) when it comes to hold ``hold_factor`` buffers (keeping more would not bound memory),
+when it stays full for ``full_timeout`` (V2Ray's ``downlinkOnly``-style deadline), or when its
+socket takes nothing for ``write_timeout``. The tunnel's total is bounded too
+(``tunnel_buffer``: the sessions holding most go first). One timer per connection checks the
+deadlines of the sessions holding bytes, so nothing is timed per payload.
+
+Writing: frames queue for the tunnel; senders wait while ``WRITE_BUFFER`` bytes are queued.
+Control frames (End, KeepAlive) never wait, so they are bounded separately: a peer that leaves
+``CONTROL_LIMIT`` bytes of them unread, or whose tunnel takes nothing for
+``tunnel_write_timeout``, has its tunnel closed. Liveness of a tunnel is otherwise the
+heartbeat's business (reverse/), never the slowest session's.
 """
 
 from __future__ import annotations
@@ -12,14 +33,19 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import gevent
 from gevent import get_hub
 from gevent.event import Event
 
+from revproxy.log import log
 from revproxy.mux.frame import (
+    MAX_STREAM_PAYLOAD,
     NETWORK_UDP,
     OPTION_DATA,
+    OPTION_ERROR,
     STATUS_END,
     STATUS_KEEP,
     STATUS_KEEPALIVE,
@@ -32,36 +58,68 @@ from revproxy.mux.frame import (
     encode_keep_chunks,
     encode_keepalive,
 )
-from revproxy.net.stream import TunnelStream
+from revproxy.mux.splice import SessionReset, SocketSplice
+from revproxy.net.stream import SocketStream, TunnelStream
 
-MAX_STREAM_FRAME = 8192  # V2Ray writes stream payloads in frames of at most 8 KiB
-WRITE_BUFFER = 1024 * 1024  # bytes queued for the tunnel before senders wait
-SESSION_BUFFER = 512 * 1024  # bytes buffered per session before the tunnel reader waits
+WRITE_BUFFER = 1024 * 1024  # data bytes queued for the tunnel before senders wait
+# End/KeepAlive bytes queued and not yet taken by the tunnel (8,192 End frames): past this the
+# peer is not reading and the tunnel is closed (control frames never wait, so they need a bound).
+CONTROL_LIMIT = 64 * 1024
+# Answers to frames for unknown sessions are a courtesy: skipped once this much control is
+# waiting or the queue is full (a peer could provoke them without end).
+REPLY_LIMIT = 16 * 1024
 
 _EOF = b""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimits:
+    """Per-session flow control of a mux connection (see the module docstring)."""
+
+    buffer_size: int = 512 * 1024  # V2Ray's bufferSize policy: a session holding this is full
+    stall_wait: float = 1.0  # the reader waits this long at most for a full session to move
+    hold_factor: int = 4  # a session holding this many buffers is reset at once
+    full_timeout: float = 5.0  # a session full this long is reset (V2Ray's downlinkOnly: 5 s)
+    write_timeout: float = 30.0  # a spliced socket that takes nothing this long is reset
+    tunnel_buffer: int = 32 * 1024 * 1024  # all sessions of one tunnel together
+    tunnel_write_timeout: float = 60.0  # a tunnel that takes nothing this long is closed
+    check_every: float = 0.5  # how often the deadlines are checked
+
+
+DEFAULT_LIMITS = FlowLimits()
 
 
 class MuxSession:
     """One session of a mux connection, usable as a stream."""
 
-    __slots__ = ("conn", "id", "network", "sink", "on_end", "_end", "_items", "_buffered",
-                 "_readable", "_space", "_timeout", "_ended_local", "_ended_remote", "closed",
+    __slots__ = ("conn", "id", "network", "buffer_size", "hold_limit", "sink", "on_end", "_end",
+                 "_items", "_buffered", "_full_since", "_stalled_since", "_tracked", "_unwaited",
+                 "_space", "_readable", "_timeout", "_ended_local", "_ended_remote", "closed",
                  "bytes_in", "bytes_out")
 
-    def __init__(self, conn: MuxConnection, session_id: int, network: int) -> None:
+    def __init__(self, conn: MuxConnection, session_id: int, network: int,
+                 buffer_size: int | None = None) -> None:
         self.conn = conn
         self.id = session_id
         self.network = network
+        limits = conn.limits
+        self.buffer_size = limits.buffer_size if buffer_size is None else buffer_size
+        self.hold_limit = limits.hold_factor * self.buffer_size
         self.sink: Callable[[bytes], None] | None = None
-        # Called once when the session ends from the far side: None when the peer ended it,
-        # the error when it failed (reset by the peer, tunnel gone, sink failed).
+        # Called when the session ends from the far side: None when the peer ended it, the
+        # error when it failed (reset by the peer or by flow control, tunnel gone, sink failed).
+        # After a clean end it may be called once more with an error.
         self.on_end: Callable[[Exception | None], None] | None = None
         self._end: bytes | Exception | None = None
         # Payloads, then possibly one end marker (b"" or an exception), in arrival order.
         self._items: deque[bytes | Exception] = deque()
-        self._buffered = 0
+        self._buffered = 0  # bytes held for the consumer: in _items, or a splice's pending
+        self._full_since = 0.0  # when the session last became full; 0.0: not full
+        self._stalled_since = 0.0  # last progress of a blocked socket; 0.0: not blocked
+        self._tracked = False  # in the connection's set of sessions whose deadlines run
+        self._unwaited = False  # full and took nothing for stall_wait: the reader goes on
+        self._space: Event | None = None  # set when the consumer takes bytes (made on demand)
         self._readable = Event()
-        self._space = Event()
         self._timeout: float | None = None
         self._ended_local = False
         self._ended_remote = False
@@ -71,10 +129,9 @@ class MuxSession:
 
     # -- fed by the connection's reader
     def _deliver(self, payload: bytes) -> None:
+        if self._end is not None or self.closed:
+            return  # ended, reset or closed: late payloads are dropped
         self.bytes_in += len(payload)
-        while self.sink is None and not self.closed and self._buffered >= SESSION_BUFFER:
-            self._space.clear()
-            self._space.wait()  # back-pressure: the whole tunnel waits, as in V2Ray
         sink = self.sink
         if sink is not None:
             try:
@@ -83,10 +140,71 @@ class MuxSession:
                 # The receiving end is gone: this session fails, the tunnel goes on.
                 self.sink = None
                 self._push_end(exc)
-        elif not self.closed:
+                return
+        elif self.network == NETWORK_UDP and self._buffered >= self.buffer_size:
+            return  # datagrams may be lost: drop this one rather than wait or reset
+        else:
             self._items.append(payload)
-            self._buffered += len(payload)
             self._readable.set()
+            self.hold(len(payload))
+        if self._buffered >= self.buffer_size and not self._unwaited:
+            self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        """The session is full: the reader waits while its consumer keeps taking bytes, but
+        no longer than ``stall_wait`` without progress."""
+        space = self._space
+        if space is None:
+            space = self._space = Event()
+        stall = self.conn.limits.stall_wait
+        while self._buffered >= self.buffer_size and self._end is None and not self.closed:
+            space.clear()
+            if not space.wait(stall):
+                self._unwaited = True  # until it takes enough to be under its buffer again
+                return
+
+    # -- flow control; a splice calls these for the bytes its socket has not taken
+    def hold(self, size: int) -> None:
+        """``size`` more bytes wait for the consumer; apply the bounds (may reset)."""
+        held = self._buffered + size
+        self._buffered = held
+        conn = self.conn
+        conn.buffered += size
+        if held >= self.buffer_size:
+            if held >= self.hold_limit:
+                self.reset(f"{held} bytes held: the peer sends faster than they are taken")
+                return
+            if not self._full_since:
+                self._full_since = time.monotonic()
+                conn.track(self)
+        if conn.buffered > conn.limits.tunnel_buffer:
+            conn.relieve()
+
+    def release(self, size: int) -> None:
+        """The consumer took ``size`` bytes."""
+        if self.closed:
+            return  # the counts were dropped at close
+        self._buffered -= size
+        self.conn.buffered -= size
+        if self._full_since:
+            if self._buffered < self.buffer_size:
+                self._full_since = 0.0
+                self._unwaited = False
+            if self._space is not None:
+                self._space.set()  # progress: a waiting reader waits on
+
+    def mark_stalled(self, since: float) -> None:
+        """The socket took nothing since ``since`` (monotonic); 0.0: it takes everything."""
+        self._stalled_since = since
+        if since:
+            self.conn.track(self)
+
+    def _drop_held(self) -> None:
+        self.conn.buffered -= self._buffered
+        self._buffered = 0
+        self._full_since = self._stalled_since = 0.0
+        if self._space is not None:
+            self._space.set()  # a waiting reader goes on
 
     def _push_end(self, marker: bytes | Exception) -> None:
         if self.closed:
@@ -97,6 +215,17 @@ class MuxSession:
             self._end = marker
             if self.on_end is not None:
                 self.on_end(None if isinstance(marker, bytes) else marker)
+
+    def _fail(self, error: Exception) -> None:
+        """End the session with ``error``: what it holds is dropped, ``recv`` raises it and
+        ``on_end`` hears it, even after a clean end."""
+        self._items.clear()
+        self._drop_held()
+        self._items.append(error)
+        self._readable.set()
+        self._end = error
+        if self.on_end is not None:
+            self.on_end(error)
 
     def watch_end(self, callback: Callable[[Exception | None], None]) -> None:
         """Set ``on_end``; if the session has already ended, call it now."""
@@ -110,14 +239,25 @@ class MuxSession:
         self._push_end(ConnectionResetError("mux: session reset by peer") if error else _EOF)
 
     def _abort(self) -> None:
-        """The tunnel is gone: wake the reader with an error."""
+        """The tunnel is gone: wake the consumer with an error."""
         self._ended_local = self._ended_remote = True
         if not self.closed:
-            self._items.clear()
-            self._buffered = 0
-            self._push_end(ConnectionResetError("mux: tunnel closed"))
+            self._fail(ConnectionResetError("mux: tunnel closed"))
             self.closed = True
-            self._space.set()
+
+    def reset(self, reason: str) -> None:
+        """Give up on this session alone: the peer gets End with the error flag, what the
+        session holds is dropped, and its consumer gets a ``SessionReset`` (a spliced socket is
+        closed with a reset)."""
+        if self.closed:
+            return
+        log.info("mux %s: session %d reset: %s", self.conn.name, self.id, reason)
+        if not self._ended_local:
+            self._ended_local = True
+            self.conn.send_end(self.id, error=True)
+        self._ended_remote = True  # nothing more is taken from the peer
+        self.conn.forget(self)
+        self._fail(SessionReset(f"mux: session reset: {reason}"))
 
     def attach_sink(self, sink: Callable[[bytes], None]) -> None:
         """From now on hand payloads to ``sink`` as they arrive; what is already buffered goes
@@ -125,12 +265,19 @@ class MuxSession:
         items = self._items
         while items and isinstance(items[0], bytes) and items[0]:
             payload = items.popleft()
-            self._buffered -= len(payload)
-            self._space.set()
-            sink(payload)  # may yield; the reader keeps appending behind, in order
-        # Nothing buffered before the end marker: the reader may write straight through.
+            assert isinstance(payload, bytes)
+            self.release(len(payload))
+            sink(payload)
         self.sink = sink
-        self._space.set()
+
+    def splice(self, stream: SocketStream, idle: float, after_half_close: float,
+               on_done: Callable[[], None] | None) -> bool:
+        """Relay ``stream`` ⇄ this session in hub callbacks, without a greenlet (see
+        mux/splice.py); returns at once. False if the session already has a consumer."""
+        if self.sink is not None:
+            return False
+        SocketSplice(stream, self, idle, after_half_close, on_done).start()
+        return True
 
     # -- the stream interface
     def recv(self) -> bytes:
@@ -145,8 +292,7 @@ class MuxSession:
         if isinstance(item, Exception):
             raise item
         if item:
-            self._buffered -= len(item)
-            self._space.set()
+            self.release(len(item))
         return item
 
     def send(self, data: bytes | memoryview) -> None:
@@ -167,10 +313,9 @@ class MuxSession:
         if not self._ended_local:
             self._ended_local = True
             self.conn.send_end(self.id, error=not self._ended_remote)
-        self.conn.forget(self.id)
+        self.conn.forget(self)
         self._items.clear()
-        self._buffered = 0
-        self._space.set()  # a reader waiting for room drops its payload instead
+        self._drop_held()
         self._readable.set()
 
     def settimeout(self, seconds: float | None) -> None:
@@ -178,11 +323,13 @@ class MuxSession:
 
 
 class MuxConnection:
-    """The frame reader and session table shared by both ends."""
+    """The frame reader, session table and tunnel writer shared by both ends."""
 
-    def __init__(self, tunnel: TunnelStream, name: str = "") -> None:
+    def __init__(self, tunnel: TunnelStream, name: str = "",
+                 limits: FlowLimits = DEFAULT_LIMITS) -> None:
         self.tunnel = tunnel
         self.name = name
+        self.limits = limits
         self.sessions: dict[int, MuxSession] = {}
         self.total_sessions = 0
         self.closed = False
@@ -190,15 +337,22 @@ class MuxConnection:
         self.peer_sends_keepalive = False
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.buffered = 0  # bytes all sessions hold for their consumers
+        self._tracked: set[MuxSession] = set()  # sessions whose deadlines run
+        self._timer: Any = None  # checks those deadlines while the reader runs
         self._out: list[bytes] = []  # frames waiting to be sealed and sent
         self._out_size = 0
+        self._control_queued = 0  # End/KeepAlive bytes queued since the tunnel last took any
         self._out_ready = Event()
         self._out_space = Event()
         self._uncongested: list[Callable[[], None]] = []  # waiting for the queue to empty
         self._writer: gevent.Greenlet | None = None
         self._writer_idle = False  # parked with nothing to send: the hub may send instead
         self._flush_due = False  # a hub callback will send what is queued
-        self._backlogged = False  # the tunnel kept unsent bytes: the writer must flush them
+        self._tunnel_kept = False  # the tunnel kept unsent bytes: the writer must flush them
+        self._sending = False  # the writer waits for the tunnel to take a batch
+        self._sent_seen = 0  # bytes_sent at the last check
+        self._stuck_since = 0.0  # since when the tunnel has taken nothing; 0.0: it takes
         self._on_close: list[Callable[[], None]] = []
 
     @property
@@ -243,10 +397,23 @@ class MuxConnection:
             self._writer = gevent.spawn(self._write_loop)
         # else the writer is busy sending and takes the queue when done
 
+    def _queue_control(self, frame: bytes) -> None:
+        """Queue an End or KeepAlive frame without waiting, within ``CONTROL_LIMIT``."""
+        if self.closed:
+            return
+        if self._control_queued + len(frame) > CONTROL_LIMIT:
+            log.warning("mux %s: the peer reads nothing (%d bytes of control frames unsent), "
+                        "closing the tunnel", self.name, self._control_queued)
+            self.close()
+            return
+        self._control_queued += len(frame)
+        self._queue(frame)
+
     def _take(self) -> bytes:
         """The queued frames as one buffer; wakes whoever waits for room."""
         batch, self._out = self._out, []
         size, self._out_size = self._out_size, 0
+        self._control_queued = 0
         self._out_space.set()
         if self._uncongested:
             self._wake_uncongested()
@@ -264,32 +431,34 @@ class MuxConnection:
             self.close()
             return
         if not complete:  # the tunnel kept the rest: the writer waits until it is out
-            self._backlogged = True
+            self._tunnel_kept = True
             self._out_ready.set()
 
     def _write_loop(self) -> None:
         try:
             while True:
-                while not self._out and not self._backlogged:
+                while not self._out and not self._tunnel_kept:
                     if self.closed:
                         return
                     self._writer_idle = True
                     self._out_ready.clear()
                     self._out_ready.wait()
                     self._writer_idle = False
-                if self._backlogged:
-                    self._backlogged = False
+                self._sending = True
+                if self._tunnel_kept:
+                    self._tunnel_kept = False
                     self.tunnel.flush()
                 if self._out:
                     self.tunnel.send(self._take())
+                self._sending = False
         except OSError:
             self.close()
 
     def send_payload(self, session: MuxSession, data: bytes | memoryview) -> None:
-        if session.network == NETWORK_UDP or len(data) <= MAX_STREAM_FRAME:
+        if session.network == NETWORK_UDP or len(data) <= MAX_STREAM_PAYLOAD:
             self.write(encode_keep(session.id, data))
         else:
-            self.write(encode_keep_chunks(session.id, data, MAX_STREAM_FRAME))
+            self.write(encode_keep_chunks(session.id, data, MAX_STREAM_PAYLOAD))
 
     def _wake_uncongested(self) -> None:
         waiting, self._uncongested = self._uncongested, []
@@ -297,24 +466,75 @@ class MuxConnection:
             callback()
 
     def send_end(self, session_id: int, error: bool) -> None:
-        """Queue an End frame; never waits (a few bytes past the queue limit do no harm, and
-        sessions are closed from hub callbacks)."""
-        try:
-            self._queue(encode_end(session_id, error))
-        except ConnectionResetError:
-            pass
+        """Queue an End frame; never waits (sessions are closed from hub callbacks)."""
+        self._queue_control(encode_end(session_id, error))
+
+    def _reply_end(self, session_id: int) -> None:
+        """Tell the peer that a session it writes to is gone, unless that would pile up."""
+        if self._out_size < WRITE_BUFFER and self._control_queued < REPLY_LIMIT:
+            self._queue_control(encode_end(session_id, False))
 
     def send_keepalive(self) -> None:
-        self.write(encode_keepalive())
+        """Queue a KeepAlive frame; never waits. Skipped when frames are queued already: the
+        peer hears from us anyway."""
+        if not self._out:
+            self._queue_control(encode_keepalive())
 
-    def forget(self, session_id: int) -> None:
-        self.sessions.pop(session_id, None)
+    def forget(self, session: MuxSession) -> None:
+        """Drop ``session`` from the table (not a newer session that reuses its id)."""
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+
+    # -- flow control
+    def track(self, session: MuxSession) -> None:
+        """Check ``session``'s deadlines until it holds nothing."""
+        if not session._tracked:
+            session._tracked = True
+            self._tracked.add(session)
+
+    def relieve(self) -> None:
+        """The tunnel's sessions hold more than ``tunnel_buffer``: reset those holding most
+        until it fits (sessions that hold bytes are tracked)."""
+        limit = self.limits.tunnel_buffer
+        while self.buffered > limit:
+            holding = [s for s in self._tracked if s._buffered and not s.closed]
+            if not holding:
+                return
+            biggest = max(holding, key=lambda s: s._buffered)
+            biggest.reset(f"the tunnel's sessions hold more than {limit} bytes")
+
+    def _check(self) -> None:
+        """Timer: reset the sessions past a deadline; close a tunnel that takes nothing."""
+        now = time.monotonic()
+        limits = self.limits
+        for session in list(self._tracked):
+            if session.closed or not session._buffered:
+                session._tracked = False
+                self._tracked.discard(session)
+            elif session._full_since and now - session._full_since >= limits.full_timeout:
+                session.reset(f"full for {limits.full_timeout:g} s")
+            elif (session._stalled_since
+                  and now - session._stalled_since >= limits.write_timeout):
+                session.reset(f"its socket took nothing for {limits.write_timeout:g} s")
+        busy = self._sending or self._tunnel_kept or bool(self._out)
+        if not busy or self.bytes_sent != self._sent_seen:
+            self._sent_seen = self.bytes_sent
+            self._stuck_since = 0.0
+        elif not self._stuck_since:
+            self._stuck_since = now
+        elif now - self._stuck_since >= limits.tunnel_write_timeout:
+            log.warning("mux %s: the tunnel took nothing for %.0f s, closing it", self.name,
+                        now - self._stuck_since)
+            self.close()
 
     # -- reading
     def run(self) -> None:
         """Read frames until the tunnel ends or misbehaves; then close everything."""
         decoder = FrameDecoder()
         rounds = 0
+        period = self.limits.check_every
+        self._timer = get_hub().loop.timer(period, period)
+        self._timer.start(self._check)
         try:
             while True:
                 data = self.tunnel.recv()
@@ -367,13 +587,13 @@ class MuxConnection:
                 if frame.payload:
                     session._deliver(frame.payload)
             elif frame.option & OPTION_DATA:
-                self.send_end(frame.session_id, error=False)  # tell the peer it is gone
+                self._reply_end(frame.session_id)
         elif status == STATUS_NEW:
             self.on_new(frame)
         elif status == STATUS_END:
             session = self.sessions.get(frame.session_id)
             if session is not None:
-                session._remote_end(error=bool(frame.option & 0x02))
+                session._remote_end(error=bool(frame.option & OPTION_ERROR))
         elif status == STATUS_KEEPALIVE:
             self.peer_sends_keepalive = True
         else:
@@ -386,8 +606,12 @@ class MuxConnection:
         if self.closed:
             return
         self.closed = True
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
         self.tunnel.close()
         self._out.clear()
+        self._out_size = 0
         self._out_ready.set()  # the writer greenlet ends
         self._out_space.set()  # senders waiting for room get their error
         self._wake_uncongested()
@@ -395,5 +619,6 @@ class MuxConnection:
         self.sessions.clear()
         for session in sessions:
             session._abort()
+        self._tracked.clear()
         for callback in self._on_close:
             callback()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from revproxy.mux.connection import MuxConnection, MuxSession
+from revproxy.mux.connection import DEFAULT_LIMITS, FlowLimits, MuxConnection, MuxSession
 from revproxy.mux.frame import Frame
-from revproxy.net.stream import Stream
+from revproxy.net.stream import TunnelStream
 
 
 class MuxServer(MuxConnection):
-    def __init__(self, tunnel: Stream, accept: Callable[[MuxSession, Frame], None],
-                 name: str = "") -> None:
-        super().__init__(tunnel, name)
+    def __init__(self, tunnel: TunnelStream, accept: Callable[[MuxSession, Frame], None],
+                 name: str = "", limits: FlowLimits = DEFAULT_LIMITS) -> None:
+        super().__init__(tunnel, name, limits)
         self._accept = accept
 
     def on_new(self, frame: Frame) -> None:

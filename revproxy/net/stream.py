@@ -2,13 +2,15 @@
 
 A *stream* is what the relay moves bytes between: a TCP socket, a VMess-wrapped socket, or a
 mux session inside a tunnel. ``recv`` returns ``b""`` at end of stream and raises
-``TimeoutError`` when nothing arrives within the stream's timeout.
+``TimeoutError`` when nothing arrives within the stream's timeout. A stream that can relay a
+socket by itself is a ``Splicer`` (the relay asks it to; a mux session is one).
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from gevent import get_hub, getcurrent
 from gevent.socket import wait as wait_on_watcher
@@ -42,6 +44,16 @@ class TunnelStream(Stream, Protocol):
         ...
 
 
+class Splicer(Stream, Protocol):
+    """A stream that relays a ``SocketStream`` to itself without the relay's pumps."""
+
+    def splice(self, stream: SocketStream, idle: float, after_half_close: float,
+               on_done: Callable[[], None] | None) -> bool:
+        """Relay ``stream`` ⇄ self as ``relay`` would (the same idle rules), close both and
+        call ``on_done`` when done; return at once. False if this stream cannot now."""
+        ...
+
+
 class SocketStream:
     """A connected TCP socket as a stream.
 
@@ -58,8 +70,8 @@ class SocketStream:
         self.timeout: float | None = None
         self._drained = False
         self._backlog = b""  # what send_nowait could not send, to go before anything else
-        self._watchers: dict[int, object] = {}  # events -> io watcher, made on first wait
-        self._waiting: list[tuple[object, object]] = []  # (watcher, greenlet) blocked on us
+        self._watchers: dict[int, Any] = {}  # events -> io watcher, made on first wait
+        self._waiting: list[tuple[Any, Any]] = []  # (watcher, greenlet) blocked on us
 
     def recv(self) -> bytes:
         sock = self.sock

@@ -1,0 +1,249 @@
+"""A socket ⇄ mux session relay run by libev callbacks, without a greenlet of its own.
+
+A parked greenlet costs about 8 KiB and thousands of mostly idle visitors are the normal case,
+so ``MuxSession.splice`` relays a socket this way. The tunnel reader hands the session's
+payloads to ``_write``, which sends them to the socket at once; what the socket does not take
+waits in order (counted against the session's buffer, see mux/connection.py) and goes out when
+libev reports the socket writable. The tunnel reader never waits for the socket. The socket is
+read when libev reports it readable and its data queued on the tunnel, unless the tunnel's write
+queue is full: then reading waits until the tunnel writer has taken the queue.
+
+This module knows the session only by ``SplicedSession`` (no import of connection.py, which
+imports this one).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from gevent import get_hub
+
+from revproxy.net.relay import IdleWatch
+from revproxy.net.stream import RECV_SIZE, SocketStream
+
+_READ = 1  # libev's EV_READ
+_WRITE = 2  # libev's EV_WRITE
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
+
+
+class SessionReset(ConnectionResetError):
+    """This side gave up on the session (flow control): the peer was sent End with the error
+    flag, and a spliced socket is closed with a reset."""
+
+
+class _Tunnel(Protocol):
+    @property
+    def congested(self) -> bool: ...
+
+    def when_uncongested(self, callback: Callable[[], None]) -> None: ...
+
+
+class SplicedSession(Protocol):
+    """What the splice uses of a ``MuxSession``."""
+
+    @property
+    def conn(self) -> _Tunnel: ...
+
+    @property
+    def bytes_in(self) -> int: ...
+
+    @property
+    def bytes_out(self) -> int: ...
+
+    on_end: Callable[[Exception | None], None] | None
+
+    def attach_sink(self, sink: Callable[[bytes], None]) -> None: ...
+
+    def watch_end(self, callback: Callable[[Exception | None], None]) -> None: ...
+
+    def send(self, data: bytes | memoryview) -> None: ...
+
+    def close_write(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def hold(self, size: int) -> None: ...
+
+    def release(self, size: int) -> None: ...
+
+    def mark_stalled(self, since: float) -> None: ...
+
+
+class SocketSplice:
+    """Relays ``stream`` ⇄ ``session`` until both directions are done, then closes both and
+    calls ``on_done``. Idleness is watched as ``relay`` does (net/relay.py)."""
+
+    __slots__ = ("stream", "session", "after_half_close", "on_done", "watch", "_fd", "_recv",
+                 "_send", "_reader", "_writer", "_pending", "_read_done", "_write_done",
+                 "_end_pending", "_finished")
+
+    def __init__(self, stream: SocketStream, session: SplicedSession, idle: float,
+                 after_half_close: float, on_done: Callable[[], None] | None) -> None:
+        self.stream = stream
+        self.session = session
+        self.after_half_close = after_half_close
+        self.on_done = on_done
+        self.watch = IdleWatch(self._progress, self._finish, idle)
+        sock = stream.sock
+        self._recv = sock.recv  # non-blocking: EAGAIN raises
+        self._send = sock.send
+        self._fd = sock.fileno()
+        self._reader: Any = get_hub().loop.io(self._fd, _READ) if self._fd >= 0 else None
+        self._writer: Any = None  # made when a write first would block
+        self._pending: deque[bytes | memoryview] = deque()  # what the socket has not taken
+        self._read_done = False  # the socket's end reached the session
+        self._write_done = False  # the session's end reached the socket
+        self._end_pending = False  # the session ended; its end goes out after _pending
+        self._finished = False
+
+    def start(self) -> None:
+        session = self.session
+        try:
+            session.attach_sink(self._write)  # what the session buffered goes first
+        except OSError:
+            self._finish()
+            return
+        session.watch_end(self._session_ended)
+        if self._reader is None:  # the socket was closed already
+            self._finish()
+        elif not self._finished:
+            self._reader.start(self._readable)
+
+    def _progress(self) -> int:
+        return self.session.bytes_in + self.session.bytes_out
+
+    # -- session → socket
+    def _write(self, payload: bytes) -> None:
+        """The session's sink, called by the tunnel reader: never waits."""
+        if self._pending:  # the socket is behind: keep the order
+            self._keep(payload)
+            return
+        try:
+            sent = self._send(payload)
+        except BlockingIOError:
+            sent = 0
+        if sent != len(payload):
+            self._keep(memoryview(payload)[sent:] if sent else payload)
+
+    def _keep(self, data: bytes | memoryview) -> None:
+        if self._finished:
+            return
+        first = not self._pending
+        self._pending.append(data)
+        session = self.session
+        if first:
+            writer = self._writer
+            if writer is None:
+                writer = self._writer = get_hub().loop.io(self._fd, _WRITE)
+            writer.start(self._writable)
+            session.mark_stalled(time.monotonic())
+        session.hold(len(data))  # may reset the session, which finishes this splice
+
+    def _writable(self) -> None:
+        pending = self._pending
+        send = self._send
+        moved = 0
+        try:
+            while pending:
+                data = pending[0]
+                sent = send(data)
+                moved += sent
+                if sent < len(data):
+                    pending[0] = memoryview(data)[sent:]
+                    break
+                pending.popleft()
+        except BlockingIOError:
+            pass
+        except OSError:  # the socket's peer is gone
+            self._finish(reset=True)
+            return
+        session = self.session
+        if moved:
+            session.release(moved)
+        if pending:
+            if moved:
+                session.mark_stalled(time.monotonic())
+            return
+        self._writer.stop()
+        session.mark_stalled(0.0)
+        if self._end_pending:
+            self._end_pending = False
+            self._ended_cleanly()
+
+    def _session_ended(self, error: Exception | None) -> None:
+        """The peer ended the session (``error`` None), or it failed."""
+        if error is not None:
+            # Bytes the socket will never get, or flow control gave up: say so with a reset.
+            self._finish(reset=bool(self._pending) or isinstance(error, SessionReset))
+        elif self._pending:
+            self._end_pending = True  # after the bytes still waiting for the socket
+        else:
+            self._ended_cleanly()
+
+    def _ended_cleanly(self) -> None:
+        if self._read_done:
+            self._finish()  # closing sends the FIN: no shutdown first (everything was read)
+            return
+        self.stream.close_write()
+        self._write_done = True
+        self.watch.shorten(self.after_half_close)
+
+    # -- socket → session
+    def _readable(self) -> None:
+        conn = self.session.conn
+        if conn.congested:
+            self._reader.stop()
+            conn.when_uncongested(self._resume)
+            return
+        try:
+            data = self._recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._finish(reset=bool(self._pending))
+            return
+        if not data:
+            self._reader.stop()
+            self._read_done = True
+            if self._write_done:
+                self._finish()  # the session's End goes out as it closes
+                return
+            self.session.close_write()
+            self.watch.shorten(self.after_half_close)
+            return
+        try:
+            self.session.send(data)
+        except OSError:  # the session or its tunnel is gone
+            self._finish(reset=bool(self._pending))
+
+    def _resume(self) -> None:
+        if not self._finished and not self._read_done:
+            self._reader.start(self._readable)
+
+    def _finish(self, reset: bool = False) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        # Watchers go before the socket: libev must not watch a closed descriptor.
+        if self._reader is not None:
+            self._reader.close()
+        if self._writer is not None:
+            self._writer.close()
+        self.watch.stop()
+        self._pending.clear()
+        session = self.session
+        session.on_end = None
+        session.close()  # an End with the error flag unless both sides ended
+        if reset:
+            try:
+                self.stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        self.stream.close()
+        if self.on_done is not None:
+            self.on_done()

@@ -1,0 +1,396 @@
+"""Per-session flow control over real sockets: a mux client and server joined by a socket pair,
+their sessions spliced to loopback TCP connections. One session whose socket stops taking
+bytes (a visitor that stops reading, a backend that stops reading an upload) holds up the
+others for ``stall_wait`` at most; it is reset alone at its bounds and deadlines; what the
+tunnel holds stays bounded; a slow reader loses nothing. Control frames (End, KeepAlive) are
+bounded too. No timing is asserted: timeouts only keep a broken build from hanging."""
+
+from __future__ import annotations
+
+import socket as stdsocket
+
+import gevent
+import gevent.queue
+import pytest
+from gevent import socket
+
+from revproxy.mux.client import MuxClient
+from revproxy.mux.connection import (
+    CONTROL_LIMIT,
+    REPLY_LIMIT,
+    WRITE_BUFFER,
+    FlowLimits,
+    MuxConnection,
+    SessionReset,
+)
+from revproxy.mux.frame import (
+    MAX_STREAM_PAYLOAD,
+    NETWORK_TCP,
+    NETWORK_UDP,
+    encode_keep,
+    encode_new,
+)
+from revproxy.mux.server import MuxServer
+from revproxy.net.relay import relay
+from revproxy.net.stream import RECV_SIZE, SocketStream
+
+from .sockets import plain
+
+TIMEOUT = 20
+BUFFER = 256 * 1024
+NEVER = 3600.0  # a deadline no test reaches
+# What one tunnel read can deliver to one session at once, beyond a bound it was under: the
+# read, plus the rest of a frame the previous read began.
+ONE_DELIVERY = RECV_SIZE + MAX_STREAM_PAYLOAD
+
+
+def limits(**changes: float) -> FlowLimits:
+    base = dict(buffer_size=BUFFER, stall_wait=0.2, hold_factor=2, full_timeout=NEVER,
+                write_timeout=NEVER, check_every=0.05)
+    base.update(changes)
+    return FlowLimits(**base)  # type: ignore[arg-type]
+
+
+def tcp_pair(rcvbuf: int | None = None) -> tuple[socket.socket, stdsocket.socket]:
+    """A loopback TCP connection: (outer, a gevent socket the test drives; inner, the plain
+    non-blocking end a SocketStream takes). ``rcvbuf`` shrinks the outer end's receive buffer
+    (set before connecting, so the window is small from the start) and the inner end's send
+    buffer: the kernel then takes little of what the inner end sends while nobody reads."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    outer = socket.socket()
+    if rcvbuf is not None:
+        outer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    outer.connect(listener.getsockname())
+    inner, _ = listener.accept()
+    listener.close()
+    if rcvbuf is not None:
+        inner.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
+    return outer, plain(inner)
+
+
+class Tunnel:
+    """A portal-like MuxClient and a bridge-like MuxServer over a socket pair; every session
+    the server accepts is relayed to a new TCP connection whose far end (the "backend") is
+    queued; ``visit`` relays a new client session to a TCP connection (the "visitor")."""
+
+    def __init__(self, flow: FlowLimits, backend_rcvbuf: int | None = None) -> None:
+        a, b = socket.socketpair()
+        self.backends: gevent.queue.Queue = gevent.queue.Queue()
+        self.backend_rcvbuf = backend_rcvbuf
+        self.client = MuxClient(SocketStream(plain(a)), "portal", flow)
+        self.server = MuxServer(SocketStream(plain(b)), self._accept, "bridge", flow)
+        self.runners = [gevent.spawn(self.client.run), gevent.spawn(self.server.run)]
+        self.sockets: list = []
+
+    def _accept(self, session, frame) -> None:
+        outer, inner = tcp_pair(self.backend_rcvbuf)
+        self.sockets += [outer, inner]
+        relay(session, SocketStream(inner))
+        self.backends.put(outer)
+
+    def visit(self, rcvbuf: int | None = None):
+        """(visitor socket, backend socket, the client's session)."""
+        outer, inner = tcp_pair(rcvbuf)
+        self.sockets += [outer, inner]
+        session = self.client.open_session(NETWORK_TCP, "backend.example", 80)
+        relay(SocketStream(inner), session)
+        return outer, self.backends.get(timeout=TIMEOUT), session
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
+        gevent.joinall(self.runners, timeout=TIMEOUT)
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+def make_tunnel():
+    made: list[Tunnel] = []
+
+    def make(flow: FlowLimits, backend_rcvbuf: int | None = None) -> Tunnel:
+        made.append(Tunnel(flow, backend_rcvbuf))
+        return made[-1]
+
+    yield make
+    for tunnel in made:
+        tunnel.close()
+
+
+def wait_until(predicate, what: str) -> None:
+    with gevent.Timeout(TIMEOUT, AssertionError(f"timed out waiting for {what}")):
+        while not predicate():
+            gevent.sleep(0.01)
+
+
+def round_trips(visitor, backend, count: int = 20, size: int = 10_000) -> int:
+    """``count`` request/response exchanges of ``size`` bytes each way; returns the count."""
+    with gevent.Timeout(TIMEOUT):
+        for i in range(count):
+            request = bytes([i % 256]) * size
+            visitor.sendall(request)
+            got = b""
+            while len(got) < size:
+                got += backend.recv(65536)
+            assert got == request
+            backend.sendall(got[::-1])
+            got = b""
+            while len(got) < size:
+                got += visitor.recv(65536)
+            assert got == request[::-1]
+    return count
+
+
+def others_keep_flowing(tunnel: Tunnel, visitors: int = 5) -> None:
+    pairs = [tunnel.visit()[:2] for _ in range(visitors)]
+    done = gevent.joinall([gevent.spawn(round_trips, v, b) for v, b in pairs], raise_error=True)
+    assert [g.value for g in done] == [20] * visitors
+
+
+def read_until_closed(sock) -> tuple[int, Exception | None]:
+    """Read everything; (bytes read, the error that ended it or None for an orderly end)."""
+    total = 0
+    with gevent.Timeout(TIMEOUT):
+        try:
+            while data := sock.recv(65536):
+                total += len(data)
+        except OSError as exc:
+            return total, exc
+    return total, None
+
+
+class Peak:
+    """Samples ``conn.buffered`` (what its sessions hold) until stopped; keeps the maximum."""
+
+    def __init__(self, conn: MuxConnection) -> None:
+        self.conn = conn
+        self.value = 0
+        self._runner = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while True:
+            self.value = max(self.value, self.conn.buffered)
+            gevent.sleep(0.001)
+
+    def stop(self) -> int:
+        self._runner.kill()
+        return self.value
+
+
+def test_others_flow_while_one_visitor_does_not_read_and_it_loses_nothing(make_tunnel):
+    tunnel = make_tunnel(limits())
+    stalled, backend, session = tunnel.visit(rcvbuf=4096)
+    data = bytes(range(256)) * (3 * BUFFER // 2 // 256)  # full, under twice the buffer
+    sender = gevent.spawn(backend.sendall, data)
+    wait_until(lambda: session._full_since, "the stalled session to be full")
+    others_keep_flowing(tunnel)
+    assert not session.closed  # full, but within its deadline and bounds
+    assert tunnel.client.buffered < 2 * BUFFER
+    received = bytearray()
+    with gevent.Timeout(TIMEOUT):  # the visitor reads again: every byte, in order
+        while len(received) < len(data):
+            received += stalled.recv(65536)
+    assert received == data
+    sender.get(timeout=TIMEOUT)
+    wait_until(lambda: tunnel.client.buffered == 0, "the buffers to drain")
+
+
+def test_a_slow_reader_gets_everything_and_the_tunnel_waits_for_it(make_tunnel):
+    """A visitor slower than the tunnel keeps taking bytes: the reader waits for it (the
+    tunnel's back-pressure) instead of resetting it, however much it downloads."""
+    tunnel = make_tunnel(limits(stall_wait=NEVER / 2))
+    peak = Peak(tunnel.client)
+    slow, backend, session = tunnel.visit(rcvbuf=4096)
+    data = bytes(range(256)) * (8 * BUFFER // 256)  # four hold limits
+    sender = gevent.spawn(backend.sendall, data)
+    received = bytearray()
+    with gevent.Timeout(TIMEOUT):
+        while len(received) < len(data):
+            received += slow.recv(16384)
+            gevent.sleep(0.001)
+    assert received == data
+    sender.get(timeout=TIMEOUT)
+    assert not session.closed
+    assert peak.stop() < BUFFER + ONE_DELIVERY  # the reader waited at the buffer size
+
+
+def test_a_session_full_past_its_deadline_is_reset_alone(make_tunnel):
+    tunnel = make_tunnel(limits(full_timeout=0.3))
+    stalled, backend, session = tunnel.visit(rcvbuf=4096)
+    data = b"x" * (3 * BUFFER // 2)  # full, under twice the buffer
+    gevent.spawn(backend.sendall, data)
+    wait_until(lambda: session._full_since, "the stalled session to be full")
+    wait_until(lambda: session.closed, "the full session to be reset")
+    read, error = read_until_closed(stalled)
+    assert read < len(data)
+    assert isinstance(error, ConnectionResetError)  # closed with a reset, not a clean end
+    assert read_until_closed(backend)[0] == 0  # the bridge's side ended too
+    assert tunnel.client.buffered == 0
+    others_keep_flowing(tunnel)
+
+
+def test_a_flooded_session_is_reset_at_its_hold_limit_and_memory_stays_bounded(make_tunnel):
+    tunnel = make_tunnel(limits())
+    peak = Peak(tunnel.client)
+    stalled, backend, session = tunnel.visit(rcvbuf=4096)
+    flood = gevent.spawn(backend.sendall, b"y" * (64 * BUFFER))
+    others = gevent.spawn(others_keep_flowing, tunnel)
+    wait_until(lambda: session.closed, "the flooded session to be reset")
+    others.get(timeout=TIMEOUT)
+    assert peak.stop() < 2 * BUFFER + ONE_DELIVERY
+    assert isinstance(read_until_closed(stalled)[1], ConnectionResetError)
+    with pytest.raises(OSError), gevent.Timeout(TIMEOUT):
+        flood.get()  # the backend's connection was closed under it
+    assert tunnel.client.buffered == 0
+
+
+def test_a_socket_that_takes_nothing_is_reset_after_the_write_timeout(make_tunnel):
+    tunnel = make_tunnel(limits(write_timeout=0.3))
+    stalled, backend, session = tunnel.visit(rcvbuf=4096)
+    backend.sendall(b"z" * (BUFFER // 2))  # not full: only the write timeout applies
+    wait_until(lambda: session._buffered, "bytes held for the stalled socket")
+    assert not session._full_since
+    wait_until(lambda: session.closed, "the stalled session to be reset")
+    assert isinstance(read_until_closed(stalled)[1], ConnectionResetError)
+    others_keep_flowing(tunnel)
+
+
+def test_a_backend_that_stops_reading_an_upload_is_reset_alone(make_tunnel):
+    tunnel = make_tunnel(limits(full_timeout=0.3), backend_rcvbuf=4096)
+    visitor, backend, _ = tunnel.visit()
+    uploader = gevent.spawn(visitor.sendall, b"u" * (64 * BUFFER))
+    peak = Peak(tunnel.server)
+    wait_until(lambda: tunnel.server.active_sessions == 0, "the bridge's session to be reset")
+    assert peak.stop() < 2 * BUFFER + ONE_DELIVERY
+    with pytest.raises(OSError), gevent.Timeout(TIMEOUT):
+        uploader.get()  # the visitor's upload fails: its connection was reset
+    read, error = read_until_closed(backend)
+    assert read < 64 * BUFFER
+    assert isinstance(error, ConnectionResetError)  # the backend too saw a reset
+    others_keep_flowing(tunnel)
+
+
+def test_the_tunnel_bound_resets_the_sessions_holding_most(make_tunnel):
+    tunnel = make_tunnel(limits(tunnel_buffer=3 * BUFFER))
+    peak = Peak(tunnel.client)
+    stalled = [tunnel.visit(rcvbuf=4096) for _ in range(4)]
+    for _, backend, _ in stalled:  # each alone stays under its own bounds
+        gevent.spawn(backend.sendall, b"w" * (3 * BUFFER // 2))
+    wait_until(lambda: sum(s.closed for _, _, s in stalled) >= 2, "resets at the tunnel bound")
+    assert peak.stop() < 3 * BUFFER + ONE_DELIVERY
+    assert tunnel.client.buffered <= 3 * BUFFER
+    others_keep_flowing(tunnel)
+
+
+def test_a_session_nobody_reads_does_not_block_the_tunnel_reader(make_tunnel):
+    """A session used as a stream (``recv``), whose reader is busy elsewhere, is bounded the
+    same way instead of making the tunnel's reader wait."""
+    tunnel = make_tunnel(limits())
+    unread = tunnel.client.open_session(NETWORK_TCP, "backend.example", 80)
+    backend = tunnel.backends.get(timeout=TIMEOUT)
+    gevent.spawn(backend.sendall, b"v" * (8 * BUFFER))
+    others_keep_flowing(tunnel)
+    wait_until(lambda: tunnel.client.buffered == 0, "the unread session to be reset")
+    with pytest.raises(SessionReset), gevent.Timeout(TIMEOUT):
+        unread.recv()
+    unread.close()
+
+
+def test_a_udp_session_nobody_reads_drops_datagrams_instead():
+    peer, theirs = socket.socketpair()
+    accepted = gevent.queue.Queue()
+    server = MuxServer(SocketStream(plain(theirs)), lambda s, f: accepted.put(s), "server",
+                       limits())
+    runner = gevent.spawn(server.run)
+    datagram = b"d" * 1000
+    count = 4 * BUFFER // len(datagram)
+    frames = encode_new(7, NETWORK_UDP, "127.0.0.1", 53) + encode_keep(7, datagram) * count
+    with gevent.Timeout(TIMEOUT):
+        peer.sendall(frames)
+        while server.bytes_received < len(frames):
+            gevent.sleep(0.01)
+    session = accepted.get(timeout=TIMEOUT)
+    assert not session.closed  # datagrams were dropped, the session lives on
+    assert BUFFER <= session._buffered < BUFFER + len(datagram)
+    with gevent.Timeout(TIMEOUT):
+        assert session.recv() == datagram
+    server.close()
+    runner.join(TIMEOUT)
+    peer.close()
+
+
+# -- control frames
+
+
+class SilentPeer:
+    """The far end of a MuxServer that writes frames and never reads; the server's tunnel
+    socket has a small send buffer so the queue fills quickly."""
+
+    def __init__(self, accept=None, flow: FlowLimits | None = None) -> None:
+        self.sock, theirs = socket.socketpair()
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.server = MuxServer(SocketStream(plain(theirs)), accept or (lambda s, f: None),
+                                "server", flow or limits())
+        self.runner = gevent.spawn(self.server.run)
+
+    def close(self) -> None:
+        self.server.close()
+        self.runner.join(TIMEOUT)
+        self.sock.close()
+
+
+def test_replies_to_unknown_sessions_stay_bounded_when_the_peer_never_reads():
+    peer = SilentPeer()
+    frames = b"".join(encode_keep(id_ % 60000 + 1, b"k") for id_ in range(50_000))
+    queued = []
+    with gevent.Timeout(TIMEOUT):
+        for start in range(0, len(frames), 65536):
+            peer.sock.sendall(frames[start:start + 65536])
+            gevent.sleep(0)
+            queued.append(peer.server._out_size)
+        while peer.server.bytes_received < len(frames):
+            gevent.sleep(0.01)
+    assert max(queued) <= REPLY_LIMIT + 8
+    assert not peer.server.closed  # unanswered courtesy is no reason to close
+    peer.close()
+
+
+def test_a_peer_that_never_reads_its_end_frames_loses_the_tunnel():
+    """Every session the peer opens is closed at once (an End each); the peer never reads."""
+    peer = SilentPeer(accept=lambda session, frame: gevent.spawn(session.close))
+    with gevent.Timeout(TIMEOUT):
+        session_id = 0
+        while not peer.server.closed:
+            batch = b"".join(encode_new(session_id + i + 1, NETWORK_TCP, "a.b", 1)
+                             for i in range(1000))
+            session_id = (session_id + 1000) % 60000
+            try:
+                peer.sock.sendall(batch)
+            except OSError:
+                break  # the server closed the tunnel
+            gevent.sleep(0.01)
+            assert peer.server._control_queued <= CONTROL_LIMIT
+    assert peer.server.closed
+    peer.close()
+
+
+def test_a_tunnel_that_takes_nothing_is_closed_after_its_write_timeout():
+    peer = SilentPeer(flow=limits(tunnel_write_timeout=0.3))
+    sender = gevent.spawn(peer.server.write, b"\0" * (2 * WRITE_BUFFER))
+    wait_until(lambda: peer.server.closed, "the stuck tunnel to be closed")
+    sender.join(TIMEOUT)
+    peer.close()
+
+
+def test_a_keepalive_never_waits_for_a_congested_tunnel():
+    peer = SilentPeer()
+    big = b"\0" * (2 * WRITE_BUFFER)
+    writer = gevent.spawn(lambda: [peer.server.write(big) for _ in range(3)])  # the first
+    wait_until(lambda: peer.server.congested, "a congested tunnel")  # is taken, one queued
+    with gevent.Timeout(TIMEOUT):
+        peer.server.send_keepalive()  # returns at once
+    writer.kill()
+    peer.close()
