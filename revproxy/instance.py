@@ -9,6 +9,7 @@ siblings (tunnel sharing and hand-off) when there are any.
 from __future__ import annotations
 
 import math
+import os
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from revproxy.proxy.freedom import FreedomOutbound
 from revproxy.proxy.vmess.crypto import User
 from revproxy.proxy.vmess.header import security_from_name
 from revproxy.proxy.vmess.inbound import VMessInbound
+from revproxy.proxy.vmess.legacy import LegacyUsers, aead_forced
 from revproxy.proxy.vmess.outbound import VMessOutbound, VMessServer
 from revproxy.proxy.vmess.replay import MemoryReplayFilter, ReplayFilter
 from revproxy.reverse.bridge import Bridge
@@ -199,8 +201,25 @@ def build_outbound(tag: str, settings: object) -> Outbound:
             for server in settings.servers
             for user in server.users[:1]
         ]
+        if any(user.alter_id for server in settings.servers for user in server.users[:1]):
+            log.warning("vmess outbound %s: alterId is set, but revproxy speaks VMess AEAD "
+                        "(the legacy scheme is probe-able); V2Ray 4.34 servers accept it", tag)
         return VMessOutbound(tag, servers)
     raise ValueError(f"unsupported outbound settings {settings!r}")
+
+
+def _legacy_users(inbound: InboundConfig, users: list[User]) -> LegacyUsers | None:
+    """The users of a VMess inbound whose legacy requests it takes: those with alter ids,
+    unless the environment forces AEAD."""
+    assert isinstance(inbound.settings, VMessInboundSettings)
+    counts = [client.alter_id for client in inbound.settings.clients]
+    if not any(counts):
+        return None
+    if aead_forced(os.environ):
+        log.warning("vmess inbound %s: AEAD is forced by the environment: the legacy requests "
+                    "of users with alterId are refused", inbound.tag or "")
+        return None
+    return LegacyUsers(zip(users, counts, strict=True))
 
 
 def build_inbound(inbound: InboundConfig, dispatcher: Dispatcher,
@@ -211,5 +230,7 @@ def build_inbound(inbound: InboundConfig, dispatcher: Dispatcher,
                                settings.follow_redirect, dispatcher).handle_connection
     if isinstance(settings, VMessInboundSettings):
         users = [User(client.id, email=client.email) for client in settings.clients]
-        return VMessInbound(inbound.tag, users, replay, dispatcher).handle_connection
+        return VMessInbound(inbound.tag, users, replay, dispatcher,
+                            legacy_users=_legacy_users(inbound, users),
+                            secure_only=settings.disable_insecure_encryption).handle_connection
     raise ValueError(f"unsupported inbound settings {settings!r}")

@@ -132,11 +132,16 @@ def _user(node: Node, raw: Any) -> VMessUserConfig:
     )
 
 
+MAX_ALTER_ID = 1024  # each alter id costs 241 user hashes held per worker
+
+
 def _alter_id(value: Any) -> int:
+    """Alter ids enable legacy VMess for the user (inbound) or are noted (outbound: revproxy
+    speaks AEAD)."""
     alter_id = f.integer(0, 65535)(value)
-    if alter_id:
-        raise Invalid(f"alterId {alter_id} is {NOT_SUPPORTED}: it speaks VMess AEAD only, "
-                      "set alterId to 0")
+    if alter_id > MAX_ALTER_ID:
+        raise Invalid(f"alterId {alter_id} is more than revproxy supports ({MAX_ALTER_ID}): "
+                      "each alter id means 241 user hashes kept in memory")
     return alter_id
 
 

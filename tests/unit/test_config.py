@@ -298,9 +298,9 @@ def test_json_comments_outside_strings_only(tmp_path: Path) -> None:
      'inbounds[0].settings: missing required key "address" (needed unless followRedirect is '
      'true)'),
     (PORTAL, "inbounds.0.settings", [], "inbounds[0].settings: expected an object, got a list"),
-    (PORTAL, "inbounds.1.settings.clients.0.alterId", 64,
-     "inbounds[1].settings.clients[0].alterId: alterId 64 is not supported by revproxy: it "
-     "speaks VMess AEAD only, set alterId to 0"),
+    (PORTAL, "inbounds.1.settings.clients.0.alterId", 2048,
+     "inbounds[1].settings.clients[0].alterId: alterId 2048 is more than revproxy supports "
+     "(1024): each alter id means 241 user hashes kept in memory"),
     (PORTAL, "inbounds.1.settings.clients.0.security", "aes-128-cfb",
      'inbounds[1].settings.clients[0].security: "aes-128-cfb" is not one of "auto", '
      '"aes-128-gcm", "chacha20-poly1305", "none", "zero"'),

@@ -26,6 +26,7 @@ from revproxy.proxy.vmess.header import (
     SECURITY_LEGACY,
     SECURITY_NONE,
     HandshakeError,
+    drain_sizes,
     RequestDecoder,
     is_insecure,
     response_body_key_iv,
@@ -214,3 +215,12 @@ def test_a_matched_hash_with_garbage_after_it(tail: bytes) -> None:
         dec.feed(head + tail)
     except HandshakeError:
         pass
+
+
+def test_the_drain_after_a_failed_handshake_depends_on_the_users_only() -> None:
+    one = drain_sizes([User(UID)])
+    assert drain_sizes([User(UID)]) == one  # another worker, another reload: the same
+    other = drain_sizes([User("27848739-7e62-4138-9fd3-098a63964b6b")])
+    assert other != one
+    for base, spread in (one, other):
+        assert 16 + 38 <= base < 16 + 38 + 3266 and 1 <= spread <= 64

@@ -5,6 +5,7 @@ other. AEAD both ways; a server also opens the legacy headers of users with alte
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import os
 import re
@@ -79,6 +80,18 @@ def is_insecure(security: int) -> bool:
     """What ``disableInsecureEncryption`` refuses, as V2Ray does: no body encryption, or the
     legacy AES-CFB one (anything else never gets past the header parser)."""
     return security in (SECURITY_NONE, SECURITY_LEGACY)
+
+
+def drain_sizes(users: Sequence[User]) -> tuple[int, int]:
+    """After a failed handshake a server reads ``base + randrange(spread)`` bytes (counting
+    what it read) before it closes, so a prober learns nothing from when it closes. Both are
+    derived from the user ids, as V2Ray derives them from its "behaviour seed": every worker
+    and every reload of one configuration behaves the same."""
+    seed_mac = hmac.new(b"VMESSBSKDF", digestmod=hashlib.sha256)
+    for user in users:
+        seed_mac.update(user.cmd_key)
+    seed = int.from_bytes(seed_mac.digest()[:8], "big")
+    return seed % 3266 + _AUTH_ID_LEN + _FIXED_LEN, (seed >> 32) % 64 + 1
 
 
 def security_from_name(name: str) -> int:

@@ -1,9 +1,10 @@
-"""VMess AEAD inbound: authenticates a request header, then dispatches the session.
+"""VMess inbound: authenticates a request header (AEAD, or legacy from users with alter
+ids), then dispatches the session.
 
 The connection arrives through the inbound's transport (``streamSettings``), whose handshake
-runs first. A failed VMess handshake gets no answer: like V2Ray, the server keeps reading a
-random amount (fixed per process) for up to the handshake timeout before closing, so a prober
-learns nothing.
+runs first. A failed VMess handshake gets no answer: like V2Ray, the server keeps reading an
+amount derived from the user ids, within the one handshake deadline, before closing, so a
+prober learns nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from revproxy.proxy.vmess.header import (
     HandshakeError,
     RequestDecoder,
     RequestHeader,
+    drain_sizes,
+    is_insecure,
 )
+from revproxy.proxy.vmess.legacy import LegacyUsers
 from revproxy.proxy.vmess.replay import ReplayFilter
 from revproxy.proxy.vmess.stream import VMessServerStream
 from revproxy.transport import PLAIN, Transport, wrap
@@ -35,14 +39,18 @@ HANDSHAKE_TIMEOUT = 4.0
 
 class VMessInbound:
     def __init__(self, tag: str | None, users: Sequence[User], replay: ReplayFilter,
-                 dispatcher: Dispatcher, transport: Transport = PLAIN) -> None:
+                 dispatcher: Dispatcher, transport: Transport = PLAIN, *,
+                 legacy_users: LegacyUsers | None = None, secure_only: bool = False) -> None:
+        """``legacy_users``: the users with alter ids, whose legacy requests are accepted;
+        ``secure_only``: V2Ray's ``disableInsecureEncryption`` (no "none" body)."""
         self.tag = tag
         self.users = tuple(users)
         self.replay = replay
         self.dispatcher = dispatcher
         self.transport = transport
-        # Like V2Ray's behaviour seed: every failure drains a similar amount on this server.
-        self._drain_base = random.randrange(3266) + 16 + 38
+        self.legacy_users = legacy_users
+        self.secure_only = secure_only
+        self._drain_base, self._drain_spread = drain_sizes(self.users)
 
     def handle_connection(self, sock: socket.socket, address: tuple, ending: Ending) -> None:
         try:
@@ -53,8 +61,12 @@ class VMessInbound:
             ending.end()  # closes the socket
             return
         source = f"{address[0]}:{address[1]}"
-        decoder = RequestDecoder(self.users, self.replay)
+        decoder = RequestDecoder(self.users, self.replay, legacy_users=self.legacy_users)
         header = self._handshake(transport, source, decoder)
+        if header is not None and self.secure_only and is_insecure(header.security):
+            log.info("vmess: %s rejected: insecure encryption %d (disableInsecureEncryption)",
+                     source, header.security)
+            header = None
         if header is None:
             transport.close()  # a transport may have a last word (V2Ray's HTTP header has)
             ending.end()
@@ -75,33 +87,29 @@ class VMessInbound:
 
     def _handshake(self, transport: TunnelStream, source: str,
                    decoder: RequestDecoder) -> RequestHeader | None:
-        """The request header, or None if the peer went away or failed to authenticate."""
+        """The request header, or None if the peer went away or failed to authenticate. One
+        deadline covers the handshake and the drain after a failure, as in V2Ray."""
         received = 0
         try:
             with gevent.Timeout(HANDSHAKE_TIMEOUT, TimeoutError):
-                while True:
-                    data = transport.recv()
-                    if not data:
-                        return None
-                    received += len(data)
-                    header = decoder.feed(data)
-                    if header is not None:
-                        return header
-        except HandshakeError as exc:
-            log.info("vmess: %s rejected: %s", source, exc)
-            self._drain(transport, received)
+                try:
+                    while True:
+                        data = transport.recv()
+                        if not data:
+                            return None
+                        received += len(data)
+                        header = decoder.feed(data)
+                        if header is not None:
+                            return header
+                except HandshakeError as exc:
+                    log.info("vmess: %s rejected: %s", source, exc)
+                    remaining = (self._drain_base + random.randrange(self._drain_spread)
+                                 - received)
+                    while remaining > 0:
+                        data = transport.recv()
+                        if not data:
+                            break
+                        remaining -= len(data)
         except OSError:
             pass
         return None
-
-    def _drain(self, transport: TunnelStream, received: int) -> None:
-        remaining = self._drain_base + random.randrange(1, 65) - received
-        try:
-            with gevent.Timeout(HANDSHAKE_TIMEOUT, TimeoutError):
-                while remaining > 0:
-                    data = transport.recv()
-                    if not data:
-                        break
-                    remaining -= len(data)
-        except OSError:
-            pass

@@ -17,7 +17,7 @@ import hmac
 import struct
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
@@ -30,9 +30,20 @@ from .crypto import User
 from .replay import MAX_TIME_SKEW
 
 HASH_LEN = 16
+# V2Ray's switch that makes its inbounds refuse legacy requests (later V2Ray releases read it;
+# its platform flags are spelled both ways).
+AEAD_FORCED_FLAGS = ("v2ray.vmess.aead.forced", "V2RAY_VMESS_AEAD_FORCED")
 _ALTER_SALT = b"16167dc8-16b6-4e6d-b8bb-65dd68113a81"
 _ALTER_RETRY_SALT = b"533eff8a-4113-4b10-b5ce-0f5d76b98cd2"
 _TIME = struct.Struct(">Q")
+
+
+def aead_forced(environ: Mapping[str, str]) -> bool:
+    """Whether the environment forces AEAD (no legacy request accepted)."""
+    for name in AEAD_FORCED_FLAGS:
+        if name in environ:
+            return environ[name] == "true"
+    return False
 
 
 def alter_ids(user_id: str, count: int) -> list[bytes]:
