@@ -97,8 +97,9 @@ def _unique(node: Node, tags: Iterable[tuple[str, str | None]]) -> set[str]:
         if tag is None:
             continue
         if tag in first_seen:
-            node.at(path).report(f"duplicate tag {show(tag)} (first used at "
-                                 f"{node.describe(first_seen[tag])})")
+            here = node.at(path)
+            here.report(f"duplicate tag {show(tag)} (first used at "
+                        f"{here.describe(first_seen[tag])})")
         else:
             first_seen[tag] = path
     return set(first_seen)
@@ -123,7 +124,7 @@ def _check_bridge_routes(config: Config, node: Node, layout: Layout) -> None:
         outbound = config.outbounds[index]
         if outbound.protocol in ("freedom", "blackhole"):
             here.report(f"its tunnels to {show(bridge.domain)} are routed to the "
-                        f"{outbound.protocol} outbound {node.describe(layout.outbounds[index])}"
+                        f"{outbound.protocol} outbound {here.describe(layout.outbounds[index])}"
                         ", which cannot reach a "
                         f"portal: add a routing rule for inboundTag {show(bridge.tag)} and "
                         f"domain \"full:{bridge.domain}\"")

@@ -60,12 +60,12 @@ class Report:
         return _unique(format_problem(*self.where(path), f"warning: {message}")
                        for path, message in self.warnings)
 
-    def describe(self, path: str) -> str:
-        """``path`` as a message names another value: its path in its file, and the file when
-        the document was merged from several."""
+    def describe(self, path: str, seen_from: str = "") -> str:
+        """``path`` as a message about the value at ``seen_from`` names it: its path in its
+        file, and that file when it is not the one the message is about."""
         name, where = self.where(path)
-        default, _ = self._locate("")
-        return where if name == default else f"{where} (in {name})"
+        here, _ = self.where(seen_from)
+        return where if name == here else f"{where} (in {name})"
 
 
 def prefixes(path: str) -> list[str]:
@@ -115,8 +115,8 @@ class Node:
         return [path for path, _ in self._report.problems]
 
     def describe(self, path: str) -> str:
-        """Another value's path for a message (see ``Report.describe``)."""
-        return self._report.describe(path)
+        """Another value's path for a message about this one (see ``Report.describe``)."""
+        return self._report.describe(path, self.path)
 
     def alias_of(self, original: str) -> None:
         """This value is a copy of the one at ``original`` (see ``Report.alias``)."""
