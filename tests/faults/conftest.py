@@ -1,0 +1,3 @@
+"""Fault-injection tests reuse the integration harness: real processes on loopback."""
+
+from tests.integration.conftest import backend  # noqa: F401  (the fixture, shared)
