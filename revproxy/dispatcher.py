@@ -4,6 +4,10 @@ Two ways in: ``handle`` gives the outbound a stream to serve, ``open`` asks the 
 new connected stream (used by the bridge to dial its tunnels). An outbound serving a stream
 ends ``session.ending`` once the connection is over, which may be after ``handle`` returns;
 ending it also closes the stream.
+
+A session that arrives already routed (``session.outbound_tag``: a visitor that a sibling
+worker accepted, routed and handed over to this one) goes to that outbound, counted like any
+other; the sibling wrote its access-log line, so it is not written twice.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ class Dispatcher:
         self.total = 0
 
     def route(self, session: Session) -> Outbound:
-        tag = self.router.pick(session.inbound_tag, session.target)
+        tag = session.outbound_tag
+        if tag is None:
+            tag = self.router.pick(session.inbound_tag, session.target)
         outbound = self.outbounds.get(tag) if tag is not None else None
         if outbound is None:
             raise NoRoute(f"no outbound for {session.describe()} (tag {tag!r})")
@@ -53,7 +59,8 @@ class Dispatcher:
             log.warning("dispatcher: %s", exc)
             session.ending.end()
             return
-        if access_log.isEnabledFor(logging.INFO):  # describe() costs on every connection
+        if session.outbound_tag is None and access_log.isEnabledFor(logging.INFO):
+            # (describe() costs on every connection)
             access_log.info("%s accepted %s [%s -> %s]", session.source or "-",
                             session.describe(), session.inbound_tag or "", outbound.tag)
         if log.isEnabledFor(logging.DEBUG):

@@ -1,9 +1,9 @@
 """The serving part of a worker: outbounds, routing, inbound servers and bridges from a Config.
 
-``Worker.__init__`` only stores what it is given, so a supervisor can fork first and build
+``Instance.__init__`` only stores what it is given, so a supervisor can fork first and build
 after; ``start`` does the wiring, ``stop`` winds it down. Listening sockets may be handed in
-(inherited from the supervisor) or are bound here; ``cluster`` links the worker to its
-siblings (tunnel sharing and hand-off) when there are any.
+(inherited from the supervisor) or are bound here; ``directory`` links the portals and bridges
+to the sibling workers (tunnel sharing and hand-off) when there are any.
 """
 
 from __future__ import annotations
@@ -39,11 +39,10 @@ from revproxy.proxy.vmess.legacy import LegacyUsers, aead_forced
 from revproxy.proxy.vmess.outbound import VMessOutbound, VMessServer
 from revproxy.proxy.vmess.replay import MemoryReplayFilter, ReplayFilter
 from revproxy.reverse.bridge import Bridge
+from revproxy.reverse.directory import Role, TunnelDirectory
 from revproxy.reverse.portal import PortalOutbound
 from revproxy.reverse.tunnel import Tunnel
 from revproxy.routing import Router
-from revproxy.server.cluster import Cluster
-from revproxy.server.statetable import ROLE_BRIDGE, ROLE_PORTAL
 
 
 def outbound_key(index: int, tag: str | None) -> str:
@@ -53,12 +52,12 @@ def outbound_key(index: int, tag: str | None) -> str:
 
 class Instance:
     def __init__(self, config: Config, listeners: Mapping[int, socket.socket] | None = None,
-                 replay: ReplayFilter | None = None, cluster: Cluster | None = None,
+                 replay: ReplayFilter | None = None, directory: TunnelDirectory | None = None,
                  workers: int = 1) -> None:
         self.config = config
         self.listeners = dict(listeners or {})
         self.replay = replay
-        self.cluster = cluster
+        self.directory = directory
         self.workers = workers  # how many siblings share the bridges' tunnel quota
         self.outbounds: dict[str, Outbound] = {}
         self.portals: list[PortalOutbound] = []
@@ -73,7 +72,7 @@ class Instance:
             key = outbound_key(index, outbound.tag)
             self.outbounds[key] = build_outbound(key, outbound.settings)
         for portal_config in config.reverse.portals:
-            portal = PortalOutbound(portal_config.tag, portal_config.domain, self.cluster)
+            portal = PortalOutbound(portal_config.tag, portal_config.domain, self.directory)
             self.portals.append(portal)
             self.outbounds[portal.tag] = portal
         default = outbound_key(0, config.outbounds[0].tag) if config.outbounds else None
@@ -98,7 +97,7 @@ class Instance:
             bridge = Bridge(bridge_config.tag, bridge_config.domain, self.dispatcher,
                             min_tunnels=math.ceil(minimum / self.workers),
                             max_tunnels=math.ceil(maximum / self.workers) if maximum else None,
-                            cluster=self.cluster)
+                            directory=self.directory)
             bridge.start()
             self.bridges.append(bridge)
 
@@ -107,7 +106,7 @@ class Instance:
         for portal in self.portals:
             tunnels.extend(portal.tunnels)
         for bridge in self.bridges:
-            tunnels.extend(bridge.tunnels + bridge.retired)
+            tunnels.extend(bridge.open_tunnels)
         return tunnels
 
     def summary(self) -> str:
@@ -115,8 +114,7 @@ class Instance:
         parts = []
         if self.portals:
             tunnels = sum(len(p.tunnels) for p in self.portals)
-            sessions = sum(max(0, t.active_sessions - 1) for p in self.portals
-                           for t in p.tunnels)
+            sessions = sum(t.visitor_sessions for p in self.portals for t in p.tunnels)
             parts.append(f"portal: {tunnels} tunnels, {sessions} sessions")
         if self.bridges:
             tunnels = sum(len(b.tunnels) for b in self.bridges)
@@ -131,21 +129,21 @@ class Instance:
         """Spread the bridges' tunnels over the portal workers: a worker holding more portal
         tunnels than the least provided sibling leaves new ones (on the shared VMess
         listeners) to the others. The least provided always accepts, so someone does."""
-        if self.cluster is None or not self.portals or not self.tunnel_servers:
+        if self.directory is None or not self.portals or not self.tunnel_servers:
             return
         mine = sum(1 for p in self.portals for t in p.tunnels if not t.draining)
-        others = self.cluster.portal_tunnel_counts()
+        others = self.directory.portal_tunnel_counts()
         accept = not others or mine <= min(others.values())
         for server in self.tunnel_servers:
             if not server.closed:
                 (server.start_accepting if accept else server.stop_accepting)()
 
     def busy(self) -> int:
-        """Sessions that a graceful stop waits for (tunnels themselves are not counted)."""
+        """Sessions that a graceful stop waits for: every session the dispatcher serves
+        (visitors handed over by siblings included), the portals' tunnels left out."""
         assert self.dispatcher is not None
         tunnels = sum(len(portal.tunnels) for portal in self.portals)
-        handed_in = sum(portal.handed_in for portal in self.portals)
-        return max(0, self.dispatcher.active - tunnels) + handed_in
+        return max(0, self.dispatcher.active - tunnels)
 
     def stop_accepting(self) -> None:
         """First step of a graceful stop: close listeners, drain tunnels, dial no more."""
@@ -158,29 +156,29 @@ class Instance:
 
     def replaced(self) -> bool:
         """Whether siblings hold active tunnels for every portal and bridge that has some here."""
-        if self.cluster is None:
+        if self.directory is None:
             return True
         for portal in self.portals:
-            if portal.tunnels and not self.cluster.replaced(ROLE_PORTAL, portal.tag):
+            if portal.tunnels and not self.directory.siblings_hold(Role.PORTAL, portal.tag):
                 return False
         for bridge in self.bridges:
-            if bridge.tunnels and not self.cluster.replaced(ROLE_BRIDGE, bridge.tag):
+            if bridge.tunnels and not self.directory.siblings_hold(Role.BRIDGE, bridge.tag):
                 return False
         return True
 
-    def stop(self, timeout: float = 0.0, retire: bool = False) -> None:
+    def stop(self, timeout: float = 0.0, wait_for_siblings: bool = False) -> None:
         """Stop accepting, wait up to ``timeout`` s for running sessions, then cut the rest.
 
-        ``retire`` (a reload or one worker less): first keep the tunnels until siblings have
-        their own, so that no visitor finds none.
+        ``wait_for_siblings`` (a reload or one worker less, while the siblings go on): first
+        keep the tunnels until siblings have their own, so that no visitor finds none.
         """
         self.stop_accepting()
         deadline = time.monotonic() + timeout
-        if retire:
+        if wait_for_siblings:
             while not self.replaced() and time.monotonic() < deadline:
                 gevent.sleep(0.2)
         for bridge in self.bridges:
-            bridge.retire()
+            bridge.leave()
         if timeout:
             gevent.sleep(min(0.5, timeout))  # sessions opened just before the portal heard
         while self.busy() and time.monotonic() < deadline:

@@ -1,5 +1,5 @@
-"""What the dispatcher routes: one proxied connection's destination (``Target``), where it came
-from, and what to do once it is over (``Ending``)."""
+"""What the dispatcher routes: one proxied connection (``Session``): its destination
+(``Target``), where it came from, and what to do once it is over (``Ending``)."""
 
 from __future__ import annotations
 
@@ -57,10 +57,21 @@ def _run(callback: Callable[[], object]) -> None:
 
 @dataclass(slots=True)
 class Session:
+    """One proxied connection on its way to an outbound.
+
+    Most sessions are routed by the dispatcher. One that arrives already routed (a visitor a
+    sibling worker accepted and handed over to this one) carries the ``outbound_tag`` routing
+    chose there, the reverse ``tunnel_id`` the portal picked for it and the ``first_payload``
+    the sibling read from it before the hand-off.
+    """
+
     target: Target
     inbound_tag: str | None
     source: str = ""
     email: str | None = None
+    outbound_tag: str | None = None
+    tunnel_id: int | None = None
+    first_payload: bytes = b""
     ending: Ending = field(default_factory=Ending, compare=False, repr=False)
 
     def describe(self) -> str:

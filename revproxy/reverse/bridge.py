@@ -2,14 +2,17 @@
 
 A tunnel is dialed as a TCP session to ``<domain>:0`` with the bridge's inbound tag, so
 routing picks the outbound that reaches the portal. In it the bridge is the Mux.Cool server:
-each new session is dispatched with the bridge's tag, except the portal's control session.
-Every 2 s the monitor drops tunnels that were told DRAIN, closed, or stayed silent for 10 s
-(V2Ray waits for its 300 s idle timeout), and dials a new one while there are fewer than
+each new session is dispatched with the bridge's tag, except the portal's control session,
+whose arrival means the portal registered the tunnel. Every 2 s the monitor sends a KeepAlive
+frame on every open tunnel (drained ones too: their sessions go on, and a revproxy portal
+closes a tunnel silent for 10 s), moves tunnels told DRAIN aside, closes tunnels silent for
+10 s (V2Ray waits for its 300 s idle timeout), and dials a new one while there are fewer than
 ``min_tunnels``, when the tunnels average more than 16 sessions each (V2Ray's rule, counted
-over all workers' tunnels; the worker with the fewest dials) or when
-one carries more than ``GROW_THROUGHPUT`` bytes/s (up to twice the minimum), at most
-``max_tunnels``; idle tunnels beyond the minimum are closed after ``IDLE_EXTRA_CLOSE`` s.
-Failed dials back off up to 2 s.
+over all workers' tunnels; the worker with the fewest dials) or when one carries more than
+``GROW_THROUGHPUT`` bytes/s (up to twice the minimum), at most ``max_tunnels``; idle tunnels
+beyond the minimum are closed after ``IDLE_EXTRA_CLOSE`` s. Failed dials back off up to 2 s;
+why a tunnel cannot be established (dial errors, a portal that closes or never registers it)
+is logged at warning, at most once per ``COMPLAINT_INTERVAL`` s.
 """
 
 from __future__ import annotations
@@ -26,32 +29,34 @@ from revproxy.mux.connection import MuxSession
 from revproxy.mux.frame import NETWORK_UDP, Frame
 from revproxy.mux.server import MuxServer
 from revproxy.net.session import Session, Target
-from revproxy.net.stream import Stream
+from revproxy.net.stream import TunnelStream
 from revproxy.net.tasks import Tasks
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, ControlError, decode_control
-from revproxy.reverse.tunnel import Tunnel
-from revproxy.server.cluster import Cluster
-from revproxy.server.statetable import ROLE_BRIDGE
+from revproxy.reverse.directory import Role, TunnelDirectory
+from revproxy.reverse.tunnel import Tunnel, tunnel_stream
 
 MONITOR_INTERVAL = 2.0
 SILENCE_LIMIT = 10.0
 SESSIONS_PER_TUNNEL = 16
 GROW_THROUGHPUT = 50_000_000.0  # bytes/s on one tunnel that justify another
 IDLE_EXTRA_CLOSE = 60.0
-DRAINED_IDLE_CLOSE = 30.0
+# A drained tunnel whose sessions have all ended is closed by the bridge this long after the
+# DRAIN, if the portal has not closed it by then (a portal closes it after 16 s).
+PORTAL_CLOSE_WAIT = 30.0
 MAX_BACKOFF = 2.0
+COMPLAINT_INTERVAL = 10.0  # at most one warning this often about failing tunnels
 
 
 class BridgeTunnel(Tunnel):
     """One dialed tunnel: the mux server in it and the portal's last control state."""
 
-    def __init__(self, bridge: Bridge, stream: Stream, tunnel_id: int) -> None:
+    def __init__(self, bridge: Bridge, stream: TunnelStream, tunnel_id: int) -> None:
         super().__init__(tunnel_id, bridge.tag, "portal")
         self.bridge = bridge
         self.mux = MuxServer(stream, self._accept, self.name)
+        self.registered = False  # the portal opened its control session
         self.drained_at = 0.0
         self.idle_since = time.monotonic()
-        self._control: MuxSession | None = None
 
     def silent_for(self, now: float) -> float:
         return now - self.mux.last_received
@@ -59,17 +64,20 @@ class BridgeTunnel(Tunnel):
     def _accept(self, session: MuxSession, frame: Frame) -> None:
         if frame.address == CONTROL_DOMAIN:
             session.sink = self._on_control
-            self._control = session
+            self.control = session
+            if not self.registered:
+                self.registered = True
+                self.bridge.tunnel_registered(self)
             return
         network = "udp" if frame.network == NETWORK_UDP else "tcp"
         target = Target(network, frame.address or "", frame.port or 0)
         self.bridge.tasks.spawn(self.bridge.dispatcher.handle,
                                 Session(target, self.bridge.tag, source=self.name), session)
 
-    def retire(self) -> None:
+    def leave(self) -> None:
         """Ask the portal to send no new sessions here: end the control session (a revproxy
         portal then drains the tunnel; V2Ray's portal does not react)."""
-        control, self._control = self._control, None
+        control, self.control = self.control, None
         if control is not None:
             control.close()
 
@@ -86,30 +94,58 @@ class BridgeTunnel(Tunnel):
             self.bridge.wake()  # dial the replacement now, not at the next 2 s tick
 
 
+class _Complaints:
+    """Warnings about one recurring trouble: the first at once, then at most one per
+    ``interval`` s, saying how many were left out."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = -interval
+        self._left_out = 0
+
+    def warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._left_out += 1
+            return
+        if self._left_out:
+            message += " (%d more like it since the last warning)"
+            args += (self._left_out,)
+        log.warning(message, *args)
+        self._last = now
+        self._left_out = 0
+
+
 class Bridge:
     def __init__(self, tag: str, domain: str, dispatcher: Dispatcher,
                  min_tunnels: int = 1, max_tunnels: int | None = None,
-                 cluster: Cluster | None = None) -> None:
+                 directory: TunnelDirectory | None = None) -> None:
         self.tag = tag
         self.domain = domain
         self.dispatcher = dispatcher
         self.min_tunnels = max(1, min_tunnels)
         self.max_tunnels = max_tunnels
-        self.cluster = cluster
+        self.directory = directory
         self.tasks = Tasks()  # where the portal's sessions are served
         self.tunnels: list[BridgeTunnel] = []  # in service
-        self.retired: list[BridgeTunnel] = []  # drained, finishing their sessions
+        self.drained: list[BridgeTunnel] = []  # told DRAIN, finishing their sessions
         self.dialing = True
         self._wake = Event()
-        self._failures = 0
+        self._failures = 0  # attempts since a tunnel was last registered by the portal
+        self._complaints = _Complaints(COMPLAINT_INTERVAL)
         self._next_dial = 0.0
         self._ids = itertools.count(1)
         self._runner: gevent.Greenlet | None = None
 
     @property
+    def open_tunnels(self) -> list[BridgeTunnel]:
+        """In service and drained ones: every tunnel that may still carry sessions."""
+        return self.tunnels + self.drained
+
+    @property
     def sessions(self) -> int:
         """Sessions in progress, the control sessions left out."""
-        return sum(max(0, t.active_sessions - 1) for t in self.tunnels + self.retired)
+        return sum(t.visitor_sessions for t in self.open_tunnels)
 
     def start(self) -> None:
         self._runner = gevent.spawn(self._run)
@@ -122,16 +158,16 @@ class Bridge:
         """For a graceful stop: keep serving the running sessions, open no new tunnel."""
         self.dialing = False
 
-    def retire(self) -> None:
+    def leave(self) -> None:
         """For a graceful stop, once replacement tunnels exist: steer the portal away."""
         self.dialing = False
-        for tunnel in self.tunnels + self.retired:
-            tunnel.retire()
+        for tunnel in self.open_tunnels:
+            tunnel.leave()
 
     def stop(self) -> None:
         if self._runner is not None:
             self._runner.kill(block=False)
-        for tunnel in self.tunnels + self.retired:
+        for tunnel in self.open_tunnels:
             tunnel.mux.close()
 
     def _run(self) -> None:
@@ -148,39 +184,57 @@ class Bridge:
         serving: list[BridgeTunnel] = []
         for tunnel in self.tunnels:
             if tunnel.closed:
-                if not tunnel.mux.bytes_received:
-                    self._dial_failed(now, "the portal closed the tunnel without a word")
+                if not tunnel.registered:
+                    self._dial_failed(now, tunnel, "the portal closed it without a word "
+                                      "(a wrong id, a clock off by minutes, or no VMess "
+                                      "server there?)" if not tunnel.mux.bytes_received else
+                                      "the portal closed it before registering it")
                 continue
             if tunnel.draining:
-                self.retired.append(tunnel)
+                self.drained.append(tunnel)
             elif tunnel.silent_for(now) > SILENCE_LIMIT:
-                log.warning("bridge %s: tunnel %s silent for %.0f s, redialling", self.tag,
-                            tunnel.name, tunnel.silent_for(now))
+                if tunnel.registered:
+                    log.warning("bridge %s: tunnel %s silent for %.0f s, redialling", self.tag,
+                                tunnel.name, tunnel.silent_for(now))
+                else:
+                    self._dial_failed(now, tunnel, "the portal accepted the connection but "
+                                      f"has not registered it in {tunnel.silent_for(now):.0f} s")
                 tunnel.mux.close()
             else:
                 serving.append(tunnel)
-                if self._failures and tunnel.mux.bytes_received:
-                    log.info("bridge %s: portal reachable again", self.tag)
-                    self._failures = 0
         self.tunnels = serving
-        for tunnel in self.retired:
-            if not tunnel.closed and tunnel.active_sessions <= 1 and \
-                    now - tunnel.drained_at > DRAINED_IDLE_CLOSE:
+        for tunnel in self.drained:
+            if not tunnel.closed and not tunnel.visitor_sessions and \
+                    now - tunnel.drained_at > PORTAL_CLOSE_WAIT:
                 tunnel.mux.close()
-        self.retired = [t for t in self.retired if not t.closed]
+        self.drained = [t for t in self.drained if not t.closed]
         self._close_idle_extras(now)
         for tunnel in self.tunnels:
             tunnel.measure(now)
-            try:
-                tunnel.mux.send_keepalive()  # lets a revproxy portal notice a dead bridge
-            except ConnectionError:
-                pass
+        for tunnel in self.open_tunnels:
+            # Lets a revproxy portal tell a live bridge from a dead one, on drained tunnels
+            # too (their sessions go on). A tunnel busy sending needs none, and the monitor
+            # must not wait on one.
+            if not tunnel.mux.congested:
+                try:
+                    tunnel.mux.send_keepalive()
+                except ConnectionError:
+                    pass
         if self.dialing and self._wants_tunnel() and now >= self._next_dial:
             self._dial(now)
 
+    def tunnel_registered(self, tunnel: BridgeTunnel) -> None:
+        """The portal opened its control session in ``tunnel``: the tunnel is up."""
+        if self._failures:
+            log.warning("bridge %s: tunnel %s registered by the portal after %d failed "
+                        "attempts", self.tag, tunnel.name, self._failures)
+            self._failures = 0
+        else:
+            log.info("bridge %s: tunnel %s registered by the portal", self.tag, tunnel.name)
+
     def _close_idle_extras(self, now: float) -> None:
         for tunnel in self.tunnels:
-            if tunnel.active_sessions > 1:
+            if tunnel.visitor_sessions:
                 tunnel.idle_since = now
         extras = len(self.tunnels) - self.min_tunnels
         for tunnel in sorted(self.tunnels, key=lambda t: t.idle_since):
@@ -198,8 +252,8 @@ class Bridge:
             return True
         sessions = sum(t.active_sessions for t in self.tunnels)
         tunnels, fewest = count, count
-        if self.cluster is not None:
-            for sibling_tunnels, sibling_sessions in self.cluster.bridge_pools(self.tag):
+        if self.directory is not None:
+            for sibling_tunnels, sibling_sessions in self.directory.bridge_pools(self.tag):
                 tunnels += sibling_tunnels
                 sessions += sibling_sessions
                 fewest = min(fewest, sibling_tunnels)
@@ -211,12 +265,14 @@ class Bridge:
         return count < 2 * self.min_tunnels and any(t.throughput > GROW_THROUGHPUT
                                                      for t in self.tunnels)
 
-    def _dial_failed(self, now: float, reason: object) -> None:
+    def _dial_failed(self, now: float, tunnel: BridgeTunnel | None, reason: object) -> None:
         self._failures += 1
         delay = min(MAX_BACKOFF, 0.25 * 2 ** self._failures)
         self._next_dial = now + delay
-        if self._failures == 1 or self._failures % 30 == 0:
-            log.warning("bridge %s: failed to reach the portal: %s (retrying)", self.tag, reason)
+        what = f"tunnel {tunnel.name}" if tunnel is not None else "a tunnel"
+        self._complaints.warn("bridge %s: cannot establish %s to the portal (%s:0): %s "
+                              "(%d failed attempts, retrying)", self.tag, what, self.domain,
+                              reason, self._failures)
         gevent.spawn_later(delay, self._wake.set)
 
     def _dial(self, now: float) -> None:
@@ -224,13 +280,19 @@ class Bridge:
         try:
             stream = self.dispatcher.open(session)
         except (OSError, ConnectionError) as exc:
-            self._dial_failed(now, exc)
+            self._dial_failed(now, None, exc)
             return
-        tunnel = BridgeTunnel(self, stream, next(self._ids))
+        try:
+            carrier = tunnel_stream(stream)
+        except ConnectionError as exc:
+            stream.close()
+            self._dial_failed(now, None, exc)
+            return
+        tunnel = BridgeTunnel(self, carrier, next(self._ids))
         tunnel.mux.on_close(self._wake.set)
-        if self.cluster is not None:
-            tunnel.row = self.cluster.add_tunnel(ROLE_BRIDGE, tunnel)
-            tunnel.mux.on_close(lambda: self.cluster.remove_tunnel(tunnel.row))
+        if self.directory is not None:
+            tunnel.listing = self.directory.list_tunnel(Role.BRIDGE, tunnel)
+            tunnel.mux.on_close(tunnel.withdraw_listing)
         self.tunnels.append(tunnel)
         gevent.spawn(tunnel.mux.run)
         log.info("bridge %s: tunnel %s opened", self.tag, tunnel.name)

@@ -3,38 +3,36 @@
 The portal is an outbound. A session whose destination is the portal's domain *is* a tunnel:
 the portal becomes its Mux.Cool client, opens the UDP control session and sends a Control
 message at once and every 2 s. Any other session is a visitor, carried as a new mux session
-on the tunnel the picker chooses among this worker's tunnels and, through the cluster, its
-siblings'; a visitor bound for a sibling's tunnel is handed to that sibling. A tunnel that has
-opened more than 256 sessions is drained.
+on the tunnel the picker chooses among this worker's tunnels and, through the tunnel
+directory, its siblings'. A visitor bound for a sibling's tunnel is handed to that sibling,
+whose dispatcher brings it back here as a session carrying the chosen ``tunnel_id``. A tunnel
+that has opened more than 256 sessions is drained.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import time
+from collections.abc import Sequence
 
 import gevent
-from gevent import socket
 from gevent.event import Event
 
 from revproxy.log import log
 from revproxy.mux.client import MuxClient
-from revproxy.mux.connection import MuxSession
 from revproxy.mux.frame import NETWORK_TCP, NETWORK_UDP
 from revproxy.net.relay import relay
 from revproxy.net.session import Ending, Session, Target
-from revproxy.net.stream import SocketStream, Stream
+from revproxy.net.stream import SocketStream, Stream, TunnelStream
 from revproxy.reverse.balance import pick_tunnel
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, STATE_DRAIN, encode_control
-from revproxy.reverse.tunnel import Tunnel
-from revproxy.server.cluster import Cluster, RemoteTunnel
-from revproxy.server.handoff import Handoff
-from revproxy.server.statetable import ROLE_PORTAL
+from revproxy.reverse.directory import Role, SiblingTunnel, TunnelDirectory
+from revproxy.reverse.tunnel import Tunnel, tunnel_stream
 
 HEARTBEAT_INTERVAL = 2.0
 DRAIN_AFTER_SESSIONS = 256
-DRAINED_IDLE_CLOSE = 16.0  # V2Ray closes a drained tunnel once idle at its 16 s check
+# A drained tunnel with no session left is closed this long after DRAIN was sent (V2Ray
+# closes it at its 16 s check).
+CLOSE_EMPTY_DRAINED_AFTER = 16.0
 PEER_SILENCE_LIMIT = 10.0  # only for peers that send KeepAlive frames (revproxy bridges)
 FIRST_PAYLOAD_WAIT = 0.1
 TUNNEL_WAIT = 5.0  # how long a visitor may wait for a tunnel to (re)appear
@@ -43,22 +41,24 @@ TUNNEL_WAIT = 5.0  # how long a visitor may wait for a tunnel to (re)appear
 class PortalTunnel(Tunnel):
     """One registered tunnel: a mux client plus its control session and heartbeat."""
 
-    def __init__(self, stream: Stream, tunnel_id: int, tag: str, peer: str) -> None:
+    mux: MuxClient
+
+    def __init__(self, stream: TunnelStream, tunnel_id: int, tag: str, peer: str) -> None:
         super().__init__(tunnel_id, tag, peer)
         self.mux = MuxClient(stream, self.name)
         self.drained_at = 0.0
-        self._control: MuxSession | None = None
 
     def serve(self) -> None:
         """Run the tunnel until it closes (blocks the calling greenlet)."""
         try:
-            self._control = self.mux.open_session(NETWORK_UDP, CONTROL_DOMAIN, 0,
-                                                  encode_control(STATE_ACTIVE))
+            control = self.mux.open_session(NETWORK_UDP, CONTROL_DOMAIN, 0,
+                                            encode_control(STATE_ACTIVE))
         except ConnectionError:
             self.mux.close()
             return
-        self._control.sink = _discard
-        self._control.on_end = self._bridge_retires
+        control.sink = _discard
+        control.on_end = self._bridge_leaves
+        self.control = control
         heartbeat = gevent.spawn(self._heartbeat)
         try:
             self.mux.run()
@@ -71,7 +71,7 @@ class PortalTunnel(Tunnel):
             return
         self.draining = True
         self.drained_at = time.monotonic()
-        control, self._control = self._control, None
+        control, self.control = self.control, None
         if control is not None:
             try:
                 control.send(encode_control(STATE_DRAIN))
@@ -79,10 +79,10 @@ class PortalTunnel(Tunnel):
                 pass
             control.close()
 
-    def _bridge_retires(self, _error: Exception | None) -> None:
+    def _bridge_leaves(self, _error: Exception | None) -> None:
         """A revproxy bridge that is going away ends the control session: use other tunnels."""
         if not self.draining and not self.mux.closed:
-            log.info("portal: tunnel %s: the bridge retires it", self.name)
+            log.info("portal: tunnel %s: its bridge is leaving", self.name)
             self.leaving = True
             self.drain()
 
@@ -97,7 +97,8 @@ class PortalTunnel(Tunnel):
                 self.mux.close()
                 return
             if self.draining:
-                if not self.mux.active_sessions and now - self.drained_at >= DRAINED_IDLE_CLOSE:
+                if (not self.visitor_sessions
+                        and now - self.drained_at >= CLOSE_EMPTY_DRAINED_AFTER):
                     self.mux.close()
                     return
                 continue
@@ -106,7 +107,7 @@ class PortalTunnel(Tunnel):
                          self.mux.total_sessions)
                 self.drain()
                 continue
-            control = self._control
+            control = self.control
             if control is not None:
                 try:
                     control.send(encode_control(STATE_ACTIVE))
@@ -119,67 +120,71 @@ def _discard(_payload: bytes) -> None:
 
 
 class PortalOutbound:
-    def __init__(self, tag: str, domain: str, cluster: Cluster | None = None) -> None:
+    def __init__(self, tag: str, domain: str, directory: TunnelDirectory | None = None) -> None:
         self.tag = tag
         self.domain = domain
-        self.cluster = cluster
+        self.directory = directory
         self.tunnels: list[PortalTunnel] = []
-        self.handed_in = 0  # visitors a sibling passed here, in progress (for graceful stop)
         self._tunnel_added = Event()
-        self._ids = itertools.count(1)
+        self._last_id = 0  # tunnel ids are issued in order from 1
 
     def open(self, session: Session) -> Stream:
         raise ConnectionRefusedError(f"portal {self.tag}: cannot dial out")
 
     def handle(self, session: Session, stream: Stream) -> None:
-        if session.target.address == self.domain:
+        if session.tunnel_id is not None:
+            self.serve_handed_in(session, stream)
+        elif session.target.address == self.domain:
             self.serve_tunnel(session, stream)
         else:
             self.serve_visitor(session, stream)
 
     # -- tunnels
     def serve_tunnel(self, session: Session, stream: Stream) -> None:
-        tunnel = PortalTunnel(stream, next(self._ids), self.tag, session.source)
+        try:
+            carrier = tunnel_stream(stream)
+        except ConnectionError as exc:
+            log.warning("portal %s: tunnel from %s refused: %s", self.tag, session.source, exc)
+            session.ending.end()
+            return
+        self._last_id += 1
+        tunnel = PortalTunnel(carrier, self._last_id, self.tag, session.source)
         log.info("portal: tunnel %s from %s registered", tunnel.name, session.source)
         self.tunnels.append(tunnel)
-        if self.cluster is not None:
-            tunnel.row = self.cluster.add_tunnel(ROLE_PORTAL, tunnel)
+        if self.directory is not None:
+            tunnel.listing = self.directory.list_tunnel(Role.PORTAL, tunnel)
         added, self._tunnel_added = self._tunnel_added, Event()
         added.set()  # wakes visitors waiting for a tunnel
         try:
             tunnel.serve()
         finally:
             self.tunnels.remove(tunnel)
-            if self.cluster is not None:
-                self.cluster.remove_tunnel(tunnel.row)
+            tunnel.withdraw_listing()
             log.info("portal: tunnel %s closed", tunnel.name)
             session.ending.end()
 
     def drain_all(self) -> None:
         for tunnel in list(self.tunnels):
             tunnel.drain()
-            self._publish(tunnel)
-
-    def _publish(self, tunnel: PortalTunnel) -> None:
-        if self.cluster is not None:
-            self.cluster.publish(tunnel.row)
+            tunnel.refresh_listing()
 
     # -- visitors
     def pick(self, wait: float = TUNNEL_WAIT, local_only: bool = False,
              exclude: frozenset[int] | set[int] = frozenset()
-             ) -> PortalTunnel | RemoteTunnel | None:
+             ) -> PortalTunnel | SiblingTunnel | None:
         deadline = time.monotonic() + wait
+        local: Sequence[PortalTunnel | SiblingTunnel] = self.tunnels
         while True:
-            remote: list[RemoteTunnel] = []
-            if self.cluster is not None and not local_only:
-                remote = [t for t in self.cluster.remote_portal_tunnels(self.tag)
+            remote: list[PortalTunnel | SiblingTunnel] = []
+            if self.directory is not None and not local_only:
+                remote = [t for t in self.directory.sibling_portal_tunnels(self.tag)
                           if t.pid not in exclude]
-            tunnel = pick_tunnel(self.tunnels, remote)
+            tunnel = pick_tunnel(local, remote)
             remaining = deadline - time.monotonic()
             if tunnel is not None or remaining <= 0:
                 return tunnel
             # Sleep until a tunnel registers here, or poll the siblings' tunnels now and then.
-            self._tunnel_added.wait(min(remaining, 0.25 if self.cluster else remaining))
+            self._tunnel_added.wait(min(remaining, 0.25 if self.directory else remaining))
 
     def serve_visitor(self, session: Session, stream: Stream) -> None:
         ending = session.ending
@@ -199,15 +204,13 @@ class PortalOutbound:
         deadline = time.monotonic() + TUNNEL_WAIT
         choice = self.pick(local_only=not can_hand_off)
         gone: set[int] = set()
-        while isinstance(choice, RemoteTunnel):
-            assert self.cluster is not None and isinstance(stream, SocketStream)
-            meta = Handoff(choice.tunnel_id, self.tag, session.target.network,
-                           session.target.address, session.target.port, session.source,
-                           first or b"")
-            if self.cluster.hand_off(choice, meta, stream.sock):
+        while isinstance(choice, SiblingTunnel):
+            assert self.directory is not None and isinstance(stream, SocketStream)
+            session.first_payload = first or b""
+            if self.directory.hand_off(choice, session, stream.sock):
                 ending.end()  # closes our copy: the sibling received its own descriptor
                 return
-            # That sibling just went away: choose again among what is left.
+            # That sibling went away or cannot take it: choose again among what is left.
             gone.add(choice.pid)
             choice = self.pick(wait=max(0.0, deadline - time.monotonic()), exclude=gone)
         if choice is None:
@@ -216,28 +219,30 @@ class PortalOutbound:
             return
         self._carry(choice, session.target, stream, first, session.describe(), ending)
 
-    def serve_handoff(self, meta: Handoff, sock: socket.socket) -> None:
-        """A sibling accepted this visitor for one of our tunnels."""
-        tunnel = next((t for t in self.tunnels if t.tunnel_id == meta.tunnel_id
+    def handoff_refusal(self, tunnel_id: int, target: Target) -> str | None:
+        """Why a visitor that a sibling handed over for tunnel ``tunnel_id`` must be refused,
+        or None if it may be served."""
+        if not 0 < tunnel_id <= self._last_id:
+            return f"portal {self.tag} has no tunnel {tunnel_id}"
+        if target.address in (self.domain, CONTROL_DOMAIN):
+            return f"target {target.address} is not a visitor's"
+        return None
+
+    def serve_handed_in(self, session: Session, stream: Stream) -> None:
+        """A sibling accepted this visitor for the tunnel ``session.tunnel_id`` here."""
+        tunnel = next((t for t in self.tunnels if t.tunnel_id == session.tunnel_id
                        and not t.closed), None)
         if tunnel is None:  # it closed meanwhile: any local tunnel will do
-            tunnel = self.pick(wait=0, local_only=True)
-        stream = SocketStream(sock)
-        target = Target(meta.network, meta.address, meta.port)
+            tunnel = pick_tunnel(self.tunnels)
         if tunnel is None:
-            log.warning("portal %s: handed-off %s found no tunnel", self.tag, meta.source)
-            stream.close()
+            log.warning("portal %s: handed-over %s from %s found no tunnel", self.tag,
+                        session.describe(), session.source)
+            session.ending.end()
             return
-        log.debug("portal %s: hand-off of %s for tunnel %d", self.tag, meta.source,
-                  meta.tunnel_id)
-        self.handed_in += 1
-        ending = Ending()
-        ending.add(self._handoff_ended)
-        ending.add(stream.close)
-        self._carry(tunnel, target, stream, meta.first_payload or None, meta.source, ending)
-
-    def _handoff_ended(self) -> None:
-        self.handed_in -= 1
+        log.debug("portal %s: hand-over of %s for tunnel %s", self.tag, session.source,
+                  session.tunnel_id)
+        self._carry(tunnel, session.target, stream, session.first_payload or None,
+                    session.describe(), session.ending)
 
     def _carry(self, tunnel: PortalTunnel, target: Target, stream: Stream,
                first: bytes | None, what: str, ending: Ending) -> None:
@@ -252,6 +257,6 @@ class PortalOutbound:
             return
         log.debug("portal %s: %s carried as session %d of tunnel %s", self.tag, what,
                   mux_session.id, tunnel.name)
-        self._publish(tunnel)
-        ending.add(functools.partial(self._publish, tunnel))
+        tunnel.refresh_listing()
+        ending.add(tunnel.refresh_listing)
         relay(stream, mux_session, on_done=ending.end)

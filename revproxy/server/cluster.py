@@ -1,16 +1,18 @@
-"""A worker's view of its siblings through the state table: it publishes its own tunnels and
-reads theirs, and hands visitors to the sibling that owns the chosen tunnel."""
+"""A worker's view of its siblings through the state table: the tunnel directory of
+``revproxy.reverse.directory`` for this worker's portals and bridges. It lists this worker's
+tunnels in the table and reads the siblings', tells the hand-off receiver which pids are
+siblings, and hands visitors to the sibling that owns the chosen tunnel."""
 
 from __future__ import annotations
 
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
 
+from revproxy.log import log
+from revproxy.net.session import Session
+from revproxy.reverse.directory import ListedTunnel, Role, SiblingTunnel
 from revproxy.server import handoff
 from revproxy.server.statetable import (
     ROLE_BRIDGE,
@@ -27,91 +29,68 @@ from revproxy.server.statetable import (
 
 SIBLING_SILENCE = 10.0  # a sibling whose heartbeat is older is ignored
 REMOTE_TTL = 0.01  # seconds a read of the siblings' tunnels is reused
+BUSY_PAUSE = 1.0  # seconds a sibling that took no hand-off in time is not offered any
+_TABLE_ROLES = {Role.PORTAL: ROLE_PORTAL, Role.BRIDGE: ROLE_BRIDGE}
 
 
-class PublishedTunnel(Protocol):
-    tunnel_id: int
-    tag: str
-    peer: str
-    draining: bool
-    throughput: float
-    opened: float
+class TableListing:
+    """One of this worker's tunnels in its row of the table."""
 
-    @property
-    def active_sessions(self) -> int: ...
+    __slots__ = ("_cluster", "_index", "_writer", "_tunnel")
 
-    @property
-    def total_sessions(self) -> int: ...
+    def __init__(self, cluster: Cluster, index: int, writer: TunnelSlotWriter,
+                 tunnel: ListedTunnel) -> None:
+        self._cluster = cluster
+        self._index = index
+        self._writer = writer
+        self._tunnel = tunnel
 
-    @property
-    def bytes_up(self) -> int: ...
+    def refresh(self) -> None:
+        """Called on every session opened or closed, so it only re-packs the changing
+        fields (no row object built)."""
+        tunnel = self._tunnel
+        self._writer.update(TUNNEL_DRAINING if tunnel.draining else TUNNEL_ACTIVE,
+                            tunnel.active_sessions, tunnel.total_sessions, tunnel.bytes_up,
+                            tunnel.bytes_down, tunnel.throughput, tunnel.last_heard)
 
-    @property
-    def bytes_down(self) -> int: ...
-
-    @property
-    def last_heard(self) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteTunnel:
-    """A sibling's portal tunnel, as the table shows it."""
-
-    pid: int
-    tunnel_id: int
-    active_sessions: int
-    throughput: float
-    draining: bool
-    closed: bool = False
-    leaving: bool = False  # not in the table: a sibling's draining tunnel is a last resort
+    def withdraw(self) -> None:
+        if self._cluster._listings.pop(self._index, None) is self:
+            self._writer.free()
 
 
 class Cluster:
+    """Implements ``revproxy.reverse.directory.TunnelDirectory``."""
+
     def __init__(self, table: StateTable, slot: int, generation: int,
-                 endpoint: socket.socket, send_lock: AbstractContextManager,
+                 endpoint: socket.socket, handoff_dir: str,
                  sleep: Callable[[float], None]) -> None:
         self.table = table
         self.slot = slot
         self.pid = os.getpid()
         self.generation = generation
-        self.endpoint = endpoint
-        self._send_lock = send_lock
+        self.endpoint = endpoint  # this worker's end of the hand-off channel
+        self.handoff_dir = handoff_dir
         self._sleep = sleep
-        # row index -> (its writer, the tunnel it shows)
-        self._rows: dict[int, tuple[TunnelSlotWriter, PublishedTunnel]] = {}
-        self._remote: dict[str, tuple[float, list[RemoteTunnel]]] = {}  # tag -> (read at, rows)
+        self._listings: dict[int, TableListing] = {}  # by tunnel row index
+        self._remote: dict[str, tuple[float, list[SiblingTunnel]]] = {}  # tag -> (read at, rows)
+        self._busy_until: dict[int, float] = {}  # pid -> monotonic time
 
-    # -- publishing this worker's tunnels
-    def add_tunnel(self, role: int, tunnel: PublishedTunnel) -> int | None:
+    # -- listing this worker's tunnels
+    def list_tunnel(self, role: Role, tunnel: ListedTunnel) -> TableListing | None:
         for index in range(TUNNELS_PER_WORKER):
-            if index not in self._rows:
+            if index not in self._listings:
                 writer = self.table.tunnel_writer(self.slot, index, TunnelRow(
-                    owner_pid=self.pid, slot=self.slot, tunnel_id=tunnel.tunnel_id, role=role,
-                    tag=tunnel.tag, peer=tunnel.peer, opened=tunnel.opened,
-                    heartbeat=tunnel.last_heard, generation=self.generation))
-                self._rows[index] = (writer, tunnel)
-                return index
+                    owner_pid=self.pid, slot=self.slot, tunnel_id=tunnel.tunnel_id,
+                    role=_TABLE_ROLES[role], tag=tunnel.tag, peer=tunnel.peer,
+                    opened=tunnel.opened, heartbeat=tunnel.last_heard,
+                    generation=self.generation))
+                listing = self._listings[index] = TableListing(self, index, writer, tunnel)
+                return listing
         return None  # the table is full: the tunnel works, it is just not shared
 
-    def publish(self, index: int | None) -> None:
-        """Refresh one row: called on every session opened or closed, so it only re-packs
-        the changing fields (no row object built)."""
-        entry = self._rows.get(index) if index is not None else None
-        if entry is None:
-            return
-        writer, tunnel = entry
-        writer.update(TUNNEL_DRAINING if tunnel.draining else TUNNEL_ACTIVE,
-                      tunnel.active_sessions, tunnel.total_sessions, tunnel.bytes_up,
-                      tunnel.bytes_down, tunnel.throughput, tunnel.last_heard)
-
-    def publish_all(self) -> None:
-        for index in self._rows:
-            self.publish(index)
-
-    def remove_tunnel(self, index: int | None) -> None:
-        entry = self._rows.pop(index, None) if index is not None else None
-        if entry is not None:
-            entry[0].free()
+    def refresh_all(self) -> None:
+        for listing in list(self._listings.values()):
+            listing.refresh()
 
     # -- siblings
     def siblings(self, retiring_too: bool = False) -> dict[int, int]:
@@ -123,6 +102,12 @@ class Cluster:
                 if slot != self.slot and row.state in states
                 and now - row.heartbeat < SIBLING_SILENCE}
 
+    def is_sibling(self, pid: int) -> bool:
+        """Whether ``pid`` is another worker of this master, in any state (the hand-off
+        receiver's check of a sender)."""
+        return pid != self.pid and any(row.pid == pid for slot, row in self.table.workers()
+                                       if slot != self.slot)
+
     def _sibling_tunnels(self, siblings: dict[int, int]) -> Iterable[TunnelRow]:
         """The tunnel rows that live siblings own (rows of dead owners are skipped)."""
         if not siblings:
@@ -130,10 +115,11 @@ class Cluster:
         return [row for slot, _index, row in self.table.tunnels(siblings)
                 if siblings.get(slot) == row.owner_pid]
 
-    def replaced(self, role: int, tag: str) -> bool:
-        """Does a running sibling hold an active tunnel of ``role`` and ``tag``? (A retiring
-        worker keeps its own tunnels until then, so visitors always find one.)"""
-        return any(row.role == role and row.tag == tag and row.state == TUNNEL_ACTIVE
+    def siblings_hold(self, role: Role, tag: str) -> bool:
+        """Does a running sibling hold an active tunnel of ``role`` and ``tag``? (A worker
+        that stops keeps its own tunnels until then, so visitors always find one.)"""
+        table_role = _TABLE_ROLES[role]
+        return any(row.role == table_role and row.tag == tag and row.state == TUNNEL_ACTIVE
                    for row in self._sibling_tunnels(self.siblings()))
 
     def portal_tunnel_counts(self) -> dict[int, int]:
@@ -157,27 +143,42 @@ class Cluster:
                 pool[1] += row.active_sessions
         return [(tunnels, sessions) for tunnels, sessions in pools.values()]
 
-    def remote_portal_tunnels(self, tag: str) -> Iterable[RemoteTunnel]:
+    def sibling_portal_tunnels(self, tag: str) -> Sequence[SiblingTunnel]:
         """The siblings' portal tunnels for ``tag``, read at most every ``REMOTE_TTL`` s: at
         thousands of visitors a second, reading the table for each costs more than the
-        few milliseconds of staleness (a vanished sibling only makes a hand-off fail over)."""
+        few milliseconds of staleness (a vanished sibling only makes a hand-off fail over).
+        Siblings that lately took no hand-off in time are left out for a while."""
         now = time.monotonic()
         cached = self._remote.get(tag)
         if cached is not None and now - cached[0] < REMOTE_TTL:
             return cached[1]
-        found = [RemoteTunnel(row.owner_pid, row.tunnel_id, row.active_sessions, row.throughput,
-                              row.state == TUNNEL_DRAINING)
+        busy = self._busy_until
+        if busy:
+            for pid in [pid for pid, until in busy.items() if until <= now]:
+                del busy[pid]
+        found = [SiblingTunnel(row.owner_pid, row.tunnel_id, row.tag, row.active_sessions,
+                               row.throughput, row.state == TUNNEL_DRAINING)
                  for row in self._sibling_tunnels(self.siblings(retiring_too=True))
-                 if row.role == ROLE_PORTAL and row.tag == tag]
+                 if row.role == ROLE_PORTAL and row.tag == tag and row.owner_pid not in busy]
         self._remote[tag] = (now, found)
         return found
 
-    def hand_off(self, target: RemoteTunnel, meta: handoff.Handoff,
-                 visitor: socket.socket) -> bool:
-        # One sender at a time: a cooperative socket allows a single waiting writer.
-        with self._send_lock:
-            try:
-                handoff.send(self.endpoint, target.pid, meta, visitor, self._sleep)
-            except OSError:
-                return False
+    # -- hand-off
+    def hand_off(self, tunnel: SiblingTunnel, session: Session, visitor: socket.socket) -> bool:
+        if self._busy_until.get(tunnel.pid, 0.0) > time.monotonic():
+            return False
+        try:
+            message = handoff.Handoff.of_session(session, tunnel.tag, tunnel.tunnel_id)
+            handoff.send(self.endpoint, self.handoff_dir, tunnel.pid, message, visitor,
+                         self._sleep)
+        except handoff.HandoffError as exc:
+            log.warning("worker %d: cannot hand %s over: %s", self.pid, session.describe(), exc)
+            return False
+        except TimeoutError as exc:
+            log.warning("worker %d: %s; offering it none for %.0f s", self.pid, exc, BUSY_PAUSE)
+            self._busy_until[tunnel.pid] = time.monotonic() + BUSY_PAUSE
+            self._remote.clear()
+            return False
+        except OSError:
+            return False  # that sibling just went away
         return True

@@ -1,107 +1,489 @@
-"""Passing an accepted visitor socket to the worker that owns the chosen tunnel.
+"""Passing an accepted visitor to the sibling worker that owns the tunnel picked for it: the
+channel, the sender, the receiving loop and the metadata codec.
 
-Each worker binds a Unix datagram socket in the abstract namespace, named after its pid. A
-hand-off is one datagram: a small JSON header, the visitor's first payload, and the socket
-itself as SCM_RIGHTS ancillary data. The receiver gets a real socket it can relay as if it had
-accepted it.
+**The channel.** Before it forks, the master makes a private directory (mode 0700, owned by
+the service user when workers drop privileges; ``create_directory``). Each worker binds a Unix
+datagram socket in it named after its pid, with SO_PASSCRED so that the kernel says who sent
+each message. Only the service user (and root) can reach these sockets, no name can be
+squatted, and a message is taken only from our own uid and from a pid that the state table
+shows as a sibling.
+
+**A hand-off** is one datagram: the metadata and the visitor's first payload (``Handoff``: a
+versioned binary codec whose ``decode`` validates every field), and the visitor's socket as
+SCM_RIGHTS. The sender sets SO_LINGER 0 on the visitor first, so that a visitor the receiver
+cannot take (it is out of descriptors, refuses the message, or exits with it queued) is reset
+rather than closed in good order; the receiver clears it when it takes the visitor.
+
+**The receiving loop** (``Receiver``) checks every message, closes every descriptor it does
+not keep, logs every visitor it loses, and leaves messages queued while it has no descriptor
+to spare (its senders then find the queue full and keep their visitors). A visitor it takes
+becomes a ``Session`` that carries the outbound and tunnel chosen by the sibling, for the
+dispatcher to serve like a visitor accepted here. It ends only if its socket fails, which the
+worker must treat as fatal.
+
+Gevent-free (the master imports it to make the directory): the worker passes in its waits.
 """
 
 from __future__ import annotations
 
 import array
-import json
+import errno
+import os
 import socket
+import stat
 import struct
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-MAX_DATAGRAM = 200_000
-_LEN = struct.Struct("!I")
+from revproxy.log import log
+from revproxy.net.session import Session, Target
+
+VERSION = 1
+MAX_TEXT = 1024  # bytes of one text field (tags, address, source, email)
+MAX_DATAGRAM = 200_000  # a whole hand-off: metadata and first payload
+MAX_FDS = 4  # room for more descriptors than the one expected, to close them all
+SEND_PATIENCE = 2.0  # seconds a sender retries a full queue before it gives up
+_ANCILLARY_SPACE = socket.CMSG_SPACE(struct.calcsize("3i")) + socket.CMSG_SPACE(4 * MAX_FDS)
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+_NO_LINGER = struct.pack("ii", 0, 0)
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+
+# Metadata: version, network, flags, tunnel id, port; then u16-length-prefixed UTF-8 texts:
+# outbound tag, address, source, inbound tag (if flagged), email (if flagged); then the first
+# payload, to the end of the datagram.
+_HEAD = struct.Struct("!BBBIH")
+_LENGTH = struct.Struct("!H")
+_NETWORKS = {"tcp": 1, "udp": 2}
+_NETWORK_NAMES = {number: name for name, number in _NETWORKS.items()}
+_HAS_INBOUND_TAG = 0x01
+_HAS_EMAIL = 0x02
+MAX_FIRST_PAYLOAD = MAX_DATAGRAM - _HEAD.size - 5 * (_LENGTH.size + MAX_TEXT)
 
 
-def address_of(pid: int) -> str:
-    return f"\0revproxy-handoff-{pid}"
+class HandoffError(ValueError):
+    """A hand-off that cannot be encoded, or a message that is not a valid hand-off."""
 
 
 @dataclass(frozen=True, slots=True)
 class Handoff:
-    """What travels with a handed-off visitor socket."""
+    """What travels with a handed-off visitor's socket."""
 
     tunnel_id: int
-    portal_tag: str
-    network: str
+    outbound_tag: str  # the portal that routing chose
+    network: str  # "tcp" or "udp"
     address: str
     port: int
     source: str
-    first_payload: bytes
+    inbound_tag: str | None = None
+    email: str | None = None
+    first_payload: bytes = b""
+
+    @classmethod
+    def of_session(cls, session: Session, outbound_tag: str, tunnel_id: int) -> Handoff:
+        target = session.target
+        return cls(tunnel_id, outbound_tag, target.network, target.address, target.port,
+                   session.source, session.inbound_tag, session.email, session.first_payload)
+
+    def session(self) -> Session:
+        """The session to dispatch on the receiving side: already routed."""
+        return Session(Target(self.network, self.address, self.port), self.inbound_tag,
+                       source=self.source, email=self.email, outbound_tag=self.outbound_tag,
+                       tunnel_id=self.tunnel_id, first_payload=self.first_payload)
 
     def encode(self) -> bytes:
-        head = json.dumps([self.tunnel_id, self.portal_tag, self.network, self.address,
-                           self.port, self.source]).encode()
-        return _LEN.pack(len(head)) + head + self.first_payload
+        """Raises HandoffError if a field does not fit."""
+        network = _NETWORKS.get(self.network)
+        if network is None:
+            raise HandoffError(f"network {self.network!r}")
+        if not 0 < self.tunnel_id <= 0xFFFFFFFF or not 0 <= self.port <= 0xFFFF:
+            raise HandoffError("tunnel id or port out of range")
+        if len(self.first_payload) > MAX_FIRST_PAYLOAD:
+            raise HandoffError(f"first payload of {len(self.first_payload)} bytes")
+        flags = ((_HAS_INBOUND_TAG if self.inbound_tag is not None else 0)
+                 | (_HAS_EMAIL if self.email is not None else 0))
+        parts = [_HEAD.pack(VERSION, network, flags, self.tunnel_id, self.port)]
+        for text in (self.outbound_tag, self.address, self.source, self.inbound_tag,
+                     self.email):
+            if text is not None:
+                raw = text.encode("utf-8")
+                if len(raw) > MAX_TEXT:
+                    raise HandoffError(f"a text field of {len(raw)} bytes")
+                parts += (_LENGTH.pack(len(raw)), raw)
+        parts.append(self.first_payload)
+        return b"".join(parts)
 
     @classmethod
     def decode(cls, data: bytes) -> Handoff:
-        """Raises ValueError on anything malformed."""
-        if len(data) < _LEN.size:
-            raise ValueError("hand-off too short")
-        (size,) = _LEN.unpack_from(data)
+        """Raises HandoffError on anything malformed."""
+        if len(data) < _HEAD.size:
+            raise HandoffError(f"{len(data)} bytes is too short")
+        version, network, flags, tunnel_id, port = _HEAD.unpack_from(data)
+        if version != VERSION:
+            raise HandoffError(f"version {version}")
+        name = _NETWORK_NAMES.get(network)
+        if name is None:
+            raise HandoffError(f"network {network}")
+        if flags & ~(_HAS_INBOUND_TAG | _HAS_EMAIL):
+            raise HandoffError(f"flags {flags:#x}")
+        if tunnel_id == 0:
+            raise HandoffError("tunnel id 0")
+        offset = _HEAD.size
+        texts: list[str | None] = []
+        for present in (True, True, True, bool(flags & _HAS_INBOUND_TAG),
+                        bool(flags & _HAS_EMAIL)):
+            if not present:
+                texts.append(None)
+                continue
+            if len(data) < offset + _LENGTH.size:
+                raise HandoffError("cut short in a text field")
+            (size,) = _LENGTH.unpack_from(data, offset)
+            offset += _LENGTH.size
+            if size > MAX_TEXT or len(data) < offset + size:
+                raise HandoffError(f"a text field of {size} bytes")
+            texts.append(_text(data[offset:offset + size]))
+            offset += size
+        outbound_tag, address, source, inbound_tag, email = texts
+        assert outbound_tag is not None and address is not None and source is not None
+        if not outbound_tag or not address:
+            raise HandoffError("empty outbound tag or address")
+        first_payload = bytes(data[offset:])
+        if len(first_payload) > MAX_FIRST_PAYLOAD:
+            raise HandoffError(f"first payload of {len(first_payload)} bytes")
+        return cls(tunnel_id, outbound_tag, name, address, port, source, inbound_tag, email,
+                   first_payload)
+
+
+def _text(raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HandoffError("a text field is not UTF-8") from None
+    if not text.isprintable():
+        raise HandoffError("a text field has control characters")
+    return text
+
+
+def parse_ancillary(ancdata: Sequence[tuple[int, int, bytes]]
+                    ) -> tuple[list[int], tuple[int, int, int] | None]:
+    """The descriptors and the sender's (pid, uid, gid) in a message's ancillary data."""
+    fds: list[int] = []
+    credentials = None
+    for level, kind, payload in ancdata:
+        if level != socket.SOL_SOCKET:
+            continue
+        if kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(payload[:len(payload) - len(payload) % received.itemsize])
+            fds.extend(received)
+        elif kind == socket.SCM_CREDENTIALS and len(payload) >= _UCRED.size:
+            credentials = _UCRED.unpack_from(payload)
+    return fds, credentials
+
+
+# -- the channel
+
+
+def create_directory(owner: tuple[int, int] | None = None) -> str:
+    """Master only, before forking: a fresh private directory (0700) for the workers'
+    endpoints, given to ``owner`` (uid, gid) if the workers will run as that user. (Not
+    tempfile.mkdtemp: tempfile pulls in modules every worker would inherit.)"""
+    parent = os.environ.get("TMPDIR") or "/tmp"
+    if len(parent) > 64 or not os.path.isdir(parent):  # a socket's path fits in 108 bytes
+        parent = "/tmp"
+    while True:
+        path = os.path.join(parent, f"revproxy-{os.getpid()}-{os.urandom(4).hex()}")
         try:
-            tunnel_id, tag, network, address, port, source = json.loads(
-                data[_LEN.size:_LEN.size + size])
-        except (TypeError, ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"bad hand-off header: {exc}") from None
-        return cls(int(tunnel_id), str(tag), str(network), str(address), int(port), str(source),
-                   bytes(data[_LEN.size + size:]))
+            os.mkdir(path, 0o700)
+            break
+        except FileExistsError:
+            continue
+    try:
+        os.chmod(path, 0o700)  # whatever the umask
+        if owner is not None:
+            os.chown(path, *owner)
+    except BaseException:
+        os.rmdir(path)
+        raise
+    return path
 
 
-def bind_endpoint(pid: int, socket_factory: Callable[..., socket.socket]) -> socket.socket:
-    """This worker's receiving end (``socket_factory`` is gevent's socket in workers)."""
-    sock = socket_factory(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_DATAGRAM * 4)
-    sock.bind(address_of(pid))
+def remove_directory(directory: str) -> None:
+    """Master only, at exit: the directory and what the workers left in it."""
+    try:
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("master: cannot remove the hand-off directory %s: %s", directory, exc)
+
+
+def endpoint_path(directory: str, pid: int) -> str:
+    return os.path.join(directory, str(pid))
+
+
+def bind_endpoint(directory: str, pid: int) -> socket.socket:
+    """Worker ``pid``'s end of the channel: a non-blocking datagram socket that receives
+    its hand-offs (with the senders' credentials) and sends to its siblings."""
+    info = os.lstat(directory)
+    if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid()
+            or info.st_mode & 0o077):
+        raise OSError(errno.EPERM, f"the hand-off directory {directory} is not private to "
+                                   f"uid {os.geteuid()}")
+    path = endpoint_path(directory, pid)
+    try:
+        os.unlink(path)  # a dead worker's, whose pid this one reuses
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_DATAGRAM * 4)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
-def send(endpoint: socket.socket, pid: int, handoff: Handoff, visitor: socket.socket,
-         sleep: Callable[[float], None], patience: float = 2.0) -> None:
-    """Send ``visitor`` to worker ``pid``; raises OSError if that worker is gone or does not
-    take it within ``patience`` seconds.
+# -- sending
+
+
+def send(endpoint: socket.socket, directory: str, pid: int, handoff: Handoff,
+         visitor: socket.socket, sleep: Callable[[float], None],
+         patience: float = SEND_PATIENCE) -> None:
+    """Send ``visitor`` to worker ``pid``. Raises HandoffError if the hand-off cannot be
+    encoded, TimeoutError if that worker takes no hand-off within ``patience`` seconds, and
+    OSError if it is gone; the caller then still owns the visitor.
 
     The receiver's queue is short (net.unix.max_dgram_qlen) and a full queue does not make
     the sender's socket unwritable, so waiting for writability cannot work: retry with
     growing sleeps instead.
     """
-    fds = array.array("i", [visitor.fileno()])
-    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
     message = [handoff.encode()]
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [visitor.fileno()]))]
+    path = endpoint_path(directory, pid)
+    visitor.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
     delay = 0.0005
     waited = 0.0
-    while True:
-        try:
-            endpoint.sendmsg(message, ancillary, socket.MSG_DONTWAIT, address_of(pid))
-            return
-        except BlockingIOError:
-            if waited >= patience:
-                raise TimeoutError(f"worker {pid} is not taking hand-offs") from None
-        sleep(delay)
-        waited += delay
-        delay = min(delay * 2, 0.05)
-
-
-def receive(endpoint: socket.socket) -> tuple[Handoff | None, int | None]:
-    """One hand-off: (metadata, the received fd); either may be None when malformed."""
-    data, ancdata, _flags, _addr = endpoint.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(4 * 4))
-    fd = None
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds = array.array("i")
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            for extra in fds[1:]:
-                socket.close(extra)
-            if fds:
-                fd = fds[0]
     try:
-        return Handoff.decode(data), fd
-    except ValueError:
-        return None, fd
+        while True:
+            try:
+                endpoint.sendmsg(message, ancillary, socket.MSG_DONTWAIT, path)
+                return
+            except BlockingIOError:
+                if waited >= patience:
+                    raise TimeoutError(f"worker {pid} takes no hand-off") from None
+            sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.05)
+    except BaseException:
+        visitor.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+        raise
+
+
+# -- receiving
+
+
+class _Refused(Exception):
+    """This message is not served; the reason is logged."""
+
+
+class Receiver:
+    """This worker's receiving loop (see the module docstring).
+
+    ``is_sibling(pid)`` says whether a pid is a sibling worker; ``refusal(handoff)`` why a
+    hand-off cannot be served here (unknown portal or tunnel), or None; ``serve(session,
+    visitor)`` starts serving a taken visitor without waiting. ``wait_readable(fd)`` and
+    ``sleep(seconds)`` are the worker's cooperative waits.
+    """
+
+    def __init__(self, endpoint: socket.socket, path: str, *,
+                 is_sibling: Callable[[int], bool],
+                 refusal: Callable[[Handoff], str | None],
+                 serve: Callable[[Session, socket.socket], None],
+                 wait_readable: Callable[[int], None],
+                 sleep: Callable[[float], None]) -> None:
+        self.endpoint = endpoint
+        self.path = path
+        self.is_sibling = is_sibling
+        self.refusal = refusal
+        self.serve = serve
+        self.wait_readable = wait_readable
+        self.sleep = sleep
+        self.taken = 0
+        self.lost = 0  # siblings' visitors that could not be taken
+        self.refused = 0  # messages from anyone else
+        self._last_complaint = -60.0
+        self._complaints_left_out = 0
+
+    def run(self) -> None:
+        """Receive until the endpoint fails; raises that error."""
+        fd = self.endpoint.fileno()
+        starved = 0.0
+        while True:
+            self.wait_readable(fd)
+            if not _descriptor_to_spare(fd):
+                # Leave the hand-offs queued: once the queue is full the siblings keep
+                # their visitors (V2Ray too leaves visitors waiting until it can accept).
+                starved = min(0.5, starved * 2 or 0.01)
+                self._complain("worker %d: out of file descriptors: hand-offs wait",
+                               os.getpid())
+                self.sleep(starved)
+                continue
+            starved = 0.0
+            try:
+                data, ancdata, flags, _ = self.endpoint.recvmsg(
+                    MAX_DATAGRAM + 1, _ANCILLARY_SPACE, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                log.warning("worker %d: hand-off receive failed: %s", os.getpid(), exc)
+                self.sleep(0.1)
+                continue
+            self.take(data, ancdata, flags)
+
+    def take(self, data: bytes, ancdata: Sequence[tuple[int, int, bytes]], flags: int) -> bool:
+        """Handle one received message: serve its visitor or close what came with it.
+        Whether the visitor was taken."""
+        fds, credentials = parse_ancillary(ancdata)
+        visitor: socket.socket | None = None
+        sender = credentials[0] if credentials is not None else None
+        from_sibling = False
+        try:
+            if credentials is None:
+                raise _Refused("no sender credentials")
+            pid, uid, _gid = credentials
+            if uid != os.getuid():
+                raise _Refused(f"from pid {pid} uid {uid}")
+            if not self.is_sibling(pid):
+                raise _Refused(f"from pid {pid}, not a sibling")
+            from_sibling = True
+            if flags & socket.MSG_CTRUNC:
+                raise _Refused("no descriptor to receive the visitor with" if len(fds) < 1
+                               else "too many descriptors")
+            if flags & socket.MSG_TRUNC:
+                raise _Refused("an oversized message")
+            if len(fds) != 1:
+                raise _Refused(f"{len(fds)} descriptors")
+            try:
+                handoff = Handoff.decode(data)
+            except HandoffError as exc:
+                raise _Refused(f"bad metadata: {exc}") from None
+            reason = self.refusal(handoff)
+            if reason is not None:
+                raise _Refused(reason)
+            visitor = _visitor_socket(fds)
+            self.serve(handoff.session(), visitor)
+            visitor = None  # served: no longer ours to close
+            self.taken += 1
+            return True
+        except _Refused as exc:
+            if from_sibling:
+                self.lost += 1
+                log.warning("worker %d: a visitor handed over by worker %d is lost: %s (it "
+                            "is reset)", os.getpid(), sender, exc)
+            else:
+                self.refused += 1
+                self._complain("worker %d: hand-off refused: %s", os.getpid(), exc)
+            return False
+        except Exception:
+            self.lost += 1
+            log.exception("worker %d: a visitor handed over by worker %s is lost", os.getpid(),
+                          sender)
+            return False
+        finally:
+            for fd in fds:
+                _close(fd)
+            if visitor is not None:  # taken, then lost: reset it as well
+                try:
+                    visitor.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                except OSError:
+                    pass
+                visitor.close()
+
+    def close(self) -> None:
+        """At exit: take no more hand-offs; what is queued is lost (logged, reset)."""
+        try:
+            os.unlink(self.path)  # senders now fail at once and keep their visitors
+        except OSError:
+            pass
+        while True:
+            try:
+                data, ancdata, flags, _ = self.endpoint.recvmsg(
+                    MAX_DATAGRAM + 1, _ANCILLARY_SPACE, socket.MSG_DONTWAIT)
+            except OSError:
+                break
+            fds, credentials = parse_ancillary(ancdata)
+            for fd in fds:
+                _close(fd)
+            if credentials is not None and self.is_sibling(credentials[0]):
+                self.lost += 1
+                log.warning("worker %d: a visitor handed over by worker %d is lost: this "
+                            "worker is exiting (it is reset)", os.getpid(), credentials[0])
+        self.endpoint.close()
+
+    def _complain(self, message: str, *args: object) -> None:
+        """A warning at most every 10 s (a local process may send garbage in a loop)."""
+        now = time.monotonic()
+        if now - self._last_complaint < 10.0:
+            self._complaints_left_out += 1
+            return
+        if self._complaints_left_out:
+            message += " (and %d more since the last such warning)"
+            args += (self._complaints_left_out,)
+        log.warning(message, *args)
+        self._last_complaint = now
+        self._complaints_left_out = 0
+
+
+def _descriptor_to_spare(fd: int) -> bool:
+    """Whether this process could take one more descriptor now."""
+    try:
+        os.close(os.dup(fd))
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return False
+        raise
+    return True
+
+
+def _visitor_socket(fds: list[int]) -> socket.socket:
+    """The one received descriptor as a visitor's socket: a connected TCP socket, no longer
+    reset on close. Raises _Refused if it is something else (the descriptor then stays in
+    ``fds``, for the caller to close); on success it leaves ``fds``."""
+    fd = fds[0]
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise _Refused("not a socket")
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise _Refused(f"an unusable descriptor: {exc}") from None
+    fds.remove(fd)  # the socket object owns it now
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) \
+                or sock.type != socket.SOCK_STREAM or listening:
+            raise _Refused("not a TCP connection")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+        sock.setblocking(False)  # for SocketStream
+    except OSError as exc:
+        sock.close()
+        raise _Refused(f"an unusable socket: {exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

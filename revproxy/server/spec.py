@@ -34,6 +34,7 @@ class WorkerSpec:
     count: int
     generation: int
     master_pid: int = 0  # the process whose death the worker must not outlive
+    handoff_dir: str = ""  # the private directory of the hand-off channel (server.handoff)
 
 
 def load_prctl() -> None:

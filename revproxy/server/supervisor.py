@@ -50,6 +50,7 @@ from revproxy.config import Config, ConfigError, load_config
 from revproxy.config.sections import MAX_WORKERS
 from revproxy.log import log
 from revproxy.net.listen import bind_listener
+from revproxy.server import handoff
 from revproxy.server.spec import BOOT_ERROR, WorkerSpec, die_with_master, load_prctl
 from revproxy.server.statetable import (
     WORKER_BOOTING,
@@ -135,6 +136,7 @@ class Supervisor:
         self._target_before_reload = self.target
         self.table: StateTable | None = None
         self.pid_file: str | None = None
+        self.handoff_dir = ""  # made before the first fork (handoff.create_directory)
         self.signals: list[int] = []
         self.stopping: str | None = None  # "graceful" or "fast"
         self.stop_deadline = 0.0
@@ -166,6 +168,7 @@ class Supervisor:
             return 1
         self.table = table
         try:
+            self.handoff_dir = handoff.create_directory()
             self._own_runtime_files(config)
             self._write_pid_file(config.server.pid_file)
         except OSError as exc:
@@ -315,7 +318,8 @@ class Supervisor:
         self.table.clear_worker(slot)
         spec = WorkerSpec(config=generation.config, listeners=generation.listeners,
                           table=self.table, slot=slot, index=index, count=self.target,
-                          generation=generation.number, master_pid=os.getpid())
+                          generation=generation.number, master_pid=os.getpid(),
+                          handoff_dir=self.handoff_dir)
         load_prctl()  # here, so that every child shares what it loads
         sys.stdout.flush()  # or the child would write the master's pending output again
         sys.stderr.flush()
@@ -577,6 +581,8 @@ class Supervisor:
         except ValueError:
             return  # the workers will say so, and fail to boot
         os.chown(self.table.path, uid, gid)
+        if self.handoff_dir:
+            os.chown(self.handoff_dir, uid, gid)
 
     def _write_pid_file(self, path: str | None) -> None:
         if path:
@@ -586,6 +592,8 @@ class Supervisor:
     def _cleanup(self) -> None:
         for sock in self.sockets.values():
             sock.close()
+        if self.handoff_dir:
+            handoff.remove_directory(self.handoff_dir)
         if self.pid_file:
             try:
                 fd = os.open(self.pid_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -1,24 +1,27 @@
-"""Life of one forked worker process: drop privileges, build the Worker, publish its state in
+"""Life of one forked worker process: drop privileges, build the Instance, publish its state in
 the table, receive hand-offs from siblings, obey the supervisor's signals (TERM graceful,
-USR2 retire, INT/QUIT fast, USR1 reopen logs), and show what it does in its process title."""
+USR2 graceful while the siblings go on, INT/QUIT fast, USR1 reopen logs), and show what it
+does in its process title. A worker whose hand-off receiver dies stops its heartbeat, so that
+the master replaces it."""
 
 from __future__ import annotations
 
 import gc
 import os
 import signal
-import socket as stdsocket
+import socket
 import time
 
 import gevent
-from gevent import socket
 from gevent.event import Event
-from gevent.lock import Semaphore
+from gevent.socket import wait_read
 from setproctitle import setproctitle
 
 from revproxy import log as logging_setup
 from revproxy.instance import Instance
 from revproxy.log import log
+from revproxy.net.session import Session, Target
+from revproxy.net.stream import SocketStream
 from revproxy.net.tasks import Tasks
 from revproxy.proxy.vmess.replay import REPLAY_WINDOW
 from revproxy.server import handoff
@@ -47,9 +50,13 @@ class Worker:
             pid=self.pid, generation=spec.generation, index=spec.index, state=WORKER_BOOTING,
             started=time.time(), heartbeat=time.time()))
         self.instance: Instance | None = None
+        self.cluster: Cluster | None = None
+        self.receiver: handoff.Receiver | None = None
         self.stop_requested = Event()
         self.graceful = True
-        self.retire = False
+        self.wait_for_siblings = False  # USR2: the siblings go on and take the tunnels over
+        self.healthy = True  # False: the heartbeat stops and the master replaces this worker
+        self._tasks = Tasks()  # where handed-over visitors start
         self._last_title = 0.0
 
     def run(self) -> int:
@@ -59,13 +66,17 @@ class Worker:
         self.set_title("booting")
         try:
             drop_privileges(config.server.user, config.server.group)
-            endpoint = handoff.bind_endpoint(self.pid, socket.socket)
-            cluster = Cluster(spec.table, spec.slot, spec.generation, endpoint, Semaphore(),
-                              gevent.sleep)
+            endpoint = handoff.bind_endpoint(spec.handoff_dir, self.pid)
+            self.cluster = cluster = Cluster(spec.table, spec.slot, spec.generation, endpoint,
+                                             spec.handoff_dir, gevent.sleep)
             self.instance = Instance(config, spec.listeners,
                                      replay=spec.table.replay_filter(REPLAY_WINDOW),
-                                     cluster=cluster, workers=spec.count)
+                                     directory=cluster, workers=spec.count)
             self.instance.start()
+            self.receiver = handoff.Receiver(
+                endpoint, handoff.endpoint_path(spec.handoff_dir, self.pid),
+                is_sibling=cluster.is_sibling, refusal=self._handoff_refusal,
+                serve=self._serve_handed_over, wait_readable=wait_read, sleep=gevent.sleep)
         except Exception as exc:
             log.error("worker %d: cannot start: %s", self.pid, exc)
             return BOOT_ERROR
@@ -84,7 +95,8 @@ class Worker:
             signal.signal(ignored, signal.SIG_IGN)
         publisher = gevent.spawn(self._publish_loop)
         steerer = gevent.spawn(self._steer_loop) if self.instance.portals else None
-        receiver = gevent.spawn(self._receive_handoffs, endpoint)
+        receiver = gevent.spawn(self.receiver.run)
+        receiver.link(self._receiver_ended)
         log.info("worker %d: %d/%d gen %d running", self.pid, spec.index, spec.count,
                  spec.generation)
         self.stop_requested.wait()
@@ -92,18 +104,21 @@ class Worker:
         self.publish()
         self.set_title("stopping")
         timeout = config.server.graceful_timeout if self.graceful else 0.0
-        self.instance.stop(timeout, retire=self.retire and self.graceful)
-        receiver.kill(block=False)
+        self.instance.stop(timeout,
+                           wait_for_siblings=self.wait_for_siblings and self.graceful)
+        receiver.unlink(self._receiver_ended)
+        receiver.kill()
+        self.receiver.close()
         publisher.kill(block=False)
         if steerer is not None:
             steerer.kill(block=False)
         return 0
 
-    def request_stop(self, graceful: bool, retire: bool = False) -> None:
-        """TERM: graceful stop; USR2: retire (graceful, after siblings took over the
-        tunnels); INT/QUIT: fast stop."""
+    def request_stop(self, graceful: bool, wait_for_siblings: bool = False) -> None:
+        """TERM: graceful stop; USR2: graceful stop once the siblings took the tunnels over;
+        INT/QUIT: fast stop."""
         self.graceful = self.graceful and graceful
-        self.retire = retire and not self.stop_requested.is_set()
+        self.wait_for_siblings = wait_for_siblings and not self.stop_requested.is_set()
         self.stop_requested.set()
         if not graceful and self.state == WORKER_RETIRING:
             os._exit(0)  # a second, fast stop while finishing: leave now
@@ -116,7 +131,8 @@ class Worker:
     def publish(self) -> None:
         row = self.row
         row.state = self.state
-        row.heartbeat = time.time()
+        if self.healthy:
+            row.heartbeat = time.time()
         worker = self.instance
         if worker is not None:
             tunnels = worker.tunnels()
@@ -138,8 +154,8 @@ class Worker:
                 assert self.instance is not None
                 for tunnel in self.instance.tunnels():
                     tunnel.measure(now)
-                if self.instance.cluster is not None:
-                    self.instance.cluster.publish_all()
+                if self.cluster is not None:
+                    self.cluster.refresh_all()
                 self.publish()
                 if now - self._last_title >= TITLE_INTERVAL:
                     self.set_title(self.instance.summary())
@@ -166,27 +182,30 @@ class Worker:
                      f"[{what}]")
 
     # -- hand-offs
-    def _receive_handoffs(self, endpoint: socket.socket) -> None:
+    def _handoff_refusal(self, offer: handoff.Handoff) -> str | None:
+        """Why a sibling's hand-off cannot be served here, or None."""
         assert self.instance is not None
-        portals = {portal.tag: portal for portal in self.instance.portals}
-        tasks = Tasks()
-        while True:
-            try:
-                meta, fd = handoff.receive(endpoint)
-            except OSError as exc:
-                log.warning("worker %d: hand-off receive failed: %s", self.pid, exc)
-                gevent.sleep(0.1)
-                continue
-            if fd is None:
-                continue
-            visitor = stdsocket.socket(fileno=fd)
-            visitor.setblocking(False)  # for SocketStream
-            portal = portals.get(meta.portal_tag) if meta is not None else None
-            if portal is None:
-                log.warning("worker %d: dropped a malformed hand-off", self.pid)
-                visitor.close()
-                continue
-            tasks.spawn(portal.serve_handoff, meta, visitor)
+        portal = next((p for p in self.instance.portals if p.tag == offer.outbound_tag), None)
+        if portal is None:
+            return f"no portal {offer.outbound_tag!r} here"
+        return portal.handoff_refusal(offer.tunnel_id,
+                                      Target(offer.network, offer.address, offer.port))
+
+    def _serve_handed_over(self, session: Session, visitor: socket.socket) -> None:
+        """A sibling's visitor goes through the dispatcher like one accepted here."""
+        assert self.instance is not None and self.instance.dispatcher is not None
+        self._tasks.spawn(self.instance.dispatcher.handle, session, SocketStream(visitor))
+
+    def _receiver_ended(self, greenlet: gevent.Greenlet) -> None:
+        """The receiving loop must not end while the worker runs: siblings would hand it
+        visitors that nobody takes. Stop the heartbeat: the master replaces this worker."""
+        log.error("worker %d: the hand-off receiver died (%s); stopping the heartbeat so "
+                  "that the master replaces this worker", self.pid, greenlet.exception)
+        self.healthy = False
+        try:
+            os.unlink(handoff.endpoint_path(self.spec.handoff_dir, self.pid))
+        except OSError:
+            pass
 
 
 def run_worker(spec: WorkerSpec) -> int:

@@ -15,7 +15,7 @@ class FakeTunnel:
     closed: bool = False
 
 
-class FakeCluster:
+class FakeDirectory:
     def __init__(self, pools: list[tuple[int, int]]) -> None:
         self.pools = pools
 
@@ -26,9 +26,9 @@ class FakeCluster:
 
 def bridge(sessions: list[int], siblings: list[tuple[int, int]] | None = None,
            min_tunnels: int = 1, max_tunnels: int | None = None) -> Bridge:
-    cluster = FakeCluster(siblings) if siblings is not None else None
+    directory = FakeDirectory(siblings) if siblings is not None else None
     made = Bridge("bridge", "reverse.example", dispatcher=None, min_tunnels=min_tunnels,
-                  max_tunnels=max_tunnels, cluster=cluster)
+                  max_tunnels=max_tunnels, directory=directory)
     made.tunnels = [FakeTunnel(count) for count in sessions]
     return made
 
