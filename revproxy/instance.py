@@ -21,6 +21,7 @@ from revproxy.config.model import (
     BlackholeSettings,
     DokodemoSettings,
     FreedomSettings,
+    StreamConfig,
     VMessInboundSettings,
     VMessOutboundSettings,
 )
@@ -43,6 +44,7 @@ from revproxy.reverse.directory import Role, TunnelDirectory
 from revproxy.reverse.portal import PortalOutbound
 from revproxy.reverse.tunnel import Tunnel
 from revproxy.routing import Router
+from revproxy.transport import listener_options, prepare
 
 
 def outbound_key(index: int, tag: str | None) -> str:
@@ -70,7 +72,7 @@ class Instance:
         config = self.config
         for index, outbound in enumerate(config.outbounds):
             key = outbound_key(index, outbound.tag)
-            self.outbounds[key] = build_outbound(key, outbound.settings)
+            self.outbounds[key] = build_outbound(key, outbound.settings, outbound.stream)
         for portal_config in config.reverse.portals:
             portal = PortalOutbound(portal_config.tag, portal_config.domain, self.directory)
             self.portals.append(portal)
@@ -82,6 +84,7 @@ class Instance:
             handler = build_inbound(inbound, self.dispatcher, replay)
             listener = self.listeners.get(index) or bind_listener(inbound.listen,
                                                                      inbound.port)
+            set_listener_options(inbound, listener)
             self.listeners[index] = listener
             server = Acceptor(listener, handler)
             server.start_accepting()
@@ -187,9 +190,11 @@ class Instance:
             bridge.stop()
 
 
-def build_outbound(tag: str, settings: object) -> Outbound:
+def build_outbound(tag: str, settings: object, stream: StreamConfig | None = None) -> Outbound:
+    """The outbound for ``settings``; ``stream`` its streamSettings (loads certificates)."""
+    transport = prepare(stream, server=False)
     if isinstance(settings, FreedomSettings):
-        return FreedomOutbound(tag, settings.redirect)
+        return FreedomOutbound(tag, settings.redirect, transport)
     if isinstance(settings, BlackholeSettings):
         return BlackholeOutbound(tag)
     if isinstance(settings, VMessOutboundSettings):
@@ -202,7 +207,7 @@ def build_outbound(tag: str, settings: object) -> Outbound:
         if any(user.alter_id for server in settings.servers for user in server.users[:1]):
             log.warning("vmess outbound %s: alterId is set, but revproxy speaks VMess AEAD "
                         "(the legacy scheme is probe-able); V2Ray 4.34 servers accept it", tag)
-        return VMessOutbound(tag, servers)
+        return VMessOutbound(tag, servers, transport)
     raise ValueError(f"unsupported outbound settings {settings!r}")
 
 
@@ -223,12 +228,22 @@ def _legacy_users(inbound: InboundConfig, users: list[User]) -> LegacyUsers | No
 def build_inbound(inbound: InboundConfig, dispatcher: Dispatcher,
                   replay: ReplayFilter) -> Callable[[socket.socket, tuple, Ending], None]:
     settings = inbound.settings
+    transport = prepare(inbound.stream, server=True)  # loads its certificates
     if isinstance(settings, DokodemoSettings):
         return DokodemoInbound(inbound.tag, settings.address, settings.port,
-                               settings.follow_redirect, dispatcher).handle_connection
+                               settings.follow_redirect, dispatcher, transport,
+                               inbound.stream.sockopt.tproxy).handle_connection
     if isinstance(settings, VMessInboundSettings):
         users = [User(client.id, email=client.email) for client in settings.clients]
-        return VMessInbound(inbound.tag, users, replay, dispatcher,
+        return VMessInbound(inbound.tag, users, replay, dispatcher, transport,
                             legacy_users=_legacy_users(inbound, users),
                             secure_only=settings.disable_insecure_encryption).handle_connection
     raise ValueError(f"unsupported inbound settings {settings!r}")
+
+
+def set_listener_options(inbound: InboundConfig, listener: socket.socket) -> None:
+    """What the inbound's ``sockopt`` does to its listening socket (mark, Fast Open,
+    transparent proxying); raises OSError naming the option it cannot set."""
+    apply = listener_options(inbound.stream)
+    if apply is not None:
+        apply(listener)

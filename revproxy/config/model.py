@@ -41,6 +41,94 @@ class VMessInboundSettings:
     disable_insecure_encryption: bool = False
 
 
+Headers = tuple[tuple[str, tuple[str, ...]], ...]
+"""HTTP header fields in order, each with the values one is picked from per connection."""
+
+
+@dataclass(frozen=True)
+class HTTPRequestConfig:
+    """``tcpSettings.header.request``: what the client sends first (one of ``paths``)."""
+
+    version: str
+    method: str
+    paths: tuple[str, ...]
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class HTTPResponseConfig:
+    """``tcpSettings.header.response``: what the server answers first."""
+
+    version: str
+    status: str
+    reason: str
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class HTTPHeaderConfig:
+    """``tcpSettings.header`` of type "http": V2Ray's HTTP disguise of a TCP stream."""
+
+    request: HTTPRequestConfig
+    response: HTTPResponseConfig
+
+
+@dataclass(frozen=True)
+class WebSocketConfig:
+    """``wsSettings``: ``path`` starts with "/" and may carry a query string."""
+
+    path: str = "/"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    """One of ``tlsSettings.certificates``: a file path (absolute) or inline PEM text for the
+    certificate and its key; ``usage`` "encipherment" (serve it) or "verify" (trust it)."""
+
+    certificate_file: str | None = None
+    certificate: str | None = None
+    key_file: str | None = None
+    key: str | None = None
+    usage: str = "encipherment"
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """``tlsSettings``; an empty ``alpn`` means V2Ray's default for the transport."""
+
+    server_name: str | None = None
+    alpn: tuple[str, ...] = ()
+    allow_insecure: bool = False
+    disable_system_root: bool = False
+    session_resumption: bool = False
+    certificates: tuple[CertificateConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class SockoptConfig:
+    """``sockopt``: ``mark`` SO_MARK (0: none), ``tcp_fast_open`` None leaves the system's
+    default, ``tproxy`` "off", "redirect" or "tproxy"."""
+
+    mark: int = 0
+    tcp_fast_open: bool | None = None
+    tproxy: str = "off"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """``streamSettings``: ``network`` "tcp" (``http_header`` set for the HTTP disguise) or
+    "ws" (``websocket`` set); ``tls`` set for ``security: "tls"``; ``accept_proxy_protocol``
+    from the selected network's settings."""
+
+    network: str = "tcp"
+    http_header: HTTPHeaderConfig | None = None
+    websocket: WebSocketConfig | None = None
+    accept_proxy_protocol: bool = False
+    tls: TLSConfig | None = None
+    sockopt: SockoptConfig = SockoptConfig()
+
+
 @dataclass(frozen=True)
 class InboundConfig:
     tag: str | None
@@ -48,6 +136,7 @@ class InboundConfig:
     port: int
     protocol: str
     settings: DokodemoSettings | VMessInboundSettings
+    stream: StreamConfig = StreamConfig()
 
 
 @dataclass(frozen=True)
@@ -88,6 +177,7 @@ class OutboundConfig:
     protocol: str
     settings: FreedomSettings | VMessOutboundSettings | BlackholeSettings
     mux: MuxConfig = MuxConfig()
+    stream: StreamConfig = StreamConfig()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Parsers for ``inbounds`` and ``outbounds``: each handler, its protocol settings
-(dokodemo-door, vmess, freedom, blackhole), its mux object, and the check that
-``streamSettings`` asks for nothing but plain TCP."""
+(dokodemo-door, vmess, freedom, blackhole), its mux object and its ``streamSettings`` (parsed
+in ``config.transport``)."""
 
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ from revproxy.config.model import (
     InboundConfig,
     MuxConfig,
     OutboundConfig,
+    StreamConfig,
     VMessInboundSettings,
     VMessOutboundSettings,
     VMessServerConfig,
     VMessUserConfig,
 )
+from revproxy.config.transport import stream_settings
 
 _V2RAY_ONLY_INBOUNDS = ("http", "shadowsocks", "socks", "vless", "trojan", "mtproto")
 _V2RAY_ONLY_OUTBOUNDS = ("http", "shadowsocks", "socks", "vless", "trojan", "mtproto", "dns",
                          "loopback")
-_V2RAY_TRANSPORTS = ("kcp", "mkcp", "ws", "websocket", "h2", "http", "ds", "domainsocket", "quic")
 _SECURITIES = ("auto", "aes-128-gcm", "chacha20-poly1305", "none", "zero")
 
 
@@ -41,9 +42,10 @@ def inbound(node: Node, raw: Any) -> InboundConfig:
     port = o.get("port", f.single_port, 0, required=True)
     protocol = o.get("protocol", _protocol(_INBOUND_SETTINGS, _V2RAY_ONLY_INBOUNDS), None,
                      required=True)
-    o.nested("streamSettings", _plain_tcp, None)
+    stream = o.nested("streamSettings", lambda n, v: stream_settings(n, v, server=True),
+                      StreamConfig())
     return InboundConfig(tag, listen, port, protocol or "",
-                         _settings(o, protocol, _INBOUND_SETTINGS))
+                         _settings(o, protocol, _INBOUND_SETTINGS), stream)
 
 
 def outbound(node: Node, raw: Any) -> OutboundConfig:
@@ -52,9 +54,10 @@ def outbound(node: Node, raw: Any) -> OutboundConfig:
     tag = o.get("tag", f.tag, None)
     protocol = o.get("protocol", _protocol(_OUTBOUND_SETTINGS, _V2RAY_ONLY_OUTBOUNDS), None,
                      required=True)
-    o.nested("streamSettings", _plain_tcp, None)
+    stream = o.nested("streamSettings", lambda n, v: stream_settings(n, v, server=False),
+                      StreamConfig())
     return OutboundConfig(tag, protocol or "", _settings(o, protocol, _OUTBOUND_SETTINGS),
-                          o.nested("mux", _mux, MuxConfig()))
+                          o.nested("mux", _mux, MuxConfig()), stream)
 
 
 def _protocol(supported: Collection[str], v2ray_only: Collection[str]) -> Callable[[Any], str]:
@@ -187,45 +190,6 @@ def _mux(node: Node, raw: Any) -> MuxConfig:
     if concurrency < 0:  # V2Ray: a negative concurrency turns mux off entirely
         return MuxConfig()
     return MuxConfig(enabled=enabled, concurrency=concurrency or 8)
-
-
-def _plain_tcp(node: Node, raw: Any) -> None:
-    """Accept streamSettings only when they mean plain TCP (other transports' settings are
-    unused then, as in V2Ray, and ignored)."""
-    o = Obj(node, raw, ("network", "security", "tcpSettings"),
-            ignored=("tlsSettings", "kcpSettings", "wsSettings", "httpSettings", "dsSettings",
-                     "quicSettings"),
-            unsupported=("sockopt",))
-    o.get("network", _transport, None)
-    o.get("security", _security, None)
-    o.nested("tcpSettings", _tcp_settings, None)
-
-
-def _transport(value: Any) -> None:
-    name = f.string(value).lower()
-    if name in _V2RAY_TRANSPORTS:
-        raise Invalid(f'transport {show(value)} is {NOT_SUPPORTED} (only plain "tcp")')
-    if name != "tcp":
-        raise Invalid(f"unknown transport {show(value)}")
-
-
-def _security(value: Any) -> None:
-    name = f.string(value).lower()
-    if name in ("tls", "xtls"):
-        raise Invalid(f"security {show(value)} is {NOT_SUPPORTED} (only \"none\")")
-    if name not in ("", "none"):
-        raise Invalid(f'unknown security {show(value)} (expected "none")')
-
-
-def _tcp_settings(node: Node, raw: Any) -> None:
-    o = Obj(node, raw, ("header",), unsupported=("acceptProxyProtocol",))
-    o.nested("header", _tcp_header, None)
-
-
-def _tcp_header(node: Node, raw: Any) -> None:
-    o = Obj(node, raw, ("type",), ignored=("request", "response"))
-    if o.get("type", f.choice("none", "http"), "none") == "http":
-        node.at("type").report(f'header type "http" is {NOT_SUPPORTED}')
 
 
 _INBOUND_SETTINGS: dict[str, Callable[[Node, Any], Any]] = {

@@ -1,4 +1,7 @@
-"""Dokodemo-door inbound: every accepted TCP connection goes to one fixed destination."""
+"""Dokodemo-door inbound: every accepted TCP connection goes to one fixed destination, or with
+``followRedirect`` to the one it was bound for before a firewall redirected it (its original
+destination for ``sockopt.tproxy`` "redirect", the default; its local address for "tproxy").
+The connection arrives through the inbound's transport (``streamSettings``)."""
 
 from __future__ import annotations
 
@@ -8,21 +11,27 @@ import struct
 from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
 from revproxy.net.session import Ending, Session, Target
-from revproxy.net.stream import SocketStream
+from revproxy.transport import PLAIN, Transport, wrap
 
 _SO_ORIGINAL_DST = 80
 
 
 class DokodemoInbound:
     def __init__(self, tag: str | None, address: str | None, port: int | None,
-                 follow_redirect: bool, dispatcher: Dispatcher) -> None:
+                 follow_redirect: bool, dispatcher: Dispatcher, transport: Transport = PLAIN,
+                 tproxy: str = "off") -> None:
         self.tag = tag
         self.address = address
         self.port = port
         self.follow_redirect = follow_redirect
         self.dispatcher = dispatcher
+        self.transport = transport
+        self.tproxy = tproxy
 
     def target_for(self, sock: socket.socket) -> Target | None:
+        if self.follow_redirect and self.tproxy == "tproxy":
+            host, port = sock.getsockname()[:2]  # TPROXY keeps the original destination
+            return Target("tcp", host, port)
         if self.follow_redirect:
             try:
                 raw = sock.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)
@@ -40,5 +49,12 @@ class DokodemoInbound:
             log.warning("dokodemo-door: unable to get destination for %s", address[0])
             ending.end()
             return
+        try:
+            stream, address = wrap(self.transport, sock, address)
+        except OSError as exc:
+            log.info("dokodemo-door: %s:%s: transport handshake failed: %s", address[0],
+                     address[1], exc)
+            ending.end()  # closes the socket
+            return
         session = Session(target, self.tag, source=f"{address[0]}:{address[1]}", ending=ending)
-        self.dispatcher.handle(session, SocketStream(sock))
+        self.dispatcher.handle(session, stream)

@@ -1,21 +1,23 @@
 """Freedom outbound: connects straight to the session's destination (TCP or UDP), or to its
-``redirect``."""
+``redirect``; TCP through the outbound's transport (``streamSettings``), as V2Ray's does."""
 
 from __future__ import annotations
 
 from gevent import socket
 
 from revproxy.log import log
-from revproxy.net.dial import connect
 from revproxy.net.relay import relay
 from revproxy.net.session import Session
-from revproxy.net.stream import DatagramStream, SocketStream, Stream
+from revproxy.net.stream import DatagramStream, Stream
+from revproxy.transport import PLAIN, Transport, dial
 
 
 class FreedomOutbound:
-    def __init__(self, tag: str, redirect: tuple[str, int] | None = None) -> None:
+    def __init__(self, tag: str, redirect: tuple[str, int] | None = None,
+                 transport: Transport = PLAIN) -> None:
         self.tag = tag
         self.redirect = redirect
+        self.transport = transport
 
     def destination(self, session: Session) -> tuple[str, int]:
         host, port = session.target.address, session.target.port
@@ -27,7 +29,7 @@ class FreedomOutbound:
     def open(self, session: Session) -> Stream:
         if session.target.network == "udp":
             return self._open_udp(session)
-        return SocketStream(connect(*self.destination(session)))
+        return dial(self.transport, *self.destination(session))
 
     def _open_udp(self, session: Session) -> Stream:
         host, port = self.destination(session)

@@ -15,8 +15,15 @@ the relay's fast paths and the portal's hand-off of visitor sockets keep working
 transport gives a wrapper, which the portal serves in the worker that accepted it.
 
 A ``Transport`` is made once per configuration generation by ``prepare(settings)``: it loads
-certificates (so a reload picks up renewed ones) and builds the HTTP templates. The layers:
+certificates (so a reload picks up renewed ones). ``listener_options(settings)`` gives what an
+inbound's ``sockopt`` does to its listening socket. The modules:
 
+``core``
+    ``Transport``, ``prepare``, ``dial``, ``wrap``: the layers stacked bottom up.
+``base``
+    the ``Layer`` protocol each layer implements, ``TransportError``.
+``settings``
+    what the transports read from ``streamSettings`` (protocols the configuration meets).
 ``tcp``
     socket options (``sockopt``: mark, TCP Fast Open, transparent proxying).
 ``proxyprotocol``
@@ -34,13 +41,15 @@ Codecs (``http1``, ``httpheader``'s request/answer logic, ``websocket``'s handsh
 ``proxyprotocol``) are sans-IO; each layer's stream class is the thin I/O around them.
 """
 
+from revproxy.transport.base import TransportError
 from revproxy.transport.core import (
     PLAIN,
     Transport,
-    TransportError,
     dial,
+    listener_options,
     prepare,
     wrap,
 )
 
-__all__ = ["PLAIN", "Transport", "TransportError", "dial", "prepare", "wrap"]
+__all__ = ["PLAIN", "Transport", "TransportError", "dial", "listener_options", "prepare",
+           "wrap"]

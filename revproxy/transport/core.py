@@ -5,34 +5,16 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from gevent import Timeout
 
 from revproxy.net.dial import CONNECT_TIMEOUT, connect
 from revproxy.net.stream import SocketStream, TunnelStream
+from revproxy.transport.base import Address, Layer
+from revproxy.transport.settings import StreamSettings
 
 ACCEPT_HANDSHAKE_TIMEOUT = 4.0  # V2Ray: the WebSocket server's header timeout, VMess's handshake
 DIAL_HANDSHAKE_TIMEOUT = 8.0  # V2Ray: the WebSocket client's handshake timeout
-
-Address = tuple  # a socket address: (host, port) or (host, port, flowinfo, scope_id)
-
-
-class TransportError(ConnectionError):
-    """A transport handshake failed (the peer was answered as V2Ray would, if at all)."""
-
-
-class Layer(Protocol):
-    """One layer above TCP: TLS, WebSocket, the HTTP header. ``client`` and ``server`` run
-    its handshake over ``stream`` and give the stream above it; on failure they raise
-    ``OSError`` (``TransportError`` for a bad peer) and leave ``stream`` to the caller.
-    Every stream can also be written from a hub callback (``TunnelStream``): a mux tunnel
-    may ride on it."""
-
-    def client(self, stream: TunnelStream, host: str, port: int) -> TunnelStream: ...
-
-    def server(self, stream: TunnelStream, peer: Address) -> tuple[TunnelStream, Address]: ...
-
 
 @dataclass(frozen=True, slots=True)
 class Transport:
@@ -56,9 +38,49 @@ class Transport:
 PLAIN = Transport()
 
 
-def prepare(settings: object | None) -> Transport:
-    """The transport for ``streamSettings`` (None: plain TCP)."""
-    return PLAIN
+def prepare(settings: StreamSettings | None, *, server: bool) -> Transport:
+    """The transport for ``streamSettings`` (None: plain TCP), for an inbound (``server``) or
+    an outbound. Loads the TLS certificates: call it once per configuration generation.
+    Raises ``OSError`` if a certificate cannot be loaded."""
+    if settings is None:
+        return PLAIN
+    layers: list[Layer] = []
+    websocket = settings.network == "ws"
+    if settings.tls is not None:
+        from revproxy.transport.tls import TLSLayer
+
+        layers.append(TLSLayer(settings.tls, server=server, websocket=websocket))
+    if websocket:
+        from revproxy.transport.websocket import WebSocketLayer
+
+        assert settings.websocket is not None
+        layers.append(WebSocketLayer(settings.websocket, secure=settings.tls is not None))
+    elif settings.http_header is not None:
+        from revproxy.transport.httpheader import HeaderLayer
+
+        layers.append(HeaderLayer(settings.http_header))
+    before_connect = accept_header = None
+    if server:
+        if settings.accept_proxy_protocol:
+            from revproxy.transport.proxyprotocol import read_proxy_header
+
+            accept_header = read_proxy_header
+    else:
+        from revproxy.transport.tcp import outgoing_options
+
+        before_connect = outgoing_options(settings.sockopt)
+    if not layers and before_connect is None and accept_header is None:
+        return PLAIN
+    return Transport(tuple(layers), before_connect, accept_header)
+
+
+def listener_options(settings: StreamSettings | None) -> Callable[[socket.socket], None] | None:
+    """What an inbound's ``sockopt`` does to its listening socket (None: nothing)."""
+    if settings is None:
+        return None
+    from revproxy.transport.tcp import listener_options as options
+
+    return options(settings.sockopt)
 
 
 def dial(transport: Transport, host: str, port: int,
