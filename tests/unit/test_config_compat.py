@@ -475,3 +475,29 @@ def test_check_takes_several_files_and_a_confdir(tmp_path: Path) -> None:
     assert (done.returncode, done.stderr) == (2, "bad.json: inbounds: expected a list, got an "
                                                  "object\n")
     assert revproxy("check", cwd=tmp_path).returncode == 2
+
+
+def test_run_logs_the_warnings_as_it_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capfd: pytest.CaptureFixture[str]) -> None:
+    from revproxy import cli, log
+    from revproxy.server import supervisor
+
+    for logger in (log.log, log.access_log):  # put back as they were afterwards
+        for name in ("handlers", "level", "propagate"):
+            monkeypatch.setattr(logger, name, copy.copy(getattr(logger, name)))
+    started: list[Config] = []
+
+    class FakeSupervisor:
+        def __init__(self, config: Config, **kwargs: Any) -> None:
+            started.append(config)
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(supervisor, "Supervisor", FakeSupervisor)
+    write(tmp_path / "w.json", edited(PORTAL, "stats", {}))
+    assert cli.main(["run", "-c", str(tmp_path / "w.json")]) == 0
+    assert started and started[0].warnings
+    err = capfd.readouterr().err
+    assert ("[Warning] config: w.json: stats: warning: statistics are not counted yet "
+            "(nothing would serve them: see api)") in err
