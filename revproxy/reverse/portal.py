@@ -11,6 +11,8 @@ that has opened more than 256 sessions is drained.
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from collections.abc import Sequence
 
@@ -36,6 +38,7 @@ CLOSE_EMPTY_DRAINED_AFTER = 16.0
 PEER_SILENCE_LIMIT = 10.0  # only for peers that send KeepAlive frames (revproxy bridges)
 FIRST_PAYLOAD_WAIT = 0.1
 TUNNEL_WAIT = 5.0  # how long a visitor may wait for a tunnel to (re)appear
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
 
 
 class PortalTunnel(Tunnel):
@@ -117,6 +120,16 @@ class PortalTunnel(Tunnel):
 
 def _discard(_payload: bytes) -> None:
     """The bridge has nothing to say on the control session."""
+
+
+def _reset(stream: Stream) -> None:
+    """A visitor that cannot be served is reset when closed, not closed in good order: it
+    learns at once that it was not served."""
+    if isinstance(stream, SocketStream):
+        try:
+            stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        except OSError:
+            pass
 
 
 class PortalOutbound:
@@ -215,6 +228,7 @@ class PortalOutbound:
             choice = self.pick(wait=max(0.0, deadline - time.monotonic()), exclude=gone)
         if choice is None:
             log.warning("portal %s: no tunnel available for %s", self.tag, session.describe())
+            _reset(stream)
             ending.end()
             return
         self._carry(choice, session.target, stream, first, session.describe(), ending)
@@ -237,6 +251,7 @@ class PortalOutbound:
         if tunnel is None:
             log.warning("portal %s: handed-over %s from %s found no tunnel", self.tag,
                         session.describe(), session.source)
+            _reset(stream)
             session.ending.end()
             return
         log.debug("portal %s: hand-over of %s for tunnel %s", self.tag, session.source,

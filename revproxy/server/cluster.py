@@ -29,6 +29,7 @@ from revproxy.server.statetable import (
 
 SIBLING_SILENCE = 10.0  # a sibling whose heartbeat is older is ignored
 REMOTE_TTL = 0.01  # seconds a read of the siblings' tunnels is reused
+SIBLING_PIDS_TTL = 1.0  # seconds the pids of the siblings are trusted without a new read
 BUSY_PAUSE = 1.0  # seconds a sibling that took no hand-off in time is not offered any
 _TABLE_ROLES = {Role.PORTAL: ROLE_PORTAL, Role.BRIDGE: ROLE_BRIDGE}
 
@@ -74,6 +75,8 @@ class Cluster:
         self._listings: dict[int, TableListing] = {}  # by tunnel row index
         self._remote: dict[str, tuple[float, list[SiblingTunnel]]] = {}  # tag -> (read at, rows)
         self._busy_until: dict[int, float] = {}  # pid -> monotonic time
+        self._sibling_pids: frozenset[int] = frozenset()
+        self._sibling_pids_read = 0.0
 
     # -- listing this worker's tunnels
     def list_tunnel(self, role: Role, tunnel: ListedTunnel) -> TableListing | None:
@@ -85,6 +88,7 @@ class Cluster:
                     opened=tunnel.opened, heartbeat=tunnel.last_heard,
                     generation=self.generation))
                 listing = self._listings[index] = TableListing(self, index, writer, tunnel)
+                listing.refresh()
                 return listing
         return None  # the table is full: the tunnel works, it is just not shared
 
@@ -104,9 +108,17 @@ class Cluster:
 
     def is_sibling(self, pid: int) -> bool:
         """Whether ``pid`` is another worker of this master, in any state (the hand-off
-        receiver's check of a sender)."""
-        return pid != self.pid and any(row.pid == pid for slot, row in self.table.workers()
+        receiver's check of a sender). The table is read again for a pid not seen there
+        lately, and at least every ``SIBLING_PIDS_TTL`` s (a dead worker's pid may be reused)."""
+        if pid == self.pid:
+            return False
+        now = time.monotonic()
+        if pid in self._sibling_pids and now - self._sibling_pids_read < SIBLING_PIDS_TTL:
+            return True
+        self._sibling_pids = frozenset(row.pid for slot, row in self.table.workers()
                                        if slot != self.slot)
+        self._sibling_pids_read = now
+        return pid in self._sibling_pids
 
     def _sibling_tunnels(self, siblings: dict[int, int]) -> Iterable[TunnelRow]:
         """The tunnel rows that live siblings own (rows of dead owners are skipped)."""

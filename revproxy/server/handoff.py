@@ -325,21 +325,25 @@ class Receiver:
         """Receive until the endpoint fails; raises that error."""
         fd = self.endpoint.fileno()
         starved = 0.0
+        pending = True  # something may be queued: try before waiting
         while True:
-            self.wait_readable(fd)
+            if not pending:
+                self.wait_readable(fd)
             if not _descriptor_to_spare(fd):
                 # Leave the hand-offs queued: once the queue is full the siblings keep
                 # their visitors (V2Ray too leaves visitors waiting until it can accept).
                 starved = min(0.5, starved * 2 or 0.01)
-                self._complain("worker %d: out of file descriptors: hand-offs wait",
-                               os.getpid())
+                self._complain("worker %d: out of file descriptors: no hand-off is received "
+                               "until some are free", os.getpid())
                 self.sleep(starved)
+                pending = True
                 continue
             starved = 0.0
             try:
                 data, ancdata, flags, _ = self.endpoint.recvmsg(
                     MAX_DATAGRAM + 1, _ANCILLARY_SPACE, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
+                pending = False
                 continue
             except OSError as exc:
                 if exc.errno not in (errno.ENOBUFS, errno.ENOMEM):
@@ -347,6 +351,7 @@ class Receiver:
                 log.warning("worker %d: hand-off receive failed: %s", os.getpid(), exc)
                 self.sleep(0.1)
                 continue
+            pending = True
             self.take(data, ancdata, flags)
 
     def take(self, data: bytes, ancdata: Sequence[tuple[int, int, bytes]], flags: int) -> bool:

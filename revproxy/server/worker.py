@@ -26,7 +26,7 @@ from revproxy.net.tasks import Tasks
 from revproxy.proxy.vmess.replay import REPLAY_WINDOW
 from revproxy.server import handoff
 from revproxy.server.cluster import Cluster
-from revproxy.server.spec import BOOT_ERROR, WorkerSpec
+from revproxy.server.spec import BOOT_ERROR, WorkerSpec, die_with_master
 from revproxy.server.statetable import (
     WORKER_BOOTING,
     WORKER_RETIRING,
@@ -66,6 +66,8 @@ class Worker:
         self.set_title("booting")
         try:
             drop_privileges(config.server.user, config.server.group)
+            if spec.master_pid:
+                die_with_master(spec.master_pid)  # changing ids cleared the parent-death signal
             endpoint = handoff.bind_endpoint(spec.handoff_dir, self.pid)
             self.cluster = cluster = Cluster(spec.table, spec.slot, spec.generation, endpoint,
                                              spec.handoff_dir, gevent.sleep)

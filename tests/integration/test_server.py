@@ -3,6 +3,7 @@ cross-worker hand-off, shared replay filter and traffic-weighted balancing."""
 
 from __future__ import annotations
 
+import array
 import contextlib
 import hashlib
 import http.client
@@ -270,7 +271,7 @@ def test_replay_to_another_worker_is_refused(backend, tmp_path):
 
 
 def test_one_tunnel_serves_four_portal_workers(backend, tmp_path):
-    with running(tmp_path, backend, 4, 1, min_tunnels=1, max_tunnels=1) as (public, _, _):
+    with running(tmp_path, backend, 4, 1, min_tunnels=1, max_tunnels=1) as (public, portal, _):
         wait_for(lambda: len(worker_pids(tmp_path / "portal.pid")) == 4, "4 workers")
         assert len(status(tmp_path / "portal.pid")["tunnels"]) == 1
         results = []
@@ -291,6 +292,7 @@ def test_one_tunnel_serves_four_portal_workers(backend, tmp_path):
         accepting = {w["pid"] for w in status(tmp_path / "portal.pid")["workers"]
                      if w["total_sessions"] > 0}
         assert len(accepting) >= 2, "the hand-off path was not exercised"
+        assert "is lost" not in portal.output() and "refused" not in portal.output()
 
 
 def test_short_requests_avoid_the_busy_tunnel(backend, tmp_path):
@@ -342,3 +344,108 @@ def test_worker_that_cannot_boot_halts_the_master(backend, tmp_path):
         assert "Traceback" not in log
     finally:
         portal.stop()
+
+
+# -- the hand-off channel (issue 11): only the server's own workers can use it
+
+def handoff_endpoints(portal, count: int) -> dict[int, str]:
+    """worker pid -> the Unix socket it receives hand-offs on, once ``count`` workers run."""
+    def found():
+        endpoints = {}
+        for child in psutil.Process(portal.pid).children():
+            for conn in child.net_connections(kind="unix"):
+                if conn.laddr:
+                    endpoints[child.pid] = conn.laddr
+        return len(endpoints) == count and endpoints
+    return wait_for(found, f"{count} hand-off endpoints")
+
+
+NOBODY_PROBE = """
+import socket, sys
+for path in sys.argv[1:]:
+    if path.startswith("@"):  # an abstract name
+        path = "\\0" + path[1:]
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
+        sock = socket.socket(socket.AF_UNIX, kind)
+        try:
+            if kind == socket.SOCK_DGRAM:
+                sock.sendto(b"hello", path)
+            else:
+                sock.connect(path)
+            print(repr(path), kind, "reached")
+        except OSError as exc:
+            print(repr(path), kind, exc.errno)
+        sock.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"),
+                    reason="becoming nobody needs root and setpriv")
+def test_another_user_cannot_reach_the_hand_off_channel(backend, tmp_path):
+    public, tunnel = free_port(), free_port()
+    portal = start_end("revproxy", "portal", portal_with(tmp_path, public, tunnel, 2), tmp_path)
+    try:
+        endpoints = handoff_endpoints(portal, 2)
+        paths = list(endpoints.values())
+        assert all(path.startswith("/") for path in paths), "an abstract name is squattable"
+        directory = os.path.dirname(paths[0])
+        assert {os.path.dirname(path) for path in paths} == {directory}
+        assert os.stat(directory).st_mode & 0o777 == 0o700
+        # the names workers used to bind: nobody there any more
+        old = [f"@revproxy-handoff-{pid}" for pid in endpoints]
+        probe = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             "/usr/bin/python3", "-c", NOBODY_PROBE, *paths, *old],
+            capture_output=True, text=True, timeout=TIMEOUT, cwd="/")
+        assert probe.returncode == 0, probe.stderr
+        lines = probe.stdout.splitlines()
+        assert len(lines) == 3 * (len(paths) + len(old))
+        denied = [line for line in lines if line.endswith(" 13")]  # EACCES
+        refused = [line for line in lines if line.endswith(" 111")]  # ECONNREFUSED
+        assert len(denied) == 3 * len(paths), lines
+        assert len(refused) == 3 * len(old), lines
+        assert not [line for line in lines if "reached" in line]
+        assert portal.alive()
+    finally:
+        portal.stop()
+    assert not os.path.exists(directory), "the master leaves its directory behind"
+
+
+def test_strangers_with_our_uid_are_refused_and_serving_goes_on(backend, tmp_path):
+    from revproxy.server.handoff import Handoff
+
+    with running(tmp_path, backend, 2, 1) as (public, portal, _):
+        endpoints = handoff_endpoints(portal, 2)
+        before = {pid: psutil.Process(pid).num_fds() for pid in endpoints}
+        meta = Handoff(1, "portal", "tcp", "127.0.0.1", 80, "192.0.2.1:1").encode()
+        pipes = []
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stranger, \
+                socket.create_connection(("127.0.0.1", public)) as visitor:
+            for path in endpoints.values():
+                for _ in range(20):
+                    pipe_r, pipe_w = os.pipe()
+                    pipes.append(pipe_r)
+                    fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [pipe_w]))]
+                    stranger.sendmsg([meta], fds, 0, path)  # a non-socket descriptor
+                    os.close(pipe_w)
+                stranger.sendto(b"\x01garbage", path)
+                stranger.sendmsg([meta], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                           array.array("i", [visitor.fileno()] * 3))], 0, path)
+            # Every received pipe end is closed: each read sees the end of the pipe.
+            for pipe_r in pipes:
+                assert wait_for(lambda fd=pipe_r: os.read(fd, 1) == b"", "a closed pipe")
+                os.close(pipe_r)
+            # The socket sent along was not taken: it is not reset, nothing arrives on it.
+            visitor.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                visitor.recv(100)
+        for _ in range(10):
+            code, body = request(public, timeout=TIMEOUT)
+            assert code == 200 and body.startswith(b"hello")
+        after = {pid: psutil.Process(pid).num_fds() for pid in endpoints}
+        assert set(after) == set(before)  # no worker died or was replaced
+        assert all(after[pid] <= before[pid] + 4 for pid in after), (before, after)
+        log = portal.output()
+        assert "hand-off refused: from pid" in log and "not a sibling" in log
+        assert "Traceback" not in log and "died" not in log
+

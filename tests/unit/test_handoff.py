@@ -6,6 +6,7 @@ visitor the receiver cannot take is reset, and that the loop goes on."""
 from __future__ import annotations
 
 import array
+import itertools
 import logging
 import os
 import resource
@@ -331,12 +332,12 @@ def test_a_failing_serve_closes_the_visitor(directory, sender, tcp_pair, caplog)
 def test_out_of_descriptors_the_hand_offs_wait(directory, sender, tcp_pair,
                                                monkeypatch) -> None:
     _, served = tcp_pair
-    spare = iter([False, False, True])
+    spare = itertools.chain([False, False], itertools.repeat(True))
     monkeypatch.setattr(handoff, "_descriptor_to_spare", lambda fd: next(spare))
     loop = Loop(directory, {os.getpid()})
     try:
         handoff.send(sender, directory, os.getpid(), EXAMPLE, served, sleep=lambda _: None)
-        loop.run(3)
+        loop.run()
         assert loop.sleeps == [0.01, 0.02]  # waited, then took it
         assert len(loop.served) == 1
     finally:
