@@ -344,7 +344,7 @@ def _read_pem(node: Node, path: str) -> str | None:
         problem = exc.strerror or str(exc)
     except ValueError as exc:  # an embedded NUL
         problem = str(exc)
-    node.report(f"cannot read {show(path)}: {problem}")
+    node.report(f'cannot read "{path}": {problem}')  # the whole path, however long
     return None
 
 
