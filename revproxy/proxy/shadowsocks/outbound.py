@@ -1,0 +1,78 @@
+"""Shadowsocks outbound: a TCP session goes over the outbound's transport, its destination
+sealed in the first chunk, sent at once (as V2Ray sends it); a UDP session goes as
+Shadowsocks packets over a UDP socket to the server (transports do not apply to UDP)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gevent import socket as cooperative
+
+from revproxy.log import log
+from revproxy.net.relay import relay
+from revproxy.net.session import Session
+from revproxy.net.stream import Stream
+from revproxy.proxy.shadowsocks.codec import encode_request
+from revproxy.proxy.shadowsocks.crypto import Method, Opener, Sealer
+from revproxy.proxy.shadowsocks.stream import ShadowsocksPacketStream, ShadowsocksStream
+from revproxy.proxy.wire import AddressError
+from revproxy.transport import PLAIN, Transport, dial
+
+
+@dataclass(frozen=True)
+class ShadowsocksServer:
+    address: str
+    port: int
+    method: Method
+    key: bytes
+
+
+class ShadowsocksOutbound:
+    def __init__(self, tag: str, servers: Sequence[ShadowsocksServer],
+                 transport: Transport = PLAIN) -> None:
+        self.tag = tag
+        self.servers = tuple(servers)
+        self.transport = transport
+        self._next = itertools.cycle(self.servers)
+
+    def open(self, session: Session) -> Stream:
+        server = next(self._next)
+        target = session.target
+        if target.network == "udp":
+            return self._open_udp(server, session)
+        sealer = Sealer(server.method, server.key)
+        try:
+            header = encode_request(sealer, target.address, target.port)
+        except AddressError as exc:
+            raise ConnectionRefusedError(f"shadowsocks: {exc}") from None
+        transport = dial(self.transport, server.address, server.port)
+        try:
+            transport.send(header)
+        except BaseException:
+            transport.close()
+            raise
+        return ShadowsocksStream(transport, Opener(server.method, server.key), sealer)
+
+    def _open_udp(self, server: ShadowsocksServer, session: Session) -> Stream:
+        family, kind, proto, _, address = cooperative.getaddrinfo(
+            server.address, server.port, 0, cooperative.SOCK_DGRAM)[0]
+        sock = cooperative.socket(family, kind, proto)
+        try:
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+        return ShadowsocksPacketStream(sock, server.method, server.key,
+                                       session.target.address, session.target.port)
+
+    def handle(self, session: Session, stream: Stream) -> None:
+        try:
+            upstream = self.open(session)
+        except OSError as exc:
+            log.warning("shadowsocks: failed to reach a server for %s: %s",
+                        session.describe(), exc)
+            session.ending.end()
+            return
+        relay(stream, upstream, on_done=session.ending.end)
