@@ -146,7 +146,7 @@ class PortalOutbound:
 
     def handle(self, session: Session, stream: Stream) -> None:
         if session.tunnel_id is not None:
-            self.serve_handed_in(session, stream)
+            self.serve_handed_over(session, stream)
         elif session.target.address == self.domain:
             self.serve_tunnel(session, stream)
         else:
@@ -242,7 +242,7 @@ class PortalOutbound:
             return f"target {target.address} is not a visitor's"
         return None
 
-    def serve_handed_in(self, session: Session, stream: Stream) -> None:
+    def serve_handed_over(self, session: Session, stream: Stream) -> None:
         """A sibling accepted this visitor for the tunnel ``session.tunnel_id`` here."""
         tunnel = next((t for t in self.tunnels if t.tunnel_id == session.tunnel_id
                        and not t.closed), None)
