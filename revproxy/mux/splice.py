@@ -95,7 +95,9 @@ class SocketSplice:
         self._fd = sock.fileno()
         self._reader: Any = get_hub().loop.io(self._fd, _READ) if self._fd >= 0 else None
         self._writer: Any = None  # made when a write first would block
-        self._pending: deque[bytes | memoryview] = deque()  # what the socket has not taken
+        # What the socket has not taken yet; made when first needed (a deque is ~600 bytes and
+        # most connections never need one).
+        self._pending: deque[bytes | memoryview] | None = None
         self._read_done = False  # the socket's end reached the session
         self._write_done = False  # the session's end reached the socket
         self._end_pending = False  # the session ended; its end goes out after _pending
@@ -133,8 +135,11 @@ class SocketSplice:
     def _keep(self, data: bytes | memoryview) -> None:
         if self._finished:
             return
-        first = not self._pending
-        self._pending.append(data)
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        first = not pending
+        pending.append(data)
         session = self.session
         if first:
             writer = self._writer
@@ -146,6 +151,7 @@ class SocketSplice:
 
     def _writable(self) -> None:
         pending = self._pending
+        assert pending is not None  # the watcher starts with the first kept bytes
         send = self._send
         moved = 0
         try:
@@ -235,7 +241,7 @@ class SocketSplice:
         if self._writer is not None:
             self._writer.close()
         self.watch.stop()
-        self._pending.clear()
+        self._pending = None
         session = self.session
         session.on_end = None
         session.close()  # an End with the error flag unless both sides ended
