@@ -3,5 +3,6 @@
 ``portal`` is an outbound (a session to the portal's domain *is* a tunnel; any other is a
 visitor carried as a mux session); ``bridge`` keeps a pool of tunnels and dispatches the
 sessions the portal opens in them; ``control`` is the sans-IO codec of the control channel;
-``balance`` picks a tunnel for a visitor; ``tunnel`` holds what both ends count per tunnel.
+``balance`` picks a tunnel for a visitor; ``tunnel`` holds what both ends count per tunnel;
+``directory`` is what both ask of the sibling workers (``server.cluster`` answers).
 """
