@@ -17,6 +17,7 @@ from revproxy.server import handoff
 from revproxy.server.statetable import (
     ROLE_BRIDGE,
     ROLE_PORTAL,
+    TAG_SIZE,
     TUNNEL_ACTIVE,
     TUNNEL_DRAINING,
     TUNNELS_PER_WORKER,
@@ -25,6 +26,7 @@ from revproxy.server.statetable import (
     StateTable,
     TunnelRow,
     TunnelSlotWriter,
+    fit_text,
 )
 
 SIBLING_SILENCE = 10.0  # a sibling whose heartbeat is older is ignored
@@ -32,6 +34,11 @@ REMOTE_TTL = 0.01  # seconds a read of the siblings' tunnels is reused
 SIBLING_PIDS_TTL = 1.0  # seconds the pids of the siblings are trusted without a new read
 BUSY_PAUSE = 1.0  # seconds a sibling that took no hand-off in time is not offered any
 _TABLE_ROLES = {Role.PORTAL: ROLE_PORTAL, Role.BRIDGE: ROLE_BRIDGE}
+
+
+def _listed(tag: str) -> str:
+    """``tag`` as a table row shows it (cut to the row's field)."""
+    return fit_text(tag, TAG_SIZE).decode("utf-8", "replace")
 
 
 class TableListing:
@@ -130,8 +137,8 @@ class Cluster:
     def siblings_hold(self, role: Role, tag: str) -> bool:
         """Does a running sibling hold an active tunnel of ``role`` and ``tag``? (A worker
         that stops keeps its own tunnels until then, so visitors always find one.)"""
-        table_role = _TABLE_ROLES[role]
-        return any(row.role == table_role and row.tag == tag and row.state == TUNNEL_ACTIVE
+        table_role, listed = _TABLE_ROLES[role], _listed(tag)
+        return any(row.role == table_role and row.tag == listed and row.state == TUNNEL_ACTIVE
                    for row in self._sibling_tunnels(self.siblings()))
 
     def portal_tunnel_counts(self) -> dict[int, int]:
@@ -146,10 +153,10 @@ class Cluster:
     def bridge_pools(self, tag: str) -> list[tuple[int, int]]:
         """(active tunnels, their sessions) of ``tag`` for every running sibling (zeros
         included): the bridge pool seen across workers."""
-        siblings = self.siblings()
+        siblings, listed = self.siblings(), _listed(tag)
         pools = {pid: [0, 0] for pid in siblings.values()}
         for row in self._sibling_tunnels(siblings):
-            if row.role == ROLE_BRIDGE and row.tag == tag and row.state == TUNNEL_ACTIVE:
+            if row.role == ROLE_BRIDGE and row.tag == listed and row.state == TUNNEL_ACTIVE:
                 pool = pools[row.owner_pid]
                 pool[0] += 1
                 pool[1] += row.active_sessions
@@ -168,10 +175,11 @@ class Cluster:
         if busy:
             for pid in [pid for pid, until in busy.items() if until <= now]:
                 del busy[pid]
-        found = [SiblingTunnel(row.owner_pid, row.tunnel_id, row.tag, row.active_sessions,
+        listed = _listed(tag)
+        found = [SiblingTunnel(row.owner_pid, row.tunnel_id, tag, row.active_sessions,
                                row.throughput, row.state == TUNNEL_DRAINING)
                  for row in self._sibling_tunnels(self.siblings(retiring_too=True))
-                 if row.role == ROLE_PORTAL and row.tag == tag and row.owner_pid not in busy]
+                 if row.role == ROLE_PORTAL and row.tag == listed and row.owner_pid not in busy]
         self._remote[tag] = (now, found)
         return found
 

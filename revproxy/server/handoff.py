@@ -92,7 +92,8 @@ class Handoff:
                        tunnel_id=self.tunnel_id, first_payload=self.first_payload)
 
     def encode(self) -> bytes:
-        """Raises HandoffError if a field does not fit."""
+        """Raises HandoffError if a field does not fit or would not decode (the checks are
+        the decoder's, so that a sender knows before it sends)."""
         network = _NETWORKS.get(self.network)
         if network is None:
             raise HandoffError(f"network {self.network!r}")
@@ -100,15 +101,15 @@ class Handoff:
             raise HandoffError("tunnel id or port out of range")
         if len(self.first_payload) > MAX_FIRST_PAYLOAD:
             raise HandoffError(f"first payload of {len(self.first_payload)} bytes")
+        if not self.outbound_tag or not self.address:
+            raise HandoffError("empty outbound tag or address")
         flags = ((_HAS_INBOUND_TAG if self.inbound_tag is not None else 0)
                  | (_HAS_EMAIL if self.email is not None else 0))
         parts = [_HEAD.pack(VERSION, network, flags, self.tunnel_id, self.port)]
         for text in (self.outbound_tag, self.address, self.source, self.inbound_tag,
                      self.email):
             if text is not None:
-                raw = text.encode("utf-8")
-                if len(raw) > MAX_TEXT:
-                    raise HandoffError(f"a text field of {len(raw)} bytes")
+                raw = _raw(text)
                 parts += (_LENGTH.pack(len(raw)), raw)
         parts.append(self.first_payload)
         return b"".join(parts)
@@ -152,6 +153,18 @@ class Handoff:
             raise HandoffError(f"first payload of {len(first_payload)} bytes")
         return cls(tunnel_id, outbound_tag, name, address, port, source, inbound_tag, email,
                    first_payload)
+
+
+def _raw(text: str) -> bytes:
+    if not text.isprintable():
+        raise HandoffError("a text field has control characters")
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HandoffError("a text field is not UTF-8") from None
+    if len(raw) > MAX_TEXT:
+        raise HandoffError(f"a text field of {len(raw)} bytes")
+    return raw
 
 
 def _text(raw: bytes) -> str:
@@ -282,7 +295,10 @@ def send(endpoint: socket.socket, directory: str, pid: int, handoff: Handoff,
             waited += delay
             delay = min(delay * 2, 0.05)
     except BaseException:
-        visitor.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+        try:
+            visitor.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+        except OSError:
+            pass
         raise
 
 

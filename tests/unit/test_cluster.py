@@ -103,3 +103,12 @@ def test_a_sibling_that_takes_nothing_is_offered_nothing_for_a_while(cluster, ta
     assert True in results and results[-1] is False  # queued until the queue was full
     time.sleep(0.02)  # past the cached read
     assert list(cluster.sibling_portal_tunnels("portal")) == []
+
+
+def test_a_long_portal_tag_is_found_as_the_table_cuts_it(cluster, table) -> None:
+    tag = "a-portal-tag-longer-than-the-thirty-two-bytes-of-a-row"
+    table.tunnel_writer(1, 0, TunnelRow(owner_pid=SIBLING, slot=1, tunnel_id=7, role=ROLE_PORTAL,
+                                        tag=tag, state=TUNNEL_ACTIVE))
+    [found] = cluster.sibling_portal_tunnels(tag)
+    assert found.tag == tag  # the whole tag travels with a hand-off
+    assert cluster.siblings_hold(Role.PORTAL, tag)

@@ -72,6 +72,8 @@ def test_an_empty_address_is_refused() -> None:
 def test_what_cannot_be_encoded_says_so() -> None:
     for bad in (Handoff(1, "portal", "sctp", "a", 1, ""), Handoff(0, "portal", "tcp", "a", 1, ""),
                 Handoff(1, "portal", "tcp", "a" * 1025, 1, ""),
+                Handoff(1, "portal", "tcp", "a\nb", 1, ""), Handoff(1, "", "tcp", "a", 1, ""),
+                Handoff(1, "portal", "tcp", "\udcff", 1, ""),
                 Handoff(1, "portal", "tcp", "a", 1, "", first_payload=bytes(200_000))):
         with pytest.raises(HandoffError):
             bad.encode()
