@@ -20,12 +20,12 @@ The replay filter is an open-addressing hash table of AuthIDs shared by all work
 check-and-insert runs under an ``fcntl.lockf`` byte-range lock on the probe window, which the
 kernel drops if the holder dies (a ``multiprocessing.Lock`` would wedge the siblings).
 
-Layout version 1 (offsets follow from the geometry in the header), little-endian, offsets in
-bytes (size 4,080,424)::
+Layout version 2 (offsets follow from the geometry in the header), little-endian, offsets in
+bytes (size 5,692,312)::
 
     header          @0         64 bytes
       0  8s  magic b"RPXSTATE"         24 f64 created (unix)
-      8  u32 layout version (1)        32 u32 worker slots (256)
+      8  u32 layout version (2)        32 u32 worker slots (256)
       12 u32 seq over bytes 16..48     36 u32 tunnel rows per worker (64)
       16 i32 master pid                40 u32 replay slots (65536)
       20 u32 generation                44 u32 replay probe window (32); 48..64 zero
@@ -44,6 +44,24 @@ bytes (size 4,080,424)::
                        100 u32 total sessions (mod 2**32)   148 pad
     replay filter   @2506816   (65536 + 31) entries x 24 bytes
       0  16s AuthID    16 f64 expires (unix; 0 = empty)
+    server row      @4080424   64 bytes, written by the master
+      0  u32 seq       8 u64 reloads done    24 u64 workers respawned
+      4  u32 keys      16 u64 reloads refused                      56 u32 fold seq; 32..56 pad
+    counter keys    @4080488   256 keys x 72 bytes, written by the master, append-only
+      0  u8 kind INBOUND/OUTBOUND/USER = 1/2/3; 1..8 pad; 8 64s name (UTF-8, NUL padded)
+    counter blocks  @4098920   (256 workers + 1 departed) blocks x 6184 bytes
+      0  u32 seq; 4 pad; 8 4 x u64 events (handshake failures, replays refused, hand-offs
+      sent, hand-offs received); 40 256 keys x (u64 bytes up, u64 bytes down, u64 sessions)
+    reset baselines @5688208   4104 bytes, written by the stats API process
+      0  u32 seq; 4 pad; 8 256 keys x (u64 up, u64 down): subtracted from the totals it serves
+
+Counters: every worker counts the traffic of each inbound, outbound and user key in its own
+block (one writer); the master registers the keys (from each configuration it loads) and,
+when it reaps a worker, adds that worker's block into the *departed* block and zeroes it,
+with the fold seq odd meanwhile, so a reader summing departed + live blocks (``totals``)
+retries instead of counting a worker twice or not at all. Totals only grow, as Prometheus
+counters must. V2Ray's ``reset`` is a baseline the stats API process keeps in the last
+region, so nobody else's block is written.
 """
 
 from __future__ import annotations
@@ -60,7 +78,7 @@ from types import TracebackType
 from revproxy.config.sections import MAX_WORKERS
 
 MAGIC = b"RPXSTATE"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 WORKER_SLOTS = 2 * MAX_WORKERS  # two generations side by side during a reload
 TUNNELS_PER_WORKER = 64
 REPLAY_SLOTS = 1 << 16
@@ -72,7 +90,14 @@ ROLE_PORTAL, ROLE_BRIDGE = 1, 2
 
 TAG_SIZE = 32
 PEER_SIZE = 48
+COUNTER_KEYS = 256
+KEY_NAME_SIZE = 64
+KIND_INBOUND, KIND_OUTBOUND, KIND_USER = 1, 2, 3
+# A worker's events, in the order of its block (and of the departed block).
+EVENTS = ("handshake_failures", "replays_refused", "handoffs_sent", "handoffs_received")
+VALUES_PER_KEY = 3  # bytes up, bytes down, sessions
 _U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
 
 _SEQ = struct.Struct("<I")
 _HEADER_ID = struct.Struct("<8sI")
@@ -93,7 +118,24 @@ TUNNELS_OFFSET = WORKERS_OFFSET + WORKER_SLOTS * WORKER_ROW_SIZE
 REPLAY_OFFSET = TUNNELS_OFFSET + WORKER_SLOTS * TUNNELS_PER_WORKER * TUNNEL_ROW_SIZE
 REPLAY_ENTRY_SIZE = _ENTRY.size
 REPLAY_SIZE = (REPLAY_SLOTS + REPLAY_PROBE - 1) * REPLAY_ENTRY_SIZE  # no wrap-around
-TABLE_SIZE = REPLAY_OFFSET + REPLAY_SIZE
+_SERVER = struct.Struct("<IIQQQ")  # seq, keys, reloads, reloads refused, respawns
+_SERVER_BODY = struct.Struct("<IQQQ")
+_KEY = struct.Struct(f"<B7x{KEY_NAME_SIZE}s")
+_BLOCK = struct.Struct(f"<I4x{len(EVENTS) + COUNTER_KEYS * VALUES_PER_KEY}Q")
+_BLOCK_BODY = struct.Struct(f"<4x{len(EVENTS) + COUNTER_KEYS * VALUES_PER_KEY}Q")
+_BASELINES = struct.Struct(f"<I4x{COUNTER_KEYS * 2}Q")
+_BASELINES_BODY = struct.Struct(f"<4x{COUNTER_KEYS * 2}Q")
+SERVER_OFFSET = REPLAY_OFFSET + REPLAY_SIZE
+SERVER_SIZE = 64
+FOLD_SEQ_OFFSET = SERVER_OFFSET + 56
+KEYS_OFFSET = SERVER_OFFSET + SERVER_SIZE
+KEY_SIZE = _KEY.size
+BLOCKS_OFFSET = KEYS_OFFSET + COUNTER_KEYS * KEY_SIZE
+BLOCK_SIZE = _BLOCK.size
+DEPARTED = WORKER_SLOTS  # the block after the workers' holds what departed workers counted
+BASELINES_OFFSET = BLOCKS_OFFSET + (WORKER_SLOTS + 1) * BLOCK_SIZE
+BASELINES_SIZE = _BASELINES.size
+TABLE_SIZE = BASELINES_OFFSET + BASELINES_SIZE
 _WORKER_STATE_OFFSET = 14
 _TUNNEL_STATE_OFFSET = 15
 _NONZERO = bytes([0] + [1] * 255)  # translate table: state byte -> in use
@@ -140,6 +182,15 @@ class TunnelRow:
     opened: float = 0.0
     heartbeat: float = 0.0
     generation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCounters:
+    """The master's own counters."""
+
+    reloads: int = 0
+    reloads_refused: int = 0
+    respawns: int = 0
 
 
 def default_state_path(pid: int | None = None) -> str:
@@ -212,7 +263,18 @@ def _tunnel_row(values: tuple) -> TunnelRow:
                      total, up, down, throughput, opened, heartbeat, generation)
 
 
+def _block(buf: mmap.mmap, slot: int) -> tuple[int, ...]:
+    """A counter block's events and values. One stuck mid-write (its worker died in
+    publish()) is read as it is: each u64 is whole, and one publish only raises them."""
+    offset = BLOCKS_OFFSET + slot * BLOCK_SIZE
+    values = _read(buf, offset, _BLOCK)
+    if values is None:
+        values = _BLOCK.unpack_from(buf, offset)
+    return values[1:]
+
+
 _FREE_WORKER = _worker_values(WorkerRow(0, state=WORKER_FREE))
+_ZERO_BLOCK = (0,) * (len(EVENTS) + COUNTER_KEYS * VALUES_PER_KEY)
 _FREE_TUNNEL = (0, 0, 0, 0, TUNNEL_FREE, b"", b"", 0, 0, 0, 0, 0.0, 0.0, 0.0, 0)
 
 
@@ -367,8 +429,10 @@ class StateTable:
         return found
 
     def clear_worker(self, slot: int) -> None:
-        """Supervisor only, once the slot's worker is dead: FREE its tunnels, then its row."""
+        """Supervisor only, once the slot's worker is dead: fold its counters into the
+        departed block, FREE its tunnels, then its row."""
         _check_slot(slot)
+        self.fold_counters(slot)
         for index in range(TUNNELS_PER_WORKER):
             _publish(self._buf, _tunnel_offset(slot, index), _TUNNEL_BODY, _FREE_TUNNEL)
         _publish(self._buf, WORKERS_OFFSET + slot * WORKER_ROW_SIZE, _WORKER_BODY,
@@ -409,6 +473,113 @@ class StateTable:
             found.append(number)
             number = states.find(1, number + 1)
         return found
+
+    # server row, counter keys and counter blocks
+
+    def _server(self) -> tuple:
+        values = _read(self._buf, SERVER_OFFSET, _SERVER)
+        if values is None:
+            raise StateTableError("state file server row stuck mid-write")
+        return values
+
+    def server_counters(self) -> ServerCounters:
+        _, _, reloads, refused, respawns = self._server()
+        return ServerCounters(reloads, refused, respawns)
+
+    def count_server_event(self, *, reloads: int = 0, refused: int = 0,
+                           respawns: int = 0) -> None:
+        """Supervisor only: add to the server row's counters."""
+        _, keys, done, not_done, respawned = self._server()
+        _publish(self._buf, SERVER_OFFSET, _SERVER_BODY,
+                 (keys, done + reloads, not_done + refused, respawned + respawns))
+
+    def register_counter(self, kind: int, name: str) -> int:
+        """Supervisor only: the index of the counter key (kind, name), appended if new.
+        Raises StateTableError when all COUNTER_KEYS are taken (keys are never removed: the
+        workers of an older generation may still count under theirs)."""
+        raw = fit_text(name, KEY_NAME_SIZE)
+        keys = self._server()[1]
+        for index in range(keys):
+            found_kind, found_name = _KEY.unpack_from(self._buf, KEYS_OFFSET + index * KEY_SIZE)
+            if found_kind == kind and found_name.rstrip(b"\x00") == raw:
+                return index
+        if keys >= COUNTER_KEYS:
+            raise StateTableError(f"all {COUNTER_KEYS} counter keys are in use")
+        _KEY.pack_into(self._buf, KEYS_OFFSET + keys * KEY_SIZE, kind, raw)
+        _, _, done, refused, respawns = self._server()
+        _publish(self._buf, SERVER_OFFSET, _SERVER_BODY, (keys + 1, done, refused, respawns))
+        return keys
+
+    def counter_keys(self) -> list[tuple[int, str]]:
+        """(kind, name) of every registered key, by index. An entry is written before the
+        count that makes it visible, and never changes after."""
+        keys = self._server()[1]
+        found = []
+        for index in range(min(keys, COUNTER_KEYS)):
+            kind, name = _KEY.unpack_from(self._buf, KEYS_OFFSET + index * KEY_SIZE)
+            found.append((kind, _text(name)))
+        return found
+
+    def counter_writer(self, slot: int) -> CounterWriter:
+        """The writer of a worker's own counter block (starts from what the block holds)."""
+        _check_slot(slot)
+        return CounterWriter(self._buf, BLOCKS_OFFSET + slot * BLOCK_SIZE)
+
+    def read_counters(self, slot: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(events, values) of a worker slot's block (``DEPARTED`` for the departed block);
+        values[3 * key + 0/1/2] are bytes up, bytes down and sessions."""
+        if slot != DEPARTED:
+            _check_slot(slot)
+        values = _block(self._buf, slot)
+        return values[:len(EVENTS)], values[len(EVENTS):]
+
+    def fold_counters(self, slot: int) -> None:
+        """Supervisor only, once the slot's worker is dead: add its block into the departed
+        block and zero it, the fold seq odd meanwhile (see ``totals``)."""
+        _check_slot(slot)
+        mine = _block(self._buf, slot)
+        if not any(mine):
+            return
+        fold = _SEQ.unpack_from(self._buf, FOLD_SEQ_OFFSET)[0]
+        _SEQ.pack_into(self._buf, FOLD_SEQ_OFFSET, (fold + 1) | 1)
+        try:
+            departed = _block(self._buf, DEPARTED)
+            _publish(self._buf, BLOCKS_OFFSET + DEPARTED * BLOCK_SIZE, _BLOCK_BODY,
+                     tuple((a + b) & _U64 for a, b in zip(departed, mine, strict=True)))
+            _publish(self._buf, BLOCKS_OFFSET + slot * BLOCK_SIZE, _BLOCK_BODY, _ZERO_BLOCK)
+        finally:
+            _SEQ.pack_into(self._buf, FOLD_SEQ_OFFSET, ((fold + 1) | 1) + 1 & _U32)
+
+    def totals(self, slots: Iterable[int] | None = None
+               ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(events, values) summed over the departed block and the workers' blocks (every
+        slot, or ``slots``). Retried while the master folds a block, so that a worker being
+        reaped is counted exactly once."""
+        chosen = range(WORKER_SLOTS) if slots is None else sorted(slots)
+        for attempt in range(_SPINS + _SLEEPS):
+            fold = _SEQ.unpack_from(self._buf, FOLD_SEQ_OFFSET)[0]
+            if not fold & 1:
+                sums = list(_block(self._buf, DEPARTED))
+                for slot in chosen:
+                    block = _block(self._buf, slot)
+                    if any(block):
+                        sums = [a + b for a, b in zip(sums, block, strict=True)]
+                if _SEQ.unpack_from(self._buf, FOLD_SEQ_OFFSET)[0] == fold:
+                    return tuple(sums[:len(EVENTS)]), tuple(sums[len(EVENTS):])
+            if attempt >= _SPINS:
+                time.sleep(_SLEEP)
+        raise StateTableError("counter totals: the master stays mid-fold")
+
+    def baselines(self) -> tuple[int, ...]:
+        """The stats API's reset baselines: [2 * key + 0/1] for bytes up/down."""
+        values = _read(self._buf, BASELINES_OFFSET, _BASELINES)
+        if values is None:
+            raise StateTableError("counter baselines stuck mid-write")
+        return values[1:]
+
+    def set_baselines(self, values: Iterable[int]) -> None:
+        """Stats API process only (one writer)."""
+        _publish(self._buf, BASELINES_OFFSET, _BASELINES_BODY, tuple(values))
 
     # replay filter
 
@@ -486,6 +657,25 @@ class TunnelSlotWriter:
     def free(self) -> None:
         """FREE the row (the tunnel closed); a later publish() would bring it back."""
         _publish(self._buf, self._offset, _TUNNEL_BODY, _FREE_TUNNEL)
+
+
+class CounterWriter:
+    """A worker's counter block: ``events`` (as ``EVENTS`` names them) and ``values``
+    ([3 * key + 0/1/2]: bytes up, bytes down, sessions) are plain lists the worker adds to;
+    publish() writes them all with one seqlocked pack."""
+
+    __slots__ = ("_buf", "_offset", "events", "values")
+
+    def __init__(self, buf: mmap.mmap, offset: int) -> None:
+        self._buf = buf
+        self._offset = offset
+        current = _BLOCK.unpack_from(buf, offset)[1:]
+        self.events = list(current[:len(EVENTS)])
+        self.values = list(current[len(EVENTS):])
+
+    def publish(self) -> None:
+        _publish(self._buf, self._offset, _BLOCK_BODY,
+                 tuple(v & _U64 for v in (*self.events, *self.values)))
 
 
 _EXPIRES = struct.Struct("<d")

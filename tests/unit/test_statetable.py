@@ -117,10 +117,16 @@ def test_layout_is_the_documented_one() -> None:
     assert (statetable.HEADER_SIZE, statetable.WORKER_ROW_SIZE, statetable.TUNNEL_ROW_SIZE) \
         == (64, 64, 152)
     assert (statetable.WORKERS_OFFSET, statetable.TUNNELS_OFFSET, statetable.REPLAY_OFFSET,
-            TABLE_SIZE) == (64, 16448, 2506816, 4_080_424)
+            statetable.SERVER_OFFSET, statetable.KEYS_OFFSET, statetable.BLOCKS_OFFSET,
+            statetable.BASELINES_OFFSET, TABLE_SIZE) == (
+        64, 16448, 2506816, 4_080_424, 4_080_488, 4_098_920, 5_688_208, 5_692_312)
+    assert (statetable.KEY_SIZE, statetable.BLOCK_SIZE, statetable.BASELINES_SIZE) \
+        == (72, 6184, 4104)
     doc = statetable.__doc__ or ""
-    for text in ("@64 ", "@16448 ", "@2506816 ", "size 4,080,424", "256 slots x 64 bytes",
-                 "256 x 64 rows x 152 bytes", "x 24 bytes", "worker slots (256)"):
+    for text in ("@64 ", "@16448 ", "@2506816 ", "@4080424 ", "@4080488 ", "@4098920 ",
+                 "@5688208 ", "size 5,692,312", "256 slots x 64 bytes",
+                 "256 x 64 rows x 152 bytes", "x 24 bytes", "worker slots (256)",
+                 "256 keys x 72 bytes", "x 6184 bytes", "4104 bytes", "layout version (2)"):
         assert text in doc
 
 
@@ -134,7 +140,7 @@ def test_create_makes_directory_file_and_header(tmp_path: Path) -> None:
     with StateTable.create(str(path), 777) as table:
         assert table.path == str(path)
         assert path.stat().st_size == TABLE_SIZE
-        assert path.read_bytes()[:12] == b"RPXSTATE" + struct.pack("<I", 1)
+        assert path.read_bytes()[:12] == b"RPXSTATE" + struct.pack("<I", 2)
         master_pid, generation, created = header(table)
         assert (master_pid, generation, table.generation) == (777, 0, 0)
         assert before <= created <= time.time()
@@ -219,7 +225,8 @@ def test_open_readonly(table: StateTable) -> None:
     b"",
     b"RPXSTATE",
     random.Random(7).randbytes(TABLE_SIZE),
-    b"RPXSTATE" + struct.pack("<I", 2) + bytes(TABLE_SIZE - 12),
+    b"RPXSTATE" + struct.pack("<I", 1) + bytes(TABLE_SIZE - 12),
+    b"RPXSTATE" + struct.pack("<I", 3) + bytes(TABLE_SIZE - 12),
 ])
 def test_open_refuses_other_files(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "other"
