@@ -19,6 +19,7 @@ from typing import Protocol
 from revproxy.log import access_log, log
 from revproxy.net.session import Session
 from revproxy.net.stream import Stream
+from revproxy.net.traffic import HANDOFFS_RECEIVED, Traffic
 from revproxy.routing import Router
 
 
@@ -35,11 +36,14 @@ class NoRoute(ConnectionError):
 
 
 class Dispatcher:
-    def __init__(self, router: Router, outbounds: Mapping[str, Outbound]) -> None:
+    def __init__(self, router: Router, outbounds: Mapping[str, Outbound],
+                 traffic: Traffic | None = None) -> None:
         self.router = router
         self.outbounds = outbounds
         self.active = 0  # sessions being served right now
         self.total = 0
+        # bytes and sessions per inbound, outbound and user, and the worker's events
+        self.traffic = traffic if traffic is not None else Traffic()
 
     def route(self, session: Session) -> Outbound:
         tag = session.outbound_tag
@@ -60,15 +64,23 @@ class Dispatcher:
             session.ending.end()
             return
         if session.outbound_tag is None and access_log.isEnabledFor(logging.INFO):
-            # (describe() costs on every connection)
-            access_log.info("%s accepted %s [%s -> %s]", session.source or "-",
-                            session.describe(), session.inbound_tag or "", outbound.tag)
+            # (describe() costs on every connection) V2Ray's line, with both tags
+            access_log.info("%s accepted %s [%s -> %s]%s", session.source or "-",
+                            session.describe(), session.inbound_tag or "", outbound.tag,
+                            f" email: {session.email}" if session.email else "")
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dispatcher: taking detour [%s] for [%s]", outbound.tag,
                       session.describe())
         self.active += 1
         self.total += 1
         session.ending.add(self._ended)
+        handed_over = session.outbound_tag is not None  # a sibling counted the session
+        if handed_over:
+            self.traffic.count(HANDOFFS_RECEIVED)
+        metered = self.traffic.start(session, stream, session.inbound_tag, outbound.tag,
+                                     session.email, new=not handed_over)
+        if metered is not None:
+            session.ending.add(lambda: self.traffic.end(metered))
         try:
             outbound.handle(session, stream)
         except Exception:  # one connection must never take the server down
@@ -82,4 +94,7 @@ class Dispatcher:
     def open(self, session: Session) -> Stream:
         outbound = self.route(session)
         log.debug("dispatcher: dialing [%s] for [%s]", outbound.tag, session.describe())
-        return outbound.open(session)
+        stream = outbound.open(session)
+        session.upstream = stream
+        self.traffic.start(session, None, session.inbound_tag, outbound.tag)
+        return stream

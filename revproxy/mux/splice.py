@@ -122,6 +122,7 @@ class SocketSplice:
     # -- session → socket
     def _write(self, payload: bytes) -> None:
         """The session's sink, called by the tunnel reader: never waits."""
+        self.stream.bytes_sent += len(payload)  # the stream's counters (net/traffic.py)
         if self._pending:  # the socket is behind: keep the order
             self._keep(payload)
             return
@@ -222,6 +223,7 @@ class SocketSplice:
             self.session.close_write()
             self.watch.shorten(self.after_half_close)
             return
+        self.stream.bytes_received += len(data)
         try:
             self.session.send(data)
         except OSError:  # the session or its tunnel is gone

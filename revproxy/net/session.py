@@ -72,6 +72,9 @@ class Session:
     outbound_tag: str | None = None
     tunnel_id: int | None = None
     first_payload: bytes = b""
+    # The connection the outbound opened for it, once open: its bytes are the outbound's
+    # traffic (net/traffic.py).
+    upstream: object = None
     ending: Ending = field(default_factory=Ending, compare=False, repr=False)
 
     def describe(self) -> str:

@@ -63,10 +63,15 @@ class SocketStream:
     stream wakes a greenlet waiting on it with an error.
     """
 
-    __slots__ = ("sock", "timeout", "_drained", "_backlog", "_watchers", "_waiting")
+    __slots__ = ("sock", "timeout", "bytes_received", "bytes_sent", "_drained", "_backlog",
+                 "_watchers", "_waiting")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        # What moved, for the traffic counters (net/traffic.py); the mux splice, which uses
+        # the socket directly, adds to them too.
+        self.bytes_received = 0
+        self.bytes_sent = 0
         self.timeout: float | None = None
         self._drained = False
         self._backlog = b""  # what send_nowait could not send, to go before anything else
@@ -86,9 +91,11 @@ class SocketStream:
                 self._wait(_READ)
                 continue
             self._drained = len(data) < RECV_SIZE
+            self.bytes_received += len(data)
             return data
 
     def send(self, data: bytes | memoryview) -> None:
+        self.bytes_sent += len(data)
         if self._backlog:
             data, self._backlog = self._backlog + data, b""
         sock = self.sock
@@ -107,6 +114,7 @@ class SocketStream:
                 pass
 
     def send_nowait(self, data: bytes) -> bool:
+        self.bytes_sent += len(data)
         if self._backlog:
             self._backlog += data
             return False

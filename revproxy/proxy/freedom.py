@@ -50,4 +50,5 @@ class FreedomOutbound:
             log.warning("freedom: failed to open connection to %s:%s: %s", host, port, exc)
             session.ending.end()
             return
+        session.upstream = upstream  # counted as this outbound's traffic
         relay(stream, upstream, on_done=session.ending.end)

@@ -76,6 +76,11 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from revproxy.config.sections import MAX_WORKERS
+from revproxy.net.traffic import EVENTS as EVENTS  # what the counter blocks hold
+from revproxy.net.traffic import KIND_INBOUND as KIND_INBOUND
+from revproxy.net.traffic import KIND_OUTBOUND as KIND_OUTBOUND
+from revproxy.net.traffic import KIND_USER as KIND_USER
+from revproxy.net.traffic import VALUES_PER_KEY as VALUES_PER_KEY
 
 MAGIC = b"RPXSTATE"
 LAYOUT_VERSION = 2
@@ -92,10 +97,6 @@ TAG_SIZE = 32
 PEER_SIZE = 48
 COUNTER_KEYS = 256
 KEY_NAME_SIZE = 64
-KIND_INBOUND, KIND_OUTBOUND, KIND_USER = 1, 2, 3
-# A worker's events, in the order of its block (and of the departed block).
-EVENTS = ("handshake_failures", "replays_refused", "handoffs_sent", "handoffs_received")
-VALUES_PER_KEY = 3  # bytes up, bytes down, sessions
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 

@@ -19,6 +19,7 @@ from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
 from revproxy.net.session import Ending, Session, Target
 from revproxy.net.stream import TunnelStream
+from revproxy.net.traffic import HANDSHAKE_FAILURES, REPLAYS_REFUSED
 from revproxy.proxy.vmess.crypto import User
 from revproxy.proxy.vmess.header import (
     COMMAND_TCP,
@@ -103,6 +104,9 @@ class VMessInbound:
                             return header
                 except HandshakeError as exc:
                     log.info("vmess: %s rejected: %s", source, exc)
+                    self.dispatcher.traffic.count(
+                        REPLAYS_REFUSED if str(exc).startswith("replayed")
+                        else HANDSHAKE_FAILURES)
                     remaining = (self._drain_base + random.randrange(self._drain_spread)
                                  - received)
                     while remaining > 0:

@@ -59,4 +59,5 @@ class VMessOutbound:
             log.warning("vmess: failed to reach a server for %s: %s", session.describe(), exc)
             session.ending.end()
             return
+        session.upstream = upstream  # counted as this outbound's traffic
         relay(stream, upstream, on_done=session.ending.end)
