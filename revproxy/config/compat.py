@@ -1,6 +1,7 @@
 """V2Ray 4.34 settings that revproxy reads only to check them and to decide what ignoring
-them would do: ``sniffing``/``domainOverride`` and ``allocate`` on inbounds, and the
-``dns``, ``policy``, ``api`` and ``stats`` sections.
+them would do: ``sniffing``/``domainOverride`` and ``allocate`` on inbounds, the ``dns``
+section and the parts of ``policy`` not applied; and the statistics (``stats``, ``api``,
+``policy``'s statistics flags), which are applied.
 
 Each is validated as V2Ray validates it (what V2Ray refuses is refused), then accepted with a
 warning saying what is not done when leaving it out changes nothing about where traffic goes,
@@ -14,6 +15,7 @@ from typing import Any
 from revproxy.config import fields as f
 from revproxy.config.errors import Invalid, Node, show
 from revproxy.config.fields import Obj
+from revproxy.config.model import ApiConfig, LevelPolicy, PolicyConfig, SystemPolicy
 
 UINT32 = 2**32 - 1
 
@@ -86,31 +88,30 @@ def allocate(node: Node, raw: Any) -> None:
             '"always" is the default)')
 
 
-def policy(node: Node, raw: Any) -> None:
-    """The ``policy`` section, checked as V2Ray reads it, then a warning naming what is not
-    applied: it changes how long connections are kept and what is counted, not where they
-    go."""
+def policy(node: Node, raw: Any) -> PolicyConfig:
+    """The ``policy`` section, checked as V2Ray reads it: its statistics flags are applied,
+    the rest gets a warning naming what is not (it changes how long connections are kept,
+    not where they go)."""
     o = Obj(node, raw, ("levels", "system"))
-    unapplied: list[str] = []
-    levels = o.nested("levels", _levels, set())
-    if levels:
-        unapplied.append(", ".join(sorted(levels)))
-    if o.nested("system", _system, False):
-        unapplied.append("system statistics")
-    if unapplied:
-        node.warn(f"not applied yet ({'; '.join(unapplied)}): revproxy keeps its own timeouts "
-                  "and buffers and counts no statistics")
+    given: set[str] = set()
+    levels = o.nested("levels", lambda n, v: _levels(n, v, given), ())
+    system = o.nested("system", _system, SystemPolicy())
+    if given:
+        node.warn(f"not applied yet ({', '.join(sorted(given))}): revproxy keeps its own "
+                  "timeouts and buffers")
+    return PolicyConfig(levels, system)
 
 
 _LEVEL_TIMEOUTS = ("handshake", "connIdle", "uplinkOnly", "downlinkOnly")
 _LEVEL_STATS = ("statsUserUplink", "statsUserDownlink")
 
 
-def _levels(node: Node, raw: Any) -> set[str]:
-    """Each level is keyed by its number; gives the kinds of setting given."""
+def _levels(node: Node, raw: Any, given: set[str]) -> tuple[tuple[int, LevelPolicy], ...]:
+    """Each level is keyed by its number; adds the kinds of setting not applied to
+    ``given``."""
     if not isinstance(raw, dict):
         raise Invalid(f"expected an object, got {show(raw)}")
-    given: set[str] = set()
+    found: list[tuple[int, LevelPolicy]] = []
     for key, value in raw.items():
         here = node.at(str(key))
         if not (isinstance(key, str) and key.isascii() and key.isdigit()
@@ -123,36 +124,49 @@ def _levels(node: Node, raw: Any) -> set[str]:
         for name in _LEVEL_TIMEOUTS:
             if o.get(name, f.integer(0, UINT32), None) is not None:
                 given.add("timeouts")
-        for name in _LEVEL_STATS:
-            if o.get(name, f.boolean, False):
-                given.add("user statistics")
         if o.get("bufferSize", f.integer(-(2**31), 2**31 - 1), None) is not None:
             given.add("buffer sizes")
-    return given
+        found.append((int(key), LevelPolicy(
+            stats_user_uplink=o.get("statsUserUplink", f.boolean, False),
+            stats_user_downlink=o.get("statsUserDownlink", f.boolean, False))))
+    return tuple(found)
 
 
-def _system(node: Node, raw: Any) -> bool:
+def _system(node: Node, raw: Any) -> SystemPolicy:
     o = Obj(node, raw, ("statsInboundUplink", "statsInboundDownlink", "statsOutboundUplink",
                         "statsOutboundDownlink"))
-    return any([o.get(name, f.boolean, False) for name in
-                ("statsInboundUplink", "statsInboundDownlink", "statsOutboundUplink",
-                 "statsOutboundDownlink")])
+    return SystemPolicy(*(o.get(name, f.boolean, False) for name in
+                          ("statsInboundUplink", "statsInboundDownlink",
+                           "statsOutboundUplink", "statsOutboundDownlink")))
 
 
-def api(node: Node, raw: Any) -> str | None:
-    """The ``api`` section: its tag (connections routed to it are closed, since nothing
-    serves the API yet), or None when it is invalid."""
+API_SERVICES = ("StatsService", "LoggerService")
+_OTHER_SERVICES = ("HandlerService", "ReflectionService")
+
+
+def api(node: Node, raw: Any) -> ApiConfig | None:
+    """The ``api`` section: its tag and services (named in any case, as V2Ray reads them;
+    given back in ``API_SERVICES``' spelling), or None when it is invalid. revproxy serves
+    StatsService and LoggerService; V2Ray's other two get a warning, and a name V2Ray does
+    not know is ignored with a warning, as V2Ray ignores it."""
     o = Obj(node, raw, ("tag", "services"))
     tag = o.get("tag", f.string, "")
     services = o.get("services", _string_array, ())
     if o.ok and not tag:
         node.report("the API needs a tag (V2Ray refuses an empty one too)")
         return None
-    if o.ok:
-        listed = f" ({', '.join(services)})" if services else ""
-        node.warn(f"the API{listed} is not served yet: connections routed to {show(tag)} are "
-                  "closed")
-    return tag or None
+    served: list[str] = []
+    for index, service in enumerate(services):
+        known = {name.lower(): name for name in API_SERVICES}
+        here = node.at("services").at(index)
+        if service.lower() in known:
+            served.append(known[service.lower()])
+        elif service.lower() in (name.lower() for name in _OTHER_SERVICES):
+            here.warn(f"{show(service)} is not served by revproxy (it serves "
+                      f"{', '.join(API_SERVICES)})")
+        else:
+            here.warn(f"unknown service {show(service)}: ignored, as V2Ray ignores it")
+    return ApiConfig(tag, tuple(served)) if tag else None
 
 
 def _string_array(value: Any) -> tuple[str, ...]:
@@ -162,11 +176,12 @@ def _string_array(value: Any) -> tuple[str, ...]:
     return f.string_list(value)
 
 
-def stats(node: Node, raw: Any) -> None:
+def stats(node: Node, raw: Any) -> bool:
+    """The ``stats`` object (empty in V2Ray 4.34): counting is on when it is present."""
     if not isinstance(raw, dict):
         node.report(f"expected an object, got {show(raw)}")
-        return
-    node.warn("statistics are not counted yet (nothing would serve them: see api)")
+        return False
+    return True
 
 
 def dns(node: Node, raw: Any, resolving_outbound: str | None) -> None:

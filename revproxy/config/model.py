@@ -215,7 +215,8 @@ class ReverseConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """revproxy's own settings; ``workers`` None means one per CPU ("auto")."""
+    """revproxy's own settings; ``workers`` None means one per CPU ("auto"); ``metrics`` the
+    (host, port) where Prometheus metrics are served, None for none."""
 
     workers: int | None = None
     pid_file: str | None = None
@@ -223,6 +224,45 @@ class ServerConfig:
     user: str | None = None
     group: str | None = None
     graceful_timeout: float = 30.0
+    metrics: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """``api``: routing sends the API's connections to ``tag``; ``services`` as given."""
+
+    tag: str
+    services: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LevelPolicy:
+    """What revproxy applies of ``policy.levels.N``: the user statistics flags."""
+
+    stats_user_uplink: bool = False
+    stats_user_downlink: bool = False
+
+
+@dataclass(frozen=True)
+class SystemPolicy:
+    """``policy.system``: the inbound and outbound statistics flags."""
+
+    stats_inbound_uplink: bool = False
+    stats_inbound_downlink: bool = False
+    stats_outbound_uplink: bool = False
+    stats_outbound_downlink: bool = False
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """``policy``, as far as it is applied; a level not listed has V2Ray's defaults (no
+    statistics)."""
+
+    levels: tuple[tuple[int, LevelPolicy], ...] = ()
+    system: SystemPolicy = SystemPolicy()
+
+    def level(self, number: int) -> LevelPolicy:
+        return next((policy for n, policy in self.levels if n == number), LevelPolicy())
 
 
 @dataclass(frozen=True)
@@ -238,3 +278,6 @@ class Config:
     reverse: ReverseConfig
     server: ServerConfig
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    api: ApiConfig | None = None
+    stats: bool = False  # a ``stats`` object is present: V2Ray counts only then
+    policy: PolicyConfig = PolicyConfig()

@@ -24,6 +24,7 @@ from revproxy.config.model import (
     BridgeConfig,
     Config,
     LogConfig,
+    PolicyConfig,
     PortalConfig,
     ReverseConfig,
     RoutingRule,
@@ -113,9 +114,9 @@ def config(node: Node, raw: Any, source: str) -> tuple[Config, Layout]:
     rules = o.nested("routing", lambda n, v: _routing(n, v, _Routing(sniffing)), [])
     resolving = next((here.path for here, item in outbound_items if _resolves(item)), None)
     o.nested("dns", lambda n, v: compat.dns(n, v, resolving), None)
-    o.nested("policy", compat.policy, None)
-    o.nested("stats", compat.stats, None)
-    api_tag = o.nested("api", compat.api, None)
+    policy = o.nested("policy", compat.policy, PolicyConfig())
+    stats = o.nested("stats", compat.stats, False)
+    api = o.nested("api", compat.api, None)
     parsed = Config(
         source=source,
         log=o.nested("log", _log, LogConfig()),
@@ -124,10 +125,14 @@ def config(node: Node, raw: Any, source: str) -> tuple[Config, Layout]:
         routing=tuple(rule for _, rule in rules),
         reverse=o.nested("reverse", _reverse, ReverseConfig()),
         server=o.nested("server", _server, ServerConfig()),
+        api=api,
+        stats=stats,
+        policy=policy,
     )
     layout = Layout(inbounds=tuple(here.path for here, _ in inbound_items),
                     outbounds=tuple(here.path for here, _ in outbound_items),
-                    rules=tuple(path for path, _ in rules), api_tag=api_tag)
+                    rules=tuple(path for path, _ in rules),
+                    api_tag=api.tag if api is not None else None)
     return parsed, layout
 
 
@@ -395,7 +400,7 @@ def _portal(node: Node, raw: Any) -> PortalConfig:
     )
 
 
-SERVER = ("workers", "pidFile", "stateFile", "user", "group", "gracefulTimeout")
+SERVER = ("workers", "pidFile", "stateFile", "user", "group", "gracefulTimeout", "metrics")
 
 
 def _server(node: Node, raw: Any) -> ServerConfig:
@@ -407,7 +412,18 @@ def _server(node: Node, raw: Any) -> ServerConfig:
         user=o.get("user", f.nonempty_string, None),
         group=o.get("group", f.nonempty_string, None),
         graceful_timeout=o.get("gracefulTimeout", f.number(0), 30.0),
+        metrics=o.get("metrics", _host_port, None),
     )
+
+
+def _host_port(value: Any) -> tuple[str, int]:
+    """"host:port" ("[::1]:port" for IPv6) where the Prometheus metrics are served."""
+    text = f.string(value)
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid(f'expected "host:port", got {show(value)}')
+    return host, int(port)
 
 
 def _workers(value: Any) -> int | None:

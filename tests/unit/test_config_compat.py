@@ -255,12 +255,23 @@ def test_policy_api_and_stats_load_with_what_is_not_done() -> None:
     data["routing"]["rules"].append({"type": "field", "inboundTag": ["api-in"],
                                      "outboundTag": "api"})
     assert warnings_of(data) == [
-        "policy: warning: not applied yet (timeouts, user statistics; system statistics): "
-        "revproxy keeps its own timeouts and buffers and counts no statistics",
-        "stats: warning: statistics are not counted yet (nothing would serve them: see api)",
-        'api: warning: the API (HandlerService, StatsService) is not served yet: connections '
-        'routed to "api" are closed']
-    assert load(data).routing[-1].outbound_tag == "api"
+        "policy: warning: not applied yet (timeouts): revproxy keeps its own timeouts and "
+        "buffers",
+        'api.services[0]: warning: "HandlerService" is not served by revproxy (it serves '
+        "StatsService, LoggerService)"]
+    config = load(data)
+    assert config.routing[-1].outbound_tag == "api"
+    assert config.stats and config.api is not None
+    assert (config.api.tag, config.api.services) == ("api", ("StatsService",))
+    assert config.policy.level(0).stats_user_uplink
+    assert not config.policy.level(0).stats_user_downlink
+    assert not config.policy.level(7).stats_user_uplink
+    assert config.policy.system.stats_inbound_uplink
+    assert not config.policy.system.stats_outbound_downlink
+    data["api"]["services"] = ["statsservice", "LOGGERSERVICE", "Nonsense"]
+    assert load(data).api.services == ("StatsService", "LoggerService")  # type: ignore[union-attr]
+    assert warnings_of(data)[-1] == ('api.services[2]: warning: unknown service "Nonsense": '
+                                     "ignored, as V2Ray ignores it")
     data["policy"]["levels"]["0"]["connIdle"] = "300"
     assert problems_of(data) == [
         'policy.levels.0.connIdle: expected an integer, got "300"']
@@ -449,11 +460,10 @@ def revproxy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_check_prints_warnings_and_strict_refuses_them(tmp_path: Path) -> None:
-    write(tmp_path / "w.json", edited(PORTAL, "stats", {}))
+    write(tmp_path / "w.json", edited(PORTAL, "policy", {"levels": {"0": {"connIdle": 3}}}))
     done = revproxy("check", "-c", "w.json", cwd=tmp_path)
     assert (done.returncode, done.stdout) == (0, "configuration OK (1 warning)\n")
-    assert done.stderr == ("w.json: stats: warning: statistics are not counted yet (nothing "
-                           "would serve them: see api)\n")
+    assert done.stderr == "w.json: policy: warning: not applied yet (timeouts): revproxy keeps its own timeouts and buffers\n"
     done = revproxy("check", "--strict", "-c", "w.json", cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines()[-1] == ("revproxy: configuration refused: 1 warning "
@@ -495,9 +505,8 @@ def test_run_logs_the_warnings_as_it_starts(tmp_path: Path, monkeypatch: pytest.
             return 0
 
     monkeypatch.setattr(supervisor, "Supervisor", FakeSupervisor)
-    write(tmp_path / "w.json", edited(PORTAL, "stats", {}))
+    write(tmp_path / "w.json", edited(PORTAL, "policy", {"levels": {"0": {"connIdle": 3}}}))
     assert cli.main(["run", "-c", str(tmp_path / "w.json")]) == 0
     assert started and started[0].warnings
     err = capfd.readouterr().err
-    assert ("[Warning] config: w.json: stats: warning: statistics are not counted yet "
-            "(nothing would serve them: see api)") in err
+    assert "[Warning] config: w.json: policy: warning: not applied yet (timeouts): revproxy keeps its own timeouts and buffers" in err
