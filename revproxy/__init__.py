@@ -24,7 +24,9 @@ below; ``tests/unit/test_layers.py`` keeps it so and forbids import cycles.
     One configuration wired up: the inbounds, outbounds, dispatcher, portals and bridges of a
     ``Config``. A new protocol is hooked in here (``build_inbound``/``build_outbound``).
 ``reverse/``
-    V2Ray's reverse proxy: ``portal``, ``bridge``, the ``control`` channel codec, ``balance``.
+    V2Ray's reverse proxy: ``portal``, ``bridge``, the ``control`` channel codec, ``balance``,
+    and ``directory``, the interface through which they see the sibling workers' tunnels
+    (``server/cluster.py`` implements it).
 ``proxy/``
     The protocols. A new **inbound or outbound protocol** gets its module here (next to
     ``dokodemo``, ``freedom``, ``blackhole``, ``vmess/``) and its settings parser in
