@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from revproxy.config.errors import Node, show
 from revproxy.config.fields import suggest
+from revproxy.config.known_ids import check_published_ids
 from revproxy.config.model import Config, RoutingRule
 from revproxy.config.sections import Layout
 from revproxy.net.session import Target
@@ -54,6 +55,7 @@ def check(config: Config, node: Node, layout: Layout | None = None) -> Config:
                     f"no inbound or bridge is tagged {show(tag)}{suggest(tag, inbound_tags)}: "
                     "this tag never matches (as in V2Ray)")
     config = dataclasses.replace(config, routing=tuple(rules))
+    check_published_ids(config, node, layout.inbounds)
     if node.problem_count() == 0:
         _check_bridge_routes(config, node, layout)
     return config
