@@ -81,7 +81,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def master_pid(args: argparse.Namespace) -> int:
-    """The master's pid from --pid, --pidfile or the config's server.pidFile."""
+    """The master's pid from --pid, --pidfile, the config's server.pidFile, or else the pid
+    file a master started with the same -c/-confdir writes in the runtime directory."""
     if args.pid:
         return args.pid
     path = args.pidfile
@@ -89,12 +90,19 @@ def master_pid(args: argparse.Namespace) -> int:
         config = _load(args)
         path = config.server.pid_file
         if path is None:
-            raise CliError(f"{config.source}: server.pidFile is not set; use --pid")
+            from revproxy.server.supervisor import default_pid_path
+
+            path = default_pid_path(config.source)
+            if not os.path.exists(path):
+                raise CliError(f"no revproxy runs with {config.source} (no {path}; a server "
+                               "started by another user: use --pid or server.pidFile)")
     if path is None:
         raise CliError("say which server: --pidfile FILE, --pid PID or -c CONFIG")
     try:
-        with open(path) as f:
-            return int(f.read().strip())
+        # O_NOFOLLOW: run as root, the command must not read through a planted link
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(fd) as f:
+            return int(f.read(32).strip())
     except (OSError, ValueError) as exc:
         raise CliError(f"{path}: cannot read a pid: {exc}") from None
 
@@ -148,7 +156,8 @@ def _config_given(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def _which_server(parser: argparse.ArgumentParser) -> None:
-    _config_options(parser, "the server's config (for server.pidFile)")
+    _config_options(parser, "the server's config (to find its master: server.pidFile, or "
+                    "the pid file named after the config in the runtime directory)")
     parser.add_argument("--pidfile", help="the master's pid file")
     parser.add_argument("--pid", type=int, help="the master's pid")
 

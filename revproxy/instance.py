@@ -30,7 +30,9 @@ from revproxy.log import log
 from revproxy.net.acceptor import Acceptor
 from revproxy.net.listen import bind_listener
 from revproxy.net.session import Ending
+from revproxy.net.traffic import Traffic
 from revproxy.proxy.blackhole import BlackholeOutbound
+from revproxy.proxy.commander import CommanderOutbound
 from revproxy.proxy.dokodemo import DokodemoInbound
 from revproxy.proxy.freedom import FreedomOutbound
 from revproxy.proxy.vmess.crypto import User
@@ -55,8 +57,13 @@ def outbound_key(index: int, tag: str | None) -> str:
 class Instance:
     def __init__(self, config: Config, listeners: Mapping[int, socket.socket] | None = None,
                  replay: ReplayFilter | None = None, directory: TunnelDirectory | None = None,
-                 workers: int = 1) -> None:
+                 workers: int = 1, traffic: Traffic | None = None,
+                 api_socket: str = "") -> None:
+        """``traffic``: the worker's counters; ``api_socket``: where the API process
+        listens (the ``api`` tag's outbound connects there)."""
         self.config = config
+        self.traffic = traffic
+        self.api_socket = api_socket
         self.listeners = dict(listeners or {})
         self.replay = replay
         self.directory = directory
@@ -77,8 +84,11 @@ class Instance:
             portal = PortalOutbound(portal_config.tag, portal_config.domain, self.directory)
             self.portals.append(portal)
             self.outbounds[portal.tag] = portal
+        if config.api is not None and self.api_socket:
+            self.outbounds[config.api.tag] = CommanderOutbound(config.api.tag, self.api_socket)
         default = outbound_key(0, config.outbounds[0].tag) if config.outbounds else None
-        self.dispatcher = Dispatcher(Router(config.routing, default), self.outbounds)
+        self.dispatcher = Dispatcher(Router(config.routing, default), self.outbounds,
+                                     self.traffic)
         replay = self.replay if self.replay is not None else MemoryReplayFilter()
         for index, inbound in enumerate(config.inbounds):
             handler = build_inbound(inbound, self.dispatcher, replay)

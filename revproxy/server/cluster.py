@@ -84,6 +84,7 @@ class Cluster:
         self._busy_until: dict[int, float] = {}  # pid -> monotonic time
         self._sibling_pids: frozenset[int] = frozenset()
         self._sibling_pids_read = 0.0
+        self.handoffs_sent = 0  # visitors a sibling took (for the metrics)
 
     # -- listing this worker's tunnels
     def list_tunnel(self, role: Role, tunnel: ListedTunnel) -> TableListing | None:
@@ -201,4 +202,5 @@ class Cluster:
             return False
         except OSError:
             return False  # that sibling just went away
+        self.handoffs_sent += 1
         return True

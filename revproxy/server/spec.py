@@ -8,10 +8,10 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from revproxy.config import Config
-from revproxy.server.statetable import StateTable
+from revproxy.server.statetable import KIND_INBOUND, KIND_OUTBOUND, KIND_USER, StateTable
 
 BOOT_ERROR = 3  # a worker's exit status when it could not start
 MASTER_GONE = 1  # a worker's exit status when it finds its master already dead
@@ -35,6 +35,28 @@ class WorkerSpec:
     generation: int
     master_pid: int = 0  # the process whose death the worker must not outlive
     handoff_dir: str = ""  # the private directory of the hand-off channel (server.handoff)
+    # (kind, name) -> index of the traffic counters in the table (net/traffic.py)
+    counter_keys: dict[tuple[int, str], int] = field(default_factory=dict)
+    api_socket: str = ""  # the API process's socket, when the config has an ``api``
+
+
+def counter_keys_of(config: Config) -> list[tuple[int, str]]:
+    """The traffic counters a configuration's workers keep: every tagged inbound and bridge
+    (inbound kind), every tagged outbound, portal and the API (outbound kind), every user
+    with an e-mail."""
+    keys: list[tuple[int, str]] = []
+    keys += [(KIND_INBOUND, inbound.tag) for inbound in config.inbounds if inbound.tag]
+    keys += [(KIND_INBOUND, bridge.tag) for bridge in config.reverse.bridges]
+    keys += [(KIND_OUTBOUND, outbound.tag) for outbound in config.outbounds if outbound.tag]
+    keys += [(KIND_OUTBOUND, portal.tag) for portal in config.reverse.portals]
+    if config.api is not None:
+        keys.append((KIND_OUTBOUND, config.api.tag))
+    for inbound in config.inbounds:
+        for client in getattr(inbound.settings, "clients", ()) or ():
+            email = getattr(client, "email", None)
+            if email:
+                keys.append((KIND_USER, email))
+    return list(dict.fromkeys(keys))
 
 
 def load_prctl() -> None:

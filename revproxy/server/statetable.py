@@ -399,6 +399,11 @@ class StateTable:
     def generation(self) -> int:
         return self._header()[2]
 
+    @property
+    def created(self) -> float:
+        """When the master made the table (unix time): the server's start."""
+        return self._header()[3]
+
     def set_generation(self, generation: int) -> None:
         """Supervisor only: the header's one changing field."""
         values = list(self._header()[1:])

@@ -21,6 +21,18 @@ hands its tunnels over first); a generation is *retiring* once a newer one runs 
 workers were told to retire. A worker is *leaving* when the master asked it to go, so its
 exit is no crash and it is not replaced.
 
+Besides the workers the master may run two *helpers*, children that never fork and never
+import gevent: the metrics process (``server.metrics``: Prometheus's ``/metrics`` on a socket
+the master binds) and the API process (``api``: V2Ray's gRPC stats API on a Unix socket in the
+private hand-off directory). They run what needs threads (an HTTP server, gRPC) outside the
+master, which must never run a thread while it forks. A helper that dies is restarted with a
+back-off; the API process is restarted on a reload, to serve the new configuration.
+
+Under systemd (``Type=notify``) the master says READY=1 once the first generation runs,
+RELOADING=1 and READY=1 around a reload, STOPPING=1 as it stops (server/notify.py). Without
+``server.pidFile`` it writes a pid file named after its configuration files in the runtime
+directory (``default_pid_path``), where ``revproxy status|reload|stop -c`` look.
+
 A worker's heartbeat lives in the state table; a worker whose heartbeat stops is killed and
 replaced. Workers die with the master: the kernel kills them when it exits (see
 ``die_with_master``), so a restarted server never finds old workers holding its ports.
@@ -32,6 +44,7 @@ drive the master with a fake process table and time of their own.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import select
@@ -51,7 +64,14 @@ from revproxy.config.sections import MAX_WORKERS
 from revproxy.log import log
 from revproxy.net.listen import bind_listener
 from revproxy.server import handoff
-from revproxy.server.spec import BOOT_ERROR, WorkerSpec, die_with_master, load_prctl
+from revproxy.server.notify import Notifier
+from revproxy.server.spec import (
+    BOOT_ERROR,
+    WorkerSpec,
+    counter_keys_of,
+    die_with_master,
+    load_prctl,
+)
 from revproxy.server.statetable import (
     WORKER_BOOTING,
     WORKER_RUNNING,
@@ -60,7 +80,7 @@ from revproxy.server.statetable import (
     StateTableError,
     default_state_path,
 )
-from revproxy.server.users import resolve_user
+from revproxy.server.users import drop_privileges, resolve_user
 
 HEARTBEAT_TIMEOUT = 10.0
 BOOT_TIMEOUT = 30.0
@@ -68,6 +88,8 @@ FAST_STOP_TIMEOUT = 5.0
 SHORT_LIFE = 5.0  # a worker dying younger than this makes the next respawn wait longer
 FIRST_RESPAWN_DELAY = 0.1
 MAX_RESPAWN_DELAY = 30.0
+FIRST_HELPER_DELAY = 1.0
+METRICS, API = "metrics", "api"
 _HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
             signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 
@@ -96,6 +118,19 @@ class Generation:
     listeners: dict[int, socket.socket]
     started: float
     retiring: bool = False  # a newer generation runs; these workers were told to retire
+    counter_keys: dict[tuple[int, str], int] | None = None  # its traffic counters' indexes
+
+
+@dataclass
+class Helper:
+    """A child that is not a worker: the metrics or the API process."""
+
+    name: str
+    pid: int = 0  # 0: not running
+    started: float = 0.0
+    delay: float = 0.0  # the back-off before the next start, after a failure
+    next_start: float = 0.0
+    leaving: bool = False  # asked to go (reload, stop): its exit is no failure
 
 
 def _listen_key(config: Config, index: int) -> tuple[str, int]:
@@ -145,6 +180,12 @@ class Supervisor:
         self.exit_code = 0
         self._short_of_slots = False
         self._wakeup_r = self._wakeup_w = -1
+        self.notifier = Notifier()
+        self.helpers: dict[str, Helper] = {}
+        self.metrics_socket: socket.socket | None = None
+        self.metrics_address: tuple[str, int] | None = None
+        self._ready = False  # READY=1 sent for the first generation
+        self._reloading = False  # RELOADING=1 sent; READY=1 follows once it is settled
 
     # -- start and main loop
     def run(self) -> int:
@@ -170,7 +211,8 @@ class Supervisor:
         try:
             self.handoff_dir = handoff.create_directory()
             self._own_runtime_files(config)
-            self._write_pid_file(config.server.pid_file)
+            self._write_pid_file(config.server.pid_file or default_pid_path(config.source))
+            self._listen_for_metrics(config)
         except OSError as exc:
             log.error("master: %s", exc)
             self._cleanup()
@@ -192,7 +234,8 @@ class Supervisor:
         self.table = table
         self.generation = self._generations_made = 1
         table.set_generation(1)
-        self.generations[1] = Generation(1, self.config, listeners, self._clock())
+        self.generations[1] = Generation(1, self.config, listeners, self._clock(),
+                                         counter_keys=self._register_counters(self.config))
         if not (self.workers_override or self.config.server.workers) and _cpus() > self.target:
             log.warning("master: %d CPUs, but %d workers are the most a reload has room for",
                         _cpus(), self.target)
@@ -201,8 +244,9 @@ class Supervisor:
 
     @property
     def finished(self) -> bool:
-        """Stopping, and every worker reaped."""
-        return self.stopping is not None and not self.workers
+        """Stopping, and every worker and helper reaped."""
+        return (self.stopping is not None and not self.workers
+                and not any(helper.pid for helper in self.helpers.values()))
 
     def _tick(self) -> None:
         self._wait_for_signal(1.0)
@@ -221,6 +265,8 @@ class Supervisor:
         self._check_heartbeats(now)
         self._retire_replaced_generations(now)
         self._keep_worker_count(now)
+        self._keep_helpers(now)
+        self._tell_ready()
 
     # -- signals
     def _install_signals(self) -> None:
@@ -319,7 +365,10 @@ class Supervisor:
         spec = WorkerSpec(config=generation.config, listeners=generation.listeners,
                           table=self.table, slot=slot, index=index, count=self.target,
                           generation=generation.number, master_pid=os.getpid(),
-                          handoff_dir=self.handoff_dir)
+                          handoff_dir=self.handoff_dir,
+                          counter_keys=dict(generation.counter_keys or {}),
+                          api_socket=(_api_socket(self.handoff_dir)
+                                      if generation.config.api is not None else ""))
         load_prctl()  # here, so that every child shares what it loads
         sys.stdout.flush()  # or the child would write the master's pending output again
         sys.stderr.flush()
@@ -354,6 +403,8 @@ class Supervisor:
         for fd in (self._wakeup_r, self._wakeup_w):
             if fd >= 0:
                 os.close(fd)
+        if self.metrics_socket is not None:  # the metrics process's, not a worker's
+            self.metrics_socket.close()
 
     def _keep_worker_count(self, now: float) -> None:
         generation = self.generations[self.generation]
@@ -386,6 +437,9 @@ class Supervisor:
                 if worker.generation == generation.number and not worker.leaving:
                     self._retire(worker)
             log.warning("master: generation %d retiring", generation.number)
+        if self._reloading:
+            self._reloading = False
+            self.notifier.ready(self._status())
 
     def _forget_finished_generations(self) -> None:
         alive = {w.generation for w in self.workers.values()}
@@ -427,6 +481,7 @@ class Supervisor:
                 return
             worker = self.workers.pop(pid, None)
             if worker is None:
+                self._helper_exited(pid, status)
                 continue
             assert self.table is not None
             self.table.clear_worker(worker.slot)
@@ -441,6 +496,7 @@ class Supervisor:
                 continue
             log.error("master: worker %d (gen %d) died unexpectedly (%s) after %.1f s",
                       pid, worker.generation, _describe_exit(code), lived)
+            self.table.count_server_event(respawns=1)
             # Workers dying young wait longer and longer to be replaced (a crash loop must
             # not eat the CPU); one that lived long is replaced at once.
             self.respawn_delay = (min(MAX_RESPAWN_DELAY,
@@ -479,29 +535,44 @@ class Supervisor:
         assert self.table is not None
         self.table.set_generation(self.generation)
         self._close_unused_sockets(keep=generation.listeners.values())
+        self._restart_helper(API)  # it served the abandoned configuration
+        if self._reloading:
+            self._reloading = False
+            self.notifier.ready(self._status())
 
     # -- reload and stop
     def reload(self) -> None:
+        assert self.table is not None
+        self.notifier.reloading()
         try:
             config = load_config(self.config.source)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
+            self._reload_refused()
             return
         try:
             listeners = self._listeners_for(config)
         except OSError as exc:
             log.error("reload refused: cannot listen: %s", exc)
+            self._reload_refused()
             return
+        try:
+            self._listen_for_metrics(config)
+        except OSError as exc:
+            log.error("reload: %s; metrics stay on %s", exc, self.metrics_address)
         self.config = config
         self._generations_made += 1
         self.generation = self._generations_made
-        assert self.table is not None
         self.table.set_generation(self.generation)
+        self.table.count_server_event(reloads=1)
+        self._reloading = True
         self._target_before_reload = self.target
         if self.workers_override is None and config.server.workers:
             self.target = config.server.workers
-        generation = Generation(self.generation, config, listeners, self._clock())
+        generation = Generation(self.generation, config, listeners, self._clock(),
+                                counter_keys=self._register_counters(config))
+        self._restart_helper(API)
         self.generations[self.generation] = generation
         logging_setup.configure(config.log)
         log.warning("master: reloading: generation %d with %d workers", self.generation,
@@ -518,10 +589,153 @@ class Supervisor:
         grace = self.config.server.graceful_timeout + 5 if graceful else FAST_STOP_TIMEOUT
         self.stop_deadline = self._clock() + grace
         log.warning("master: %s stop", self.stopping)
+        self.notifier.stopping()
         for sock in self.sockets.values():
             sock.close()  # workers hold their own copies until they finish
         self.sockets.clear()
         self._signal_workers(signal.SIGTERM if graceful else signal.SIGQUIT)
+        for helper in self.helpers.values():
+            if helper.pid:
+                helper.leaving = True
+                self._kill(helper.pid, signal.SIGTERM)
+
+    # -- helper processes (metrics, API) and systemd
+    def _register_counters(self, config: Config) -> dict[tuple[int, str], int]:
+        """The table's indexes of the traffic counters of ``config`` (registered now)."""
+        assert self.table is not None
+        found: dict[tuple[int, str], int] = {}
+        for key in counter_keys_of(config):
+            try:
+                found[key] = self.table.register_counter(*key)
+            except StateTableError as exc:
+                log.warning("master: %s: %s and later ones are not counted", exc, key[1])
+                break
+        return found
+
+    def _listen_for_metrics(self, config: Config) -> None:
+        """Bind (or keep, or close) the metrics socket for ``config``; the metrics process
+        is (re)started by the loop. Raises OSError if the address cannot be bound."""
+        address = config.server.metrics
+        if address == self.metrics_address:
+            return
+        fresh = bind_listener(*address) if address is not None else None
+        if self.metrics_socket is not None:
+            self.metrics_socket.close()
+        self.metrics_socket, self.metrics_address = fresh, address
+        self._restart_helper(METRICS)
+        if address is not None:
+            log.warning("master: Prometheus metrics on http://%s:%d/metrics", *address)
+
+    def _wanted_helpers(self) -> list[str]:
+        wanted = []
+        if self.metrics_socket is not None:
+            wanted.append(METRICS)
+        if self.config.api is not None:
+            wanted.append(API)
+        return wanted
+
+    def _keep_helpers(self, now: float) -> None:
+        wanted = self._wanted_helpers()
+        for name in wanted:
+            helper = self.helpers.setdefault(name, Helper(name))
+            if not helper.pid and now >= helper.next_start:
+                self._spawn_helper(helper)
+        for helper in self.helpers.values():
+            if helper.name not in wanted and helper.pid and not helper.leaving:
+                helper.leaving = True
+                self._kill(helper.pid, signal.SIGTERM)
+
+    def _restart_helper(self, name: str) -> None:
+        """Stop a running helper; the loop starts it again (with the current config)."""
+        helper = self.helpers.get(name)
+        if helper is not None and helper.pid and not helper.leaving:
+            helper.leaving = True
+            self._kill(helper.pid, signal.SIGTERM)
+
+    def _spawn_helper(self, helper: Helper) -> None:
+        master = os.getpid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = self._fork()
+        if pid == 0:
+            self._run_helper(helper.name, master)
+        helper.pid, helper.started, helper.leaving = pid, self._clock(), False
+        log.info("master: started the %s process, pid %d", helper.name, pid)
+
+    def _run_helper(self, name: str, master: int) -> NoReturn:
+        """A helper child's whole life: it never returns into the master's code."""
+        code = 1
+        try:
+            die_with_master(master)
+            metrics = self.metrics_socket
+            self.metrics_socket = None  # not closed by _become_worker: it is ours
+            self._become_worker()
+            for sock in self.sockets.values():
+                sock.close()  # the inbounds' listeners are the workers' business
+            if name != METRICS and metrics is not None:
+                metrics.close()
+            config = self.config
+            drop_privileges(config.server.user, config.server.group)
+            die_with_master(master)  # changing ids cleared the parent-death signal
+            assert self.table is not None
+            if name == METRICS:
+                assert metrics is not None and self.metrics_address is not None
+                host, port = self.metrics_address
+                setproctitle(f"revproxy: metrics [http://{host}:{port}/metrics]")
+                from revproxy.server.metrics import serve as serve_metrics
+
+                code = serve_metrics(metrics, self.table, master)
+            else:
+                assert config.api is not None
+                setproctitle(f"revproxy: api [{config.api.tag}]")
+                from revproxy.server.api import serve as serve_api
+
+                code = serve_api(_api_socket(self.handoff_dir), self.table, config, master)
+        except BaseException as exc:  # noqa: BLE001 - whatever happens, never return
+            try:
+                log.error("%s process %d: crashed: %s", name, os.getpid(), exc)
+            except BaseException:  # noqa: BLE001
+                pass
+        finally:
+            os._exit(code)
+
+    def _helper_exited(self, pid: int, status: int) -> None:
+        helper = next((h for h in self.helpers.values() if h.pid == pid), None)
+        if helper is None:
+            return
+        helper.pid = 0
+        code = os.waitstatus_to_exitcode(status)
+        if helper.leaving or self.stopping:
+            helper.delay, helper.next_start = 0.0, 0.0
+            return
+        # A helper dying young waits longer and longer to be restarted.
+        lived = self._clock() - helper.started
+        helper.delay = (min(MAX_RESPAWN_DELAY, max(FIRST_HELPER_DELAY, helper.delay * 2))
+                        if lived < SHORT_LIFE else FIRST_HELPER_DELAY)
+        helper.next_start = self._clock() + helper.delay
+        log.error("master: the %s process %d exited (%s); restarting it in %.0f s",
+                  helper.name, pid, _describe_exit(code), helper.delay)
+
+    def _status(self) -> str:
+        running = sum(1 for w in self._current_workers() if self._row_state(w) == WORKER_RUNNING)
+        return f"{running} workers running, generation {self.generation}"
+
+    def _tell_ready(self) -> None:
+        """READY=1 once the first generation runs in full (or in part, after BOOT_TIMEOUT,
+        as the reload's rule)."""
+        if self._ready:
+            return
+        running = [w for w in self._current_workers() if self._row_state(w) == WORKER_RUNNING]
+        waited = self._clock() - self.generations[self.generation].started
+        if len(running) >= self.target or (running and waited >= BOOT_TIMEOUT):
+            self._ready = True
+            self.notifier.ready(self._status())
+            log.info("master: ready (%s)", self._status())
+
+    def _reload_refused(self) -> None:
+        assert self.table is not None
+        self.table.count_server_event(refused=1)
+        self.notifier.ready(self._status())  # still serving the old configuration
 
     # -- helpers
     def _listeners_for(self, config: Config) -> dict[int, socket.socket]:
@@ -564,6 +778,9 @@ class Supervisor:
                 worker.killed = True
                 log.error("master: worker %d did not stop in time, killing it", worker.pid)
                 self._kill(worker.pid, signum)
+        for helper in self.helpers.values():
+            if helper.pid:
+                self._kill(helper.pid, signum)
 
     def _kill(self, pid: int, signum: int) -> None:
         try:
@@ -592,6 +809,8 @@ class Supervisor:
     def _cleanup(self) -> None:
         for sock in self.sockets.values():
             sock.close()
+        if self.metrics_socket is not None:
+            self.metrics_socket.close()
         if self.handoff_dir:
             handoff.remove_directory(self.handoff_dir)
         if self.pid_file:
@@ -638,6 +857,23 @@ def write_pid_file(path: str, pid: int) -> None:
         except OSError:
             pass
         raise
+
+
+def default_pid_path(source: str) -> str:
+    """The pid file of a master started without ``server.pidFile``: in the runtime directory
+    (that of ``default_state_path``), named after the configuration it was given (the files
+    and confdirs, as absolute paths), so ``revproxy status -c FILE`` finds it."""
+    files = getattr(source, "files", None) or (source,)
+    dirs = getattr(source, "confdirs", ())
+    key = "\0".join([*(os.path.abspath(f) for f in files), "", *(os.path.abspath(d)
+                                                                   for d in dirs)])
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    directory = os.path.dirname(default_state_path(os.getpid()))
+    return os.path.join(directory, f"revproxy-{digest}.pid")
+
+
+def _api_socket(directory: str) -> str:
+    return os.path.join(directory, "api.sock")  # revproxy.server.api.API_SOCKET
 
 
 def _cpus() -> int:

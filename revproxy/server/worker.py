@@ -23,6 +23,7 @@ from revproxy.log import log
 from revproxy.net.session import Session, Target
 from revproxy.net.stream import SocketStream
 from revproxy.net.tasks import Tasks
+from revproxy.net.traffic import HANDOFFS_SENT, Traffic
 from revproxy.proxy.vmess.replay import REPLAY_WINDOW
 from revproxy.server import handoff
 from revproxy.server.cluster import Cluster
@@ -49,6 +50,9 @@ class Worker:
         self.row = spec.table.worker_writer(spec.slot, WorkerRow(
             pid=self.pid, generation=spec.generation, index=spec.index, state=WORKER_BOOTING,
             started=time.time(), heartbeat=time.time()))
+        # Its traffic counters and events, published to its block of the table.
+        self.counters = spec.table.counter_writer(spec.slot)
+        self.traffic = Traffic(spec.counter_keys, self.counters.values, self.counters.events)
         self.instance: Instance | None = None
         self.cluster: Cluster | None = None
         self.receiver: handoff.Receiver | None = None
@@ -73,7 +77,8 @@ class Worker:
                                              spec.handoff_dir, gevent.sleep)
             self.instance = Instance(config, spec.listeners,
                                      replay=spec.table.replay_filter(REPLAY_WINDOW),
-                                     directory=cluster, workers=spec.count)
+                                     directory=cluster, workers=spec.count,
+                                     traffic=self.traffic, api_socket=spec.api_socket)
             self.instance.start()
             self.receiver = handoff.Receiver(
                 endpoint, handoff.endpoint_path(spec.handoff_dir, self.pid),
@@ -144,6 +149,10 @@ class Worker:
                 row.connections = worker.dispatcher.active
                 row.total_connections = worker.dispatcher.total
         row.publish()
+        self.traffic.sample()
+        if self.cluster is not None:
+            self.traffic.events[HANDOFFS_SENT] = self.cluster.handoffs_sent
+        self.counters.publish()
 
     def _publish_loop(self) -> None:
         parent = os.getppid()
