@@ -283,11 +283,16 @@ class _Server(HTTPServer):
         return conn, address
 
 
-def serve(listener: socket.socket, table: StateTable, master_pid: int) -> int:
-    """The metrics child's life: serve until SIGTERM (or the master's death)."""
+def make_server(listener: socket.socket, table: StateTable, master_pid: int) -> HTTPServer:
+    """The HTTP server on ``listener``; each ``handle_request()`` serves one request."""
     listener.setblocking(True)
     handler = type("Handler", (_Handler,), {"registry": registry_for(table, master_pid)})
-    server = _Server(listener, handler)
+    return _Server(listener, handler)
+
+
+def serve(listener: socket.socket, table: StateTable, master_pid: int) -> int:
+    """The metrics child's life: serve until SIGTERM (or the master's death)."""
+    server = make_server(listener, table, master_pid)
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
