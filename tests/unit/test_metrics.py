@@ -164,3 +164,20 @@ def test_notify_to_a_path_and_without_a_socket(tmp_path: Path,
     assert not Notifier().enabled and not Notifier().ready("x")
     assert not Notifier("relative/path").send(READY=1)
     assert not Notifier(str(tmp_path / "gone")).send(READY=1)  # nobody listens: no error
+
+
+def test_the_grafana_dashboard_uses_only_metrics_that_exist(table: StateTable) -> None:
+    import json
+    import re
+
+    table.register_counter(KIND_INBOUND, "x")
+    table.register_counter(KIND_USER, "u")
+    pid = os.getpid()
+    table.worker_writer(0, WorkerRow(pid=pid, state=WORKER_RUNNING))
+    table.tunnel_writer(0, 0, TunnelRow(owner_pid=pid, tag="t"))
+    exposed = {name for name, _ in samples(table)}
+    dashboard = json.loads((Path(__file__).parents[2] / "packaging" / "grafana"
+                            / "revproxy.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"revproxy_[a-z_]+", target["expr"])}
+    assert used and used <= exposed, used - exposed
