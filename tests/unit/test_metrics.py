@@ -21,6 +21,7 @@ from revproxy.server.notify import Notifier
 from revproxy.server.statetable import (
     EVENTS,
     KIND_INBOUND,
+    KIND_OUTBOUND,
     KIND_USER,
     ROLE_PORTAL,
     WORKER_RUNNING,
@@ -172,6 +173,7 @@ def test_the_grafana_dashboard_uses_only_metrics_that_exist(table: StateTable) -
 
     table.register_counter(KIND_INBOUND, "x")
     table.register_counter(KIND_USER, "u")
+    table.register_counter(KIND_OUTBOUND, "o")
     pid = os.getpid()
     table.worker_writer(0, WorkerRow(pid=pid, state=WORKER_RUNNING))
     table.tunnel_writer(0, 0, TunnelRow(owner_pid=pid, tag="t"))
