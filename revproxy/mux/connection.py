@@ -92,8 +92,8 @@ DEFAULT_LIMITS = FlowLimits()
 class MuxSession:
     """One session of a mux connection, usable as a stream."""
 
-    __slots__ = ("conn", "id", "network", "buffer_size", "hold_limit", "sink", "on_end", "_end",
-                 "_items", "_buffered", "_full_since", "_stalled_since", "_tracked", "_unwaited",
+    __slots__ = ("conn", "id", "network", "buffer_size", "sink", "on_end", "_end",
+                 "_items", "_buffered", "_full_since", "_stalled_since", "_unwaited",
                  "_space", "_readable", "_timeout", "_ended_local", "_ended_remote", "closed",
                  "bytes_in", "bytes_out")
 
@@ -102,9 +102,7 @@ class MuxSession:
         self.conn = conn
         self.id = session_id
         self.network = network
-        limits = conn.limits
-        self.buffer_size = limits.buffer_size if buffer_size is None else buffer_size
-        self.hold_limit = limits.hold_factor * self.buffer_size
+        self.buffer_size = conn.limits.buffer_size if buffer_size is None else buffer_size
         self.sink: Callable[[bytes], None] | None = None
         # Called when the session ends from the far side: None when the peer ended it, the
         # error when it failed (reset by the peer or by flow control, tunnel gone, sink failed).
@@ -116,7 +114,6 @@ class MuxSession:
         self._buffered = 0  # bytes held for the consumer: in _items, or a splice's pending
         self._full_since = 0.0  # when the session last became full; 0.0: not full
         self._stalled_since = 0.0  # last progress of a blocked socket; 0.0: not blocked
-        self._tracked = False  # in the connection's set of sessions whose deadlines run
         self._unwaited = False  # full and took nothing for stall_wait: the reader goes on
         self._space: Event | None = None  # set when the consumer takes bytes (made on demand)
         self._readable = Event()
@@ -129,8 +126,6 @@ class MuxSession:
 
     # -- fed by the connection's reader
     def _deliver(self, payload: bytes) -> None:
-        if self._end is not None or self.closed:
-            return  # ended, reset or closed: late payloads are dropped
         self.bytes_in += len(payload)
         sink = self.sink
         if sink is not None:
@@ -140,23 +135,19 @@ class MuxSession:
                 # The receiving end is gone: this session fails, the tunnel goes on.
                 self.sink = None
                 self._push_end(exc)
-                return
-        elif self.network == NETWORK_UDP and self._buffered >= self.buffer_size:
-            return  # datagrams may be lost: drop this one rather than wait or reset
-        else:
+        elif self._end is None and not self.closed:  # else late: dropped
+            if self.network == NETWORK_UDP and self._buffered >= self.buffer_size:
+                return  # datagrams may be lost: drop this one rather than wait or reset
             self._items.append(payload)
             self._readable.set()
             self.hold(len(payload))
-        if self._buffered >= self.buffer_size and not self._unwaited:
-            self._wait_for_room()
 
-    def _wait_for_room(self) -> None:
-        """The session is full: the reader waits while its consumer keeps taking bytes, but
-        no longer than ``stall_wait`` without progress."""
+    def wait_for_room(self, stall: float) -> None:
+        """The session became full: the reader waits while its consumer keeps taking bytes,
+        but no longer than ``stall`` seconds without progress."""
         space = self._space
         if space is None:
             space = self._space = Event()
-        stall = self.conn.limits.stall_wait
         while self._buffered >= self.buffer_size and self._end is None and not self.closed:
             space.clear()
             if not space.wait(stall):
@@ -171,12 +162,14 @@ class MuxSession:
         conn = self.conn
         conn.buffered += size
         if held >= self.buffer_size:
-            if held >= self.hold_limit:
+            if held >= conn.limits.hold_factor * self.buffer_size:
                 self.reset(f"{held} bytes held: the peer sends faster than they are taken")
                 return
             if not self._full_since:
                 self._full_since = time.monotonic()
                 conn.track(self)
+                if not self._unwaited:
+                    conn.filled.append(self)  # the reader waits for it after this read
         if conn.buffered > conn.limits.tunnel_buffer:
             conn.relieve()
 
@@ -315,7 +308,8 @@ class MuxSession:
             self.conn.send_end(self.id, error=not self._ended_remote)
         self.conn.forget(self)
         self._items.clear()
-        self._drop_held()
+        if self._buffered:
+            self._drop_held()  # (nothing held: nothing full, stalled or waited for)
         self._readable.set()
 
     def settimeout(self, seconds: float | None) -> None:
@@ -338,6 +332,7 @@ class MuxConnection:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.buffered = 0  # bytes all sessions hold for their consumers
+        self.filled: list[MuxSession] = []  # sessions that became full during this read
         self._tracked: set[MuxSession] = set()  # sessions whose deadlines run
         self._timer: Any = None  # checks those deadlines while the reader runs
         self._out: list[bytes] = []  # frames waiting to be sealed and sent
@@ -467,7 +462,13 @@ class MuxConnection:
 
     def send_end(self, session_id: int, error: bool) -> None:
         """Queue an End frame; never waits (sessions are closed from hub callbacks)."""
-        self._queue_control(encode_end(session_id, error))
+        frame = encode_end(session_id, error)
+        queued = self._control_queued + len(frame)
+        if queued <= CONTROL_LIMIT and not self.closed:  # as _queue_control, one call less
+            self._control_queued = queued
+            self._queue(frame)
+        else:
+            self._queue_control(frame)
 
     def _reply_end(self, session_id: int) -> None:
         """Tell the peer that a session it writes to is gone, unless that would pile up."""
@@ -482,15 +483,14 @@ class MuxConnection:
 
     def forget(self, session: MuxSession) -> None:
         """Drop ``session`` from the table (not a newer session that reuses its id)."""
-        if self.sessions.get(session.id) is session:
-            del self.sessions[session.id]
+        other = self.sessions.pop(session.id, session)
+        if other is not session:
+            self.sessions[session.id] = other  # a newer session took the id: put it back
 
     # -- flow control
     def track(self, session: MuxSession) -> None:
         """Check ``session``'s deadlines until it holds nothing."""
-        if not session._tracked:
-            session._tracked = True
-            self._tracked.add(session)
+        self._tracked.add(session)
 
     def relieve(self) -> None:
         """The tunnel's sessions hold more than ``tunnel_buffer``: reset those holding most
@@ -509,7 +509,6 @@ class MuxConnection:
         limits = self.limits
         for session in list(self._tracked):
             if session.closed or not session._buffered:
-                session._tracked = False
                 self._tracked.discard(session)
             elif session._full_since and now - session._full_since >= limits.full_timeout:
                 session.reset(f"full for {limits.full_timeout:g} s")
@@ -526,6 +525,14 @@ class MuxConnection:
             log.warning("mux %s: the tunnel took nothing for %.0f s, closing it", self.name,
                         now - self._stuck_since)
             self.close()
+
+    def _wait_for_room(self) -> None:
+        """Wait for the sessions that became full, one by one (see ``wait_for_room``):
+        once per read, after its frames, so the check costs nothing per payload."""
+        filled, self.filled = self.filled, []
+        stall = self.limits.stall_wait
+        for session in filled:
+            session.wait_for_room(stall)
 
     # -- reading
     def run(self) -> None:
@@ -552,6 +559,8 @@ class MuxConnection:
                         self._handle(frame)
                     raise
                 self._handle_batch(frames)
+                if self.filled:
+                    self._wait_for_room()
         except (OSError, MuxError):
             pass
         finally:

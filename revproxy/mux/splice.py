@@ -56,6 +56,7 @@ class SplicedSession(Protocol):
     def bytes_out(self) -> int: ...
 
     on_end: Callable[[Exception | None], None] | None
+    sink: Callable[[bytes], None] | None
 
     def attach_sink(self, sink: Callable[[bytes], None]) -> None: ...
 
@@ -78,7 +79,7 @@ class SocketSplice:
     """Relays ``stream`` ⇄ ``session`` until both directions are done, then closes both and
     calls ``on_done``. Idleness is watched as ``relay`` does (net/relay.py)."""
 
-    __slots__ = ("stream", "session", "after_half_close", "on_done", "watch", "_fd", "_recv",
+    __slots__ = ("stream", "session", "after_half_close", "on_done", "watch", "_recv",
                  "_send", "_reader", "_writer", "_pending", "_read_done", "_write_done",
                  "_end_pending", "_finished")
 
@@ -92,8 +93,8 @@ class SocketSplice:
         sock = stream.sock
         self._recv = sock.recv  # non-blocking: EAGAIN raises
         self._send = sock.send
-        self._fd = sock.fileno()
-        self._reader: Any = get_hub().loop.io(self._fd, _READ) if self._fd >= 0 else None
+        fd = sock.fileno()
+        self._reader: Any = get_hub().loop.io(fd, _READ) if fd >= 0 else None
         self._writer: Any = None  # made when a write first would block
         # What the socket has not taken yet; made when first needed (a deque is ~600 bytes and
         # most connections never need one).
@@ -145,7 +146,7 @@ class SocketSplice:
         if first:
             writer = self._writer
             if writer is None:
-                writer = self._writer = get_hub().loop.io(self._fd, _WRITE)
+                writer = self._writer = get_hub().loop.io(self.stream.sock.fileno(), _WRITE)
             writer.start(self._writable)
             session.mark_stalled(time.monotonic())
         session.hold(len(data))  # may reset the session, which finishes this splice
@@ -180,7 +181,7 @@ class SocketSplice:
         session.mark_stalled(0.0)
         if self._end_pending:
             self._end_pending = False
-            self._ended_cleanly()
+            self._session_ended(None)
 
     def _session_ended(self, error: Exception | None) -> None:
         """The peer ended the session (``error`` None), or it failed."""
@@ -189,16 +190,12 @@ class SocketSplice:
             self._finish(reset=bool(self._pending) or isinstance(error, SessionReset))
         elif self._pending:
             self._end_pending = True  # after the bytes still waiting for the socket
-        else:
-            self._ended_cleanly()
-
-    def _ended_cleanly(self) -> None:
-        if self._read_done:
+        elif self._read_done:
             self._finish()  # closing sends the FIN: no shutdown first (everything was read)
-            return
-        self.stream.close_write()
-        self._write_done = True
-        self.watch.shorten(self.after_half_close)
+        else:
+            self.stream.close_write()
+            self._write_done = True
+            self.watch.shorten(self.after_half_close)
 
     # -- socket → session
     def _readable(self) -> None:
@@ -246,6 +243,7 @@ class SocketSplice:
         self._pending = None
         session = self.session
         session.on_end = None
+        session.sink = None  # late payloads are dropped
         session.close()  # an End with the error flag unless both sides ended
         if reset:
             try:
