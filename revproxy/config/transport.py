@@ -186,9 +186,12 @@ def _paths(value: Any) -> tuple[str, ...]:
     return tuple(_header_text(path) for path in v2ray_string_list(value))
 
 
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
 def _header_name(value: Any) -> str:
     name = f.string(value)
-    if not name or any(c in name for c in ":\r\n\0 \t"):
+    if not name or not set(name) <= _TOKEN:
         raise Invalid(f"{show(value)} is not an HTTP header name")
     return name
 
@@ -284,12 +287,13 @@ def _alpn(value: Any) -> tuple[str, ...]:
 
 def _certificate(node: Node, raw: Any) -> CertificateConfig:
     o = Obj(node, raw, ("certificateFile", "certificate", "keyFile", "key", "usage"))
+    before = node.problem_count()
     usage = o.get("usage", _usage, "encipherment")
     cert_file = o.get("certificateFile", f.string, "") or None
     cert_text = o.get("certificate", _pem_lines, "") or None
     key_file = o.get("keyFile", f.string, "") or None
     key_text = o.get("key", _pem_lines, "") or None
-    if not o.ok:
+    if not o.ok or node.problem_count() > before:  # one mistake, one line
         return CertificateConfig()
     if cert_file is None and cert_text is None:
         node.report('no certificate: give "certificateFile" or "certificate"')
