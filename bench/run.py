@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import clients, report
 from bench.procs import CpuMeter, stop_all
-from bench.systems import ROOT, Backend, Ends
+from bench.systems import ROOT, TRANSPORTS, Backend, Ends
 
 WORKLOADS = ("download", "download4", "rps", "rps-close", "latency", "rss")
 MIB = 2**20
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--security", default="auto",
                    choices=("auto", "aes-128-gcm", "chacha20-poly1305", "none"),
                    help="VMess security of both bridges (default auto = aes-128-gcm)")
+    p.add_argument("--transport", default="tcp", choices=TRANSPORTS,
+                   help="the bridge-portal link of both systems: plain tcp (default), tcp with "
+                        "V2Ray's http header, ws, tls or ws+tls (a self-signed certificate)")
     p.add_argument("--connections", type=int, default=50,
                    help="connections for wrk and the latency client (default 50)")
     p.add_argument("--rate", type=float, default=1000.0,
@@ -161,7 +164,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         backend = Backend(tmp, args.size)
         backend.start()
         log(f"nginx backend on 127.0.0.1:{backend.port} ({args.size / MIB:g} MiB file)")
-        ends = [Ends(kind, tmp, backend.port, security=args.security,
+        ends = [Ends(kind, tmp, backend.port, security=args.security, transport=args.transport,
                      workers=args.workers if kind == "revproxy" else None)
                 for kind in ("v2ray", "revproxy")]
         for e in ends:

@@ -98,11 +98,66 @@ class Backend:
             self.child = None
 
 
+TRANSPORTS = ("tcp", "http", "ws", "tls", "ws+tls")
+SERVER_NAME = "bench.test"
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for SERVER_NAME: (certificate, key) PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    if not cert_path.exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_NAME)])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(hours=1))
+                .not_valid_after(now + datetime.timedelta(days=7))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]),
+                               critical=False)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, hashes.SHA256()))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def stream_settings(transport: str, directory: Path, *, server: bool) -> dict | None:
+    """The bridge-portal link's ``streamSettings`` (``--transport``), alike for both systems;
+    None for plain TCP."""
+    if transport == "tcp":
+        return None
+    settings: dict = {"network": "ws" if transport.startswith("ws") else "tcp"}
+    if settings["network"] == "ws":
+        settings["wsSettings"] = {"path": "/tunnel"}
+    if transport == "http":
+        settings["tcpSettings"] = {"header": {"type": "http"}}
+    if transport.endswith("tls"):
+        cert, key = make_certificate(directory)
+        settings["security"] = "tls"
+        settings["tlsSettings"] = (
+            {"certificates": [{"certificateFile": str(cert), "keyFile": str(key)}]} if server
+            else {"serverName": SERVER_NAME,
+                  "certificates": [{"certificateFile": str(cert), "usage": "verify"}]})
+    return settings
+
+
 class Ends:
-    """A portal + bridge pair (``kind`` "v2ray" or "revproxy") in front of the backend."""
+    """A portal + bridge pair (``kind`` "v2ray" or "revproxy") in front of the backend, linked
+    over ``transport`` (one of TRANSPORTS)."""
 
     def __init__(self, kind: str, tmp: Path, backend_port: int, *, security: str = "auto",
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, transport: str = "tcp") -> None:
         self.name = kind
         self.kind = kind
         self.tmp = tmp / kind
@@ -110,6 +165,7 @@ class Ends:
         self.backend_port = backend_port
         self.security = security
         self.workers = workers
+        self.transport = transport
         self.public_port = 0
         self.portal: Child | None = None
         self.bridge: Child | None = None
@@ -122,6 +178,12 @@ class Ends:
         self.public_port, tunnel_port = free_port(), free_port()
         portal = portal_config(user_id, self.public_port, tunnel_port)
         bridge = bridge_config(user_id, self.backend_port, tunnel_port, security=self.security)
+        certificates = self.tmp.parent / "certificates"
+        for config, index, server in ((portal["inbounds"], 1, True),
+                                      (bridge["outbounds"], 1, False)):
+            settings = stream_settings(self.transport, certificates, server=server)
+            if settings is not None:
+                config[index]["streamSettings"] = settings
         for role, config in (("portal", portal), ("bridge", bridge)):
             # Same for both systems: warnings only, no per-connection access log. V2Ray needs
             # "none" for that; revproxy logs no access lines at "warning" unless given a path
