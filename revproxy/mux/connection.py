@@ -168,7 +168,7 @@ class MuxSession:
             if not self._full_since:
                 self._full_since = time.monotonic()
                 conn.track(self)
-                if not self._unwaited:
+                if not self._unwaited and self.network != NETWORK_UDP:  # (UDP drops)
                     conn.filled.append(self)  # the reader waits for it after this read
         if conn.buffered > conn.limits.tunnel_buffer:
             conn.relieve()

@@ -154,3 +154,21 @@ def test_malformed_frame_closes_the_connection_and_its_sessions():
         peer.accepted[0].recv()
     with gevent.Timeout(TIMEOUT):
         assert peer.sock.recv(100) == b""  # the tunnel itself was closed
+
+
+def test_a_reused_session_id_keeps_the_newer_session():
+    """A New frame for an id in use replaces the old session; closing the old one afterwards
+    must not take the newer one out of the table."""
+    peer = RawPeer()
+    peer.sock.sendall(encode_new(5, NETWORK_TCP, "a.b", 1, b"one"))
+    peer.sock.sendall(encode_new(5, NETWORK_TCP, "a.b", 1, b"two"))
+    with gevent.Timeout(TIMEOUT):
+        while len(peer.accepted) < 2:
+            gevent.sleep(0.01)
+    old, new = peer.accepted
+    old.close()
+    assert peer.server.sessions[5] is new
+    peer.sock.sendall(encode_keep(5, b"three"))
+    with gevent.Timeout(TIMEOUT):
+        assert new.recv() == b"two"
+        assert new.recv() == b"three"

@@ -7,6 +7,7 @@ bounded too. No timing is asserted: timeouts only keep a broken build from hangi
 
 from __future__ import annotations
 
+import dataclasses
 import socket as stdsocket
 
 import gevent
@@ -45,10 +46,10 @@ ONE_DELIVERY = RECV_SIZE + MAX_STREAM_PAYLOAD
 
 
 def limits(**changes: float) -> FlowLimits:
-    base = dict(buffer_size=BUFFER, stall_wait=0.2, hold_factor=2, full_timeout=NEVER,
-                write_timeout=NEVER, check_every=0.05)
-    base.update(changes)
-    return FlowLimits(**base)  # type: ignore[arg-type]
+    """Small buffers, quick checks, no deadline unless a test sets one."""
+    base = FlowLimits(buffer_size=BUFFER, stall_wait=0.2, hold_factor=2, full_timeout=NEVER,
+                      write_timeout=NEVER, check_every=0.05)
+    return dataclasses.replace(base, **changes)
 
 
 def tcp_pair(rcvbuf: int | None = None) -> tuple[socket.socket, stdsocket.socket]:
