@@ -21,7 +21,15 @@ from revproxy.config.model import (
     BlackholeSettings,
     DokodemoSettings,
     FreedomSettings,
+    HTTPInboundSettings,
+    HTTPOutboundSettings,
+    ShadowsocksInboundSettings,
+    ShadowsocksOutboundSettings,
+    SocksInboundSettings,
+    SocksOutboundSettings,
     StreamConfig,
+    VLESSInboundSettings,
+    VLESSOutboundSettings,
     VMessInboundSettings,
     VMessOutboundSettings,
 )
@@ -35,6 +43,17 @@ from revproxy.proxy.blackhole import BlackholeOutbound
 from revproxy.proxy.commander import CommanderOutbound
 from revproxy.proxy.dokodemo import DokodemoInbound
 from revproxy.proxy.freedom import FreedomOutbound
+from revproxy.proxy.http.inbound import HTTPInbound
+from revproxy.proxy.http.outbound import HTTPOutbound, HTTPServer
+from revproxy.proxy.shadowsocks.crypto import METHODS, password_key
+from revproxy.proxy.shadowsocks.inbound import ShadowsocksInbound
+from revproxy.proxy.shadowsocks.outbound import ShadowsocksOutbound, ShadowsocksServer
+from revproxy.proxy.socks.inbound import SocksInbound
+from revproxy.proxy.socks.outbound import SocksOutbound, SocksServer
+from revproxy.proxy.vless.codec import Fallback
+from revproxy.proxy.vless.codec import User as VLESSUser
+from revproxy.proxy.vless.inbound import VLESSInbound
+from revproxy.proxy.vless.outbound import VLESSOutbound, VLESSServer
 from revproxy.proxy.vmess.crypto import User
 from revproxy.proxy.vmess.header import security_from_name
 from revproxy.proxy.vmess.inbound import VMessInbound
@@ -72,7 +91,7 @@ class Instance:
         self.portals: list[PortalOutbound] = []
         self.bridges: list[Bridge] = []
         self.servers: list[Acceptor] = []
-        self.tunnel_servers: list[Acceptor] = []  # VMess inbounds: where tunnels arrive
+        self.tunnel_servers: list[Acceptor] = []  # VMess/VLESS/SS inbounds: where tunnels arrive
         self.dispatcher: Dispatcher | None = None
 
     def start(self) -> None:
@@ -81,7 +100,8 @@ class Instance:
             key = outbound_key(index, outbound.tag)
             self.outbounds[key] = build_outbound(key, outbound.settings, outbound.stream)
         for portal_config in config.reverse.portals:
-            portal = PortalOutbound(portal_config.tag, portal_config.domain, self.directory)
+            portal = PortalOutbound(portal_config.tag, portal_config.domain, self.directory,
+                                    proxy_protocol=portal_config.proxy_protocol)
             self.portals.append(portal)
             self.outbounds[portal.tag] = portal
         if config.api is not None and self.api_socket:
@@ -99,7 +119,7 @@ class Instance:
             server = Acceptor(listener, handler)
             server.start_accepting()
             self.servers.append(server)
-            if isinstance(inbound.settings, VMessInboundSettings):
+            if isinstance(inbound.settings, _TUNNEL_INBOUNDS):
                 self.tunnel_servers.append(server)
             log.info("worker: %s inbound %s listening on %s:%d", inbound.protocol,
                      inbound.tag or f"inbounds[{index}]", *listener.getsockname()[:2])
@@ -218,6 +238,26 @@ def build_outbound(tag: str, settings: object, stream: StreamConfig | None = Non
             log.warning("vmess outbound %s: alterId is set, but revproxy speaks VMess AEAD "
                         "(the legacy scheme is probe-able); V2Ray 4.34 servers accept it", tag)
         return VMessOutbound(tag, servers, transport)
+    if isinstance(settings, VLESSOutboundSettings):
+        return VLESSOutbound(tag, [
+            VLESSServer(server.address, server.port,
+                        tuple(VLESSUser.from_uuid(user.id, user.email) for user in server.users))
+            for server in settings.servers], transport)
+    if isinstance(settings, ShadowsocksOutboundSettings):
+        return ShadowsocksOutbound(tag, [
+            ShadowsocksServer(server.address, server.port, METHODS[server.method],
+                              password_key(server.password, METHODS[server.method].key_size))
+            for server in settings.servers], transport)
+    if isinstance(settings, SocksOutboundSettings):
+        return SocksOutbound(tag, [
+            SocksServer(server.address, server.port,
+                        tuple((user.user, user.password) for user in server.users))
+            for server in settings.servers], transport)
+    if isinstance(settings, HTTPOutboundSettings):
+        return HTTPOutbound(tag, [
+            HTTPServer(server.address, server.port,
+                       tuple((user.user, user.password) for user in server.users))
+            for server in settings.servers], transport)
     raise ValueError(f"unsupported outbound settings {settings!r}")
 
 
@@ -248,7 +288,35 @@ def build_inbound(inbound: InboundConfig, dispatcher: Dispatcher,
         return VMessInbound(inbound.tag, users, replay, dispatcher, transport,
                             legacy_users=_legacy_users(inbound, users),
                             secure_only=settings.disable_insecure_encryption).handle_connection
+    if isinstance(settings, VLESSInboundSettings):
+        return VLESSInbound(
+            inbound.tag, [VLESSUser.from_uuid(client.id, client.email)
+                          for client in settings.clients], dispatcher, transport,
+            [Fallback(fb.dest, fb.network, fb.alpn, fb.path, fb.xver)
+             for fb in settings.fallbacks]).handle_connection
+    if isinstance(settings, ShadowsocksInboundSettings):
+        method = METHODS[settings.method]
+        return ShadowsocksInbound(inbound.tag, method,
+                                  password_key(settings.password, method.key_size), dispatcher,
+                                  transport, settings.email).handle_connection
+    if isinstance(settings, SocksInboundSettings):
+        return SocksInbound(
+            inbound.tag, dispatcher, password=settings.auth == "password",
+            accounts={a.user: a.password for a in settings.accounts}, udp=settings.udp,
+            udp_address=settings.ip, listen=inbound.listen,
+            timeout=settings.timeout if settings.user_level == 0 else 0,
+            transport=transport).handle_connection
+    if isinstance(settings, HTTPInboundSettings):
+        return HTTPInbound(
+            inbound.tag, dispatcher, accounts={a.user: a.password for a in settings.accounts},
+            allow_transparent=settings.allow_transparent,
+            timeout=settings.timeout if settings.user_level == 0 else 0,
+            transport=transport).handle_connection
     raise ValueError(f"unsupported inbound settings {settings!r}")
+
+
+# Where a bridge's tunnels may arrive (their listeners take part in steer_tunnels).
+_TUNNEL_INBOUNDS = (VMessInboundSettings, VLESSInboundSettings, ShadowsocksInboundSettings)
 
 
 def set_listener_options(inbound: InboundConfig, listener: socket.socket) -> None:

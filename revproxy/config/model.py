@@ -130,12 +130,135 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class VLESSUserConfig:
+    """A VLESS client or user: ``id`` is the canonical UUID text; ``flow`` is kept as given
+    (V2Ray 4.34 sends and reads no flow on the wire)."""
+
+    id: str
+    email: str | None = None
+    level: int = 0
+    flow: str = ""
+
+
+@dataclass(frozen=True)
+class VLESSFallbackConfig:
+    """One of ``fallbacks``: ``network`` "tcp" (``dest`` "host:port") or "unix" (``dest`` a
+    socket path, "@name" abstract); ``xver`` the PROXY protocol version (0: none)."""
+
+    dest: str
+    network: str = "tcp"
+    alpn: str = ""
+    path: str = ""
+    xver: int = 0
+
+
+@dataclass(frozen=True)
+class VLESSInboundSettings:
+    clients: tuple[VLESSUserConfig, ...]
+    fallbacks: tuple[VLESSFallbackConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class VLESSServerConfig:
+    address: str
+    port: int
+    users: tuple[VLESSUserConfig, ...]
+
+
+@dataclass(frozen=True)
+class VLESSOutboundSettings:
+    servers: tuple[VLESSServerConfig, ...]
+
+
+@dataclass(frozen=True)
+class ShadowsocksInboundSettings:
+    """``method`` is the canonical name of an AEAD method or "none"; ``network`` the
+    networks served (UDP is parsed; only TCP is served so far)."""
+
+    method: str
+    password: str
+    email: str | None = None
+    level: int = 0
+    udp: bool = False
+    network: tuple[str, ...] = ("tcp",)
+
+
+@dataclass(frozen=True)
+class ShadowsocksServerConfig:
+    address: str
+    port: int
+    method: str
+    password: str
+    email: str | None = None
+    level: int = 0
+
+
+@dataclass(frozen=True)
+class ShadowsocksOutboundSettings:
+    servers: tuple[ShadowsocksServerConfig, ...]
+
+
+@dataclass(frozen=True)
+class ProxyAccountConfig:
+    """A SOCKS or HTTP proxy account: ``user`` and ``password`` (V2Ray's "user"/"pass")."""
+
+    user: str
+    password: str
+
+
+@dataclass(frozen=True)
+class SocksInboundSettings:
+    """``auth`` "noauth" or "password"; ``ip`` the address a UDP ASSOCIATE answer names;
+    ``timeout`` (s, 0: the default) the idle limit, applied at user level 0 as in V2Ray."""
+
+    auth: str = "noauth"
+    accounts: tuple[ProxyAccountConfig, ...] = ()
+    udp: bool = False
+    ip: str | None = None
+    timeout: int = 0
+    user_level: int = 0
+
+
+@dataclass(frozen=True)
+class HTTPInboundSettings:
+    """``timeout`` (s, 0: the default) the idle limit, applied at user level 0 as in V2Ray."""
+
+    timeout: int = 0
+    accounts: tuple[ProxyAccountConfig, ...] = ()
+    allow_transparent: bool = False
+    user_level: int = 0
+
+
+@dataclass(frozen=True)
+class ProxyServerConfig:
+    """A SOCKS or HTTP proxy server an outbound goes through."""
+
+    address: str
+    port: int
+    users: tuple[ProxyAccountConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class SocksOutboundSettings:
+    servers: tuple[ProxyServerConfig, ...]
+
+
+@dataclass(frozen=True)
+class HTTPOutboundSettings:
+    servers: tuple[ProxyServerConfig, ...]
+
+
+InboundSettings = (DokodemoSettings | VMessInboundSettings | VLESSInboundSettings
+                   | ShadowsocksInboundSettings | SocksInboundSettings | HTTPInboundSettings)
+
+
+@dataclass(frozen=True)
 class InboundConfig:
     tag: str | None
     listen: str
     port: int
     protocol: str
-    settings: DokodemoSettings | VMessInboundSettings
+    settings: InboundSettings
     stream: StreamConfig = StreamConfig()
 
 
@@ -175,7 +298,9 @@ class MuxConfig:
 class OutboundConfig:
     tag: str | None
     protocol: str
-    settings: FreedomSettings | VMessOutboundSettings | BlackholeSettings
+    settings: (FreedomSettings | VMessOutboundSettings | BlackholeSettings
+               | VLESSOutboundSettings | ShadowsocksOutboundSettings | SocksOutboundSettings
+               | HTTPOutboundSettings)
     mux: MuxConfig = MuxConfig()
     stream: StreamConfig = StreamConfig()
 
@@ -203,8 +328,12 @@ class BridgeConfig:
 
 @dataclass(frozen=True)
 class PortalConfig:
+    """``proxy_protocol``: revproxy's ``proxyProtocol``, the PROXY header version (1 or 2;
+    0: none) the portal writes in front of each visitor's bytes."""
+
     tag: str
     domain: str
+    proxy_protocol: int = 0
 
 
 @dataclass(frozen=True)

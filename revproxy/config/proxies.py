@@ -1,6 +1,6 @@
 """Parsers for ``inbounds`` and ``outbounds``: each handler, its protocol settings
-(dokodemo-door, vmess, freedom, blackhole), its mux object and its ``streamSettings`` (parsed
-in ``config.transport``)."""
+(dokodemo-door, vmess, vless, shadowsocks, socks, http, freedom, blackhole), its mux object
+and its ``streamSettings`` (parsed in ``config.transport``)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,24 @@ from revproxy.config.model import (
     BlackholeSettings,
     DokodemoSettings,
     FreedomSettings,
+    HTTPInboundSettings,
+    HTTPOutboundSettings,
     InboundConfig,
     MuxConfig,
     OutboundConfig,
+    ProxyAccountConfig,
+    ProxyServerConfig,
+    ShadowsocksInboundSettings,
+    ShadowsocksOutboundSettings,
+    ShadowsocksServerConfig,
+    SocksInboundSettings,
+    SocksOutboundSettings,
     StreamConfig,
+    VLESSFallbackConfig,
+    VLESSInboundSettings,
+    VLESSOutboundSettings,
+    VLESSServerConfig,
+    VLESSUserConfig,
     VMessInboundSettings,
     VMessOutboundSettings,
     VMessServerConfig,
@@ -26,9 +40,8 @@ from revproxy.config.model import (
 )
 from revproxy.config.transport import stream_settings
 
-_V2RAY_ONLY_INBOUNDS = ("http", "shadowsocks", "socks", "vless", "trojan", "mtproto")
-_V2RAY_ONLY_OUTBOUNDS = ("http", "shadowsocks", "socks", "vless", "trojan", "mtproto", "dns",
-                         "loopback")
+_V2RAY_ONLY_INBOUNDS = ("trojan", "mtproto")
+_V2RAY_ONLY_OUTBOUNDS = ("trojan", "mtproto", "dns", "loopback")
 _SECURITIES = ("auto", "aes-128-gcm", "chacha20-poly1305", "none", "zero")
 
 
@@ -192,12 +205,254 @@ def _mux(node: Node, raw: Any) -> MuxConfig:
     return MuxConfig(enabled=enabled, concurrency=concurrency or 8)
 
 
+# -- VLESS (V2Ray's infra/conf/vless.go)
+
+def _vless_inbound(node: Node, raw: Any) -> VLESSInboundSettings:
+    o = Obj(node, raw, ("clients", "decryption", "fallbacks", "fallback"))
+    if o.has("fallback"):
+        node.at("fallback").report('use "fallbacks": [{...}] instead of "fallback": {...} '
+                                   "(as V2Ray requires)")
+    if o.ok and o.get("decryption", f.string, None) != "none":
+        node.at("decryption").report('must be "none" (V2Ray requires "decryption": "none")')
+    return VLESSInboundSettings(
+        clients=o.nested("clients", lambda n, v: f.items(n, v, _vless_client), ()),
+        fallbacks=o.nested("fallbacks", lambda n, v: f.items(n, v, _vless_fallback), ()),
+    )
+
+
+def _vless_client(node: Node, raw: Any) -> VLESSUserConfig:
+    o = Obj(node, raw, ("id", "email", "level", "flow", "encryption"))
+    if o.get("encryption", f.string, ""):
+        node.at("encryption").report('"encryption" belongs in an outbound\'s users, not in an '
+                                     "inbound's clients (as V2Ray requires)")
+    return _vless_user(node, o)
+
+
+def _vless_user(node: Node, o: Obj) -> VLESSUserConfig:
+    flow = o.get("flow", f.string, "")
+    if flow:
+        node.at("flow").warn(f"flow {show(flow)} is ignored: VLESS in V2Ray 4.34 has no flow "
+                             "on the wire")
+    return VLESSUserConfig(
+        id=o.get("id", f.uuid, "", required=True),
+        email=o.get("email", f.string, None) or None,
+        level=o.get("level", f.integer(0, 255), 0),
+        flow=flow,
+    )
+
+
+def _vless_fallback(node: Node, raw: Any) -> VLESSFallbackConfig:
+    o = Obj(node, raw, ("alpn", "path", "type", "dest", "xver"))
+    path = o.get("path", f.string, "")
+    if path and not path.startswith("/"):
+        node.at("path").report('must be empty or start with "/"')
+    kind = o.get("type", f.string, "")
+    dest = o.get("dest", _fallback_dest, "")
+    if not kind and dest:
+        if dest == "serve-ws-none":
+            kind = "serve"
+        elif dest[0] in "@/":
+            kind = "unix"
+        else:
+            if dest.isascii() and dest.isdigit():
+                dest = "127.0.0.1:" + dest
+            try:
+                f.host_port(dest)
+                kind = "tcp"
+            except Invalid:
+                pass
+    network = {"tcp": "tcp", "tcp4": "tcp", "tcp6": "tcp", "unix": "unix"}.get(kind.lower())
+    if o.ok and not kind:
+        node.at("dest").report('please fill in a valid value (a port, "host:port" or a socket '
+                               "path)")
+    elif o.ok and network is None:
+        node.at("type").report(f"fallback type {show(kind)} is {NOT_SUPPORTED} "
+                               '(only "tcp" and "unix")')
+    elif network == "tcp" and o.ok:
+        try:
+            f.host_port(dest)
+        except Invalid as exc:
+            node.at("dest").report(str(exc))
+    return VLESSFallbackConfig(
+        dest=dest, network=network or "tcp", alpn=o.get("alpn", f.string, ""), path=path,
+        xver=o.get("xver", f.integer(0, 2), 0))
+
+
+def _fallback_dest(value: Any) -> str:
+    """A port number or a string (V2Ray reads a number as a port on 127.0.0.1)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(f.port(value))
+    return f.string(value)
+
+
+def _vless_outbound(node: Node, raw: Any) -> VLESSOutboundSettings:
+    o = Obj(node, raw, ("vnext",))
+    servers = o.nested("vnext", lambda n, v: f.items(n, v, _vless_server, nonempty=True), (),
+                       required=True)
+    return VLESSOutboundSettings(servers=servers)
+
+
+def _vless_server(node: Node, raw: Any) -> VLESSServerConfig:
+    o = Obj(node, raw, ("address", "port", "users"))
+    return VLESSServerConfig(
+        address=o.get("address", f.host, "", required=True),
+        port=o.get("port", f.port, 0, required=True),
+        users=o.nested("users", lambda n, v: f.items(n, v, _vless_outbound_user, nonempty=True),
+                       (), required=True),
+    )
+
+
+def _vless_outbound_user(node: Node, raw: Any) -> VLESSUserConfig:
+    o = Obj(node, raw, ("id", "email", "level", "flow", "encryption"))
+    if o.ok and o.get("encryption", f.string, None) != "none":
+        node.at("encryption").report('must be "none" (V2Ray requires "encryption": "none" '
+                                     "for every user)")
+    return _vless_user(node, o)
+
+
+# -- Shadowsocks (V2Ray's infra/conf/shadowsocks.go)
+
+# V2Ray's method names -> the canonical one (proxy.shadowsocks.crypto.METHODS has them all).
+_SS_METHODS = {
+    "aes-128-gcm": "aes-128-gcm", "aead_aes_128_gcm": "aes-128-gcm",
+    "aes-256-gcm": "aes-256-gcm", "aead_aes_256_gcm": "aes-256-gcm",
+    "chacha20-poly1305": "chacha20-poly1305", "chacha20-ietf-poly1305": "chacha20-poly1305",
+    "aead_chacha20_poly1305": "chacha20-poly1305", "none": "none", "plain": "none",
+}
+_SS_STREAM_CIPHERS = ("aes-128-cfb", "aes-192-cfb", "aes-256-cfb", "aes-128-ctr", "aes-192-ctr",
+                      "aes-256-ctr", "camellia-128-cfb", "camellia-192-cfb", "camellia-256-cfb",
+                      "bf-cfb", "cast5-cfb", "des-cfb", "idea-cfb", "rc2-cfb", "rc4", "rc4-md5",
+                      "seed-cfb", "salsa20", "chacha20", "chacha20-ietf", "xchacha20")
+
+
+def _ss_method(value: Any) -> str:
+    name = f.string(value).lower()
+    if name in _SS_METHODS:
+        return _SS_METHODS[name]
+    if name in _SS_STREAM_CIPHERS:
+        raise Invalid(f"stream cipher {show(value)} is insecure and {NOT_SUPPORTED} (nor by "
+                      'V2Ray 4.x): use "aes-128-gcm", "aes-256-gcm" or "chacha20-poly1305"')
+    raise Invalid(f"unknown cipher method {show(value)}{f.suggest(name, _SS_METHODS)}")
+
+
+def _shadowsocks_inbound(node: Node, raw: Any) -> ShadowsocksInboundSettings:
+    o = Obj(node, raw, ("method", "password", "udp", "level", "email", "network"))
+    network = o.get("network", f.networks, ("tcp",))
+    udp = o.get("udp", f.boolean, False)
+    if "tcp" not in network:
+        node.at("network").report(f'UDP alone is {NOT_SUPPORTED} yet: include "tcp"')
+    elif udp or "udp" in network:
+        node.warn("UDP is not served by revproxy yet: this inbound serves TCP only")
+    return ShadowsocksInboundSettings(
+        method=o.get("method", _ss_method, "", required=True),
+        password=o.get("password", f.nonempty_string, "", required=True),
+        email=o.get("email", f.string, None) or None,
+        level=o.get("level", f.integer(0, 255), 0),
+        udp=udp,
+        network=network,
+    )
+
+
+def _shadowsocks_outbound(node: Node, raw: Any) -> ShadowsocksOutboundSettings:
+    o = Obj(node, raw, ("servers",))
+    servers = o.nested("servers", lambda n, v: f.items(n, v, _shadowsocks_server, nonempty=True),
+                       (), required=True)
+    return ShadowsocksOutboundSettings(servers=servers)
+
+
+def _shadowsocks_server(node: Node, raw: Any) -> ShadowsocksServerConfig:
+    o = Obj(node, raw, ("address", "port", "method", "password", "email", "level"),
+            ignored=("ota",))
+    return ShadowsocksServerConfig(
+        address=o.get("address", f.host, "", required=True),
+        port=o.get("port", f.port, 0, required=True),
+        method=o.get("method", _ss_method, "", required=True),
+        password=o.get("password", f.nonempty_string, "", required=True),
+        email=o.get("email", f.string, None) or None,
+        level=o.get("level", f.integer(0, 255), 0),
+    )
+
+
+# -- SOCKS and HTTP (V2Ray's infra/conf/socks.go, http.go)
+
+def _accounts(node: Node, raw: Any) -> tuple[ProxyAccountConfig, ...]:
+    return f.items(node, raw, _account)
+
+
+def _account(node: Node, raw: Any) -> ProxyAccountConfig:
+    o = Obj(node, raw, ("user", "pass"), ignored=("level", "email"))
+    return ProxyAccountConfig(user=o.get("user", f.string, ""),
+                              password=o.get("pass", f.string, ""))
+
+
+def _socks_inbound(node: Node, raw: Any) -> SocksInboundSettings:
+    o = Obj(node, raw, ("auth", "accounts", "udp", "ip", "timeout", "userLevel"))
+    auth = o.get("auth", f.string, "noauth")
+    if auth not in ("noauth", "password"):
+        node.at("auth").warn(f'unknown auth method {show(auth)}: "noauth" is used (as V2Ray '
+                             "does)")
+        auth = "noauth"
+    accounts = o.nested("accounts", _accounts, ())
+    if auth == "password" and not accounts and o.ok:
+        node.at("accounts").warn('no accounts with auth "password": every client is refused')
+    udp = o.get("udp", f.boolean, False)
+    if udp:
+        node.at("udp").warn("UDP ASSOCIATE is answered, but revproxy does not relay the "
+                            "datagrams yet")
+    return SocksInboundSettings(
+        auth=auth, accounts=accounts, udp=udp, ip=o.get("ip", f.host, None),
+        timeout=o.get("timeout", f.integer(0, 2**32 - 1), 0),
+        user_level=o.get("userLevel", f.integer(0, 2**32 - 1), 0),
+    )
+
+
+def _http_inbound(node: Node, raw: Any) -> HTTPInboundSettings:
+    o = Obj(node, raw, ("timeout", "accounts", "allowTransparent", "userLevel"))
+    return HTTPInboundSettings(
+        timeout=o.get("timeout", f.integer(0, 2**32 - 1), 0),
+        accounts=o.nested("accounts", _accounts, ()),
+        allow_transparent=o.get("allowTransparent", f.boolean, False),
+        user_level=o.get("userLevel", f.integer(0, 2**32 - 1), 0),
+    )
+
+
+def _proxy_servers(node: Node, raw: Any) -> tuple[ProxyServerConfig, ...]:
+    o = Obj(node, raw, ("servers",))
+    return o.nested("servers", lambda n, v: f.items(n, v, _proxy_server, nonempty=True), (),
+                    required=True)
+
+
+def _proxy_server(node: Node, raw: Any) -> ProxyServerConfig:
+    o = Obj(node, raw, ("address", "port", "users"))
+    return ProxyServerConfig(
+        address=o.get("address", f.host, "", required=True),
+        port=o.get("port", f.port, 0, required=True),
+        users=o.nested("users", _accounts, ()),
+    )
+
+
+def _socks_outbound(node: Node, raw: Any) -> SocksOutboundSettings:
+    return SocksOutboundSettings(servers=_proxy_servers(node, raw))
+
+
+def _http_outbound(node: Node, raw: Any) -> HTTPOutboundSettings:
+    return HTTPOutboundSettings(servers=_proxy_servers(node, raw))
+
+
 _INBOUND_SETTINGS: dict[str, Callable[[Node, Any], Any]] = {
     "dokodemo-door": _dokodemo,
     "vmess": _vmess_inbound,
+    "vless": _vless_inbound,
+    "shadowsocks": _shadowsocks_inbound,
+    "socks": _socks_inbound,
+    "http": _http_inbound,
 }
 _OUTBOUND_SETTINGS: dict[str, Callable[[Node, Any], Any]] = {
     "freedom": _freedom,
     "vmess": _vmess_outbound,
     "blackhole": _blackhole,
+    "vless": _vless_outbound,
+    "shadowsocks": _shadowsocks_outbound,
+    "socks": _socks_outbound,
+    "http": _http_outbound,
 }

@@ -244,3 +244,22 @@ def test_pipe_recv_timeout():
     one.settimeout(0.01)
     with pytest.raises(TimeoutError):
         one.recv()
+
+
+def test_config_http_inbound_and_outbound():
+    from revproxy.config import ConfigError, parse_config
+    from revproxy.config.model import ProxyAccountConfig
+    config = parse_config({
+        "inbounds": [{"port": 1, "protocol": "http", "settings": {
+            "accounts": [{"user": "u", "pass": "p"}], "allowTransparent": True,
+            "timeout": 0, "userLevel": 1}}],
+        "outbounds": [{"protocol": "http", "settings": {"servers": [
+            {"address": "10.0.0.1", "port": 3128}]}}],
+    }, "t.json")
+    settings = config.inbounds[0].settings
+    assert settings.accounts == (ProxyAccountConfig("u", "p"),)
+    assert settings.allow_transparent and settings.user_level == 1
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"outbounds": [{"protocol": "http", "settings": {"servers": []}}]},
+                     "t.json")
+    assert caught.value.problems == ["t.json: outbounds[0].settings.servers: must not be empty"]

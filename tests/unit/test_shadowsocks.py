@@ -215,3 +215,51 @@ def test_garbage_udp_packets_are_refused(garbage):
         decode_packet(AES_256_GCM, password_key("pw", 32), garbage)
     except ShadowsocksError:
         pass
+
+
+# -- configuration (V2Ray's infra/conf/shadowsocks.go) ---------------------------------------
+
+def parsed(settings: dict, outbound: dict | None = None):
+    from revproxy.config import ConfigError, parse_config
+    data = {"inbounds": [{"port": 1, "protocol": "shadowsocks", "settings": settings}],
+            "outbounds": [outbound or {"protocol": "freedom"}]}
+    try:
+        return parse_config(data, "t.json"), []
+    except ConfigError as exc:
+        return None, exc.problems
+
+
+@pytest.mark.parametrize("name, canonical", [
+    ("AES-128-GCM", "aes-128-gcm"), ("aead_aes_256_gcm", "aes-256-gcm"),
+    ("chacha20-ietf-poly1305", "chacha20-poly1305"), ("plain", "none")])
+def test_config_methods(name, canonical):
+    config, found = parsed({"method": name, "password": "pw"})
+    assert not found
+    assert config.inbounds[0].settings.method == canonical
+
+
+def test_config_refuses_stream_ciphers_and_missing_passwords():
+    _, found = parsed({"method": "aes-256-cfb"})
+    assert found == [
+        't.json: inbounds[0].settings.method: stream cipher "aes-256-cfb" is insecure and not '
+        'supported by revproxy (nor by V2Ray 4.x): use "aes-128-gcm", "aes-256-gcm" or '
+        '"chacha20-poly1305"',
+        't.json: inbounds[0].settings: missing required key "password"']
+
+
+def test_config_udp_is_a_warning_and_udp_alone_an_error():
+    config, found = parsed({"method": "none", "password": "pw", "network": "tcp,udp"})
+    assert not found and any("UDP is not served" in line for line in config.warnings)
+    _, found = parsed({"method": "none", "password": "pw", "network": "udp"})
+    assert found == ['t.json: inbounds[0].settings.network: UDP alone is not supported by '
+                     'revproxy yet: include "tcp"']
+
+
+def test_config_outbound_servers():
+    outbound = {"protocol": "shadowsocks", "settings": {"servers": [
+        {"address": "192.0.2.1", "port": 8388, "method": "aes-128-gcm", "password": "x",
+         "ota": True}]}}
+    config, found = parsed({"method": "none", "password": "pw"}, outbound)
+    assert not found
+    server = config.outbounds[0].settings.servers[0]
+    assert (server.address, server.port, server.method) == ("192.0.2.1", 8388, "aes-128-gcm")

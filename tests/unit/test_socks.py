@@ -164,3 +164,31 @@ def test_udp_round_trip(payload, port, address):
 def test_fragmented_udp_is_refused():
     with pytest.raises(SocksError, match="fragmented"):
         decode_udp(b"\x00\x00\x01\x01\x01\x02\x03\x04\x00\x35data")
+
+
+# -- configuration (V2Ray's infra/conf/socks.go) ---------------------------------------------
+
+def test_config_socks_inbound_and_outbound():
+    from revproxy.config import parse_config
+    from revproxy.config.model import ProxyAccountConfig
+    config = parse_config({
+        "inbounds": [{"port": 1, "protocol": "socks", "settings": {
+            "auth": "password", "accounts": [{"user": "u", "pass": "p"}], "udp": True,
+            "ip": "127.0.0.1", "timeout": 30, "userLevel": 0}}],
+        "outbounds": [{"protocol": "socks", "settings": {"servers": [
+            {"address": "proxy.lan", "port": 1080, "users": [{"user": "u", "pass": "p"}]}]}}],
+    }, "t.json")
+    settings = config.inbounds[0].settings
+    assert (settings.auth, settings.accounts, settings.udp, settings.ip, settings.timeout) == \
+        ("password", (ProxyAccountConfig("u", "p"),), True, "127.0.0.1", 30)
+    assert any("does not relay the datagrams yet" in line for line in config.warnings)
+    assert config.outbounds[0].settings.servers[0].users == (ProxyAccountConfig("u", "p"),)
+
+
+def test_config_unknown_socks_auth_falls_back_to_noauth_with_a_warning():
+    from revproxy.config import parse_config
+    config = parse_config({"inbounds": [{"port": 1, "protocol": "socks",
+                                         "settings": {"auth": "gssapi"}}],
+                           "outbounds": [{"protocol": "freedom"}]}, "t.json")
+    assert config.inbounds[0].settings.auth == "noauth"
+    assert any('unknown auth method "gssapi"' in line for line in config.warnings)

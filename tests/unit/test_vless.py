@@ -174,3 +174,61 @@ def test_proxy_headers():
     assert v2 == (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes((192, 0, 2, 1))
                   + bytes((127, 0, 0, 1)) + b"\x13\x88\x01\xbb")
     assert len(proxy_header(2, ("::ffff:192.0.2.1", 1), ("::1", 2))) == 16 + 36
+
+
+# -- configuration (V2Ray's infra/conf/vless.go) ---------------------------------------------
+
+def vless_config(settings: dict, outbound: dict | None = None) -> dict:
+    return {"inbounds": [{"port": 1, "protocol": "vless", "settings": settings}],
+            "outbounds": [outbound or {"protocol": "freedom"}]}
+
+
+def problems(data: dict) -> list[str]:
+    from revproxy.config import ConfigError, parse_config
+    try:
+        parse_config(data, "t.json")
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def test_vless_config_parses_fallbacks_as_v2ray():
+    from revproxy.config import parse_config
+    from revproxy.config.model import VLESSFallbackConfig
+    config = parse_config(vless_config({
+        "clients": [{"id": ID, "email": "a@b", "flow": ""}], "decryption": "none",
+        "fallbacks": [{"dest": 80}, {"dest": "8080", "path": "/ws", "xver": 2},
+                      {"dest": "@abstract", "alpn": "h2"}, {"dest": "/run/web.sock"},
+                      {"dest": "example.com:443", "type": "tcp"}]}), "t.json")
+    settings = config.inbounds[0].settings
+    assert settings.clients[0].id == ID
+    assert settings.fallbacks == (
+        VLESSFallbackConfig("127.0.0.1:80"),
+        VLESSFallbackConfig("127.0.0.1:8080", path="/ws", xver=2),
+        VLESSFallbackConfig("@abstract", "unix", alpn="h2"),
+        VLESSFallbackConfig("/run/web.sock", "unix"),
+        VLESSFallbackConfig("example.com:443"))
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"clients": [{"id": ID}]}, 'inbounds[0].settings.decryption: must be "none"'),
+    ({"clients": [{"id": ID, "encryption": "none"}], "decryption": "none"},
+     "inbounds[0].settings.clients[0].encryption: \"encryption\" belongs in an outbound's"),
+    ({"decryption": "none", "fallback": {"dest": 80}},
+     'inbounds[0].settings.fallback: use "fallbacks"'),
+    ({"decryption": "none", "fallbacks": [{"dest": "serve-ws-none"}]},
+     'inbounds[0].settings.fallbacks[0].type: fallback type "serve" is not supported'),
+    ({"decryption": "none", "fallbacks": [{"dest": "no-port"}]},
+     "inbounds[0].settings.fallbacks[0].dest: please fill in a valid value"),
+])
+def test_vless_config_refusals(settings, expected):
+    found = problems(vless_config(settings))
+    assert len(found) == 1 and found[0].startswith(f"t.json: {expected}"), found
+
+
+def test_vless_outbound_needs_encryption_none():
+    outbound = {"protocol": "vless", "settings": {"vnext": [
+        {"address": "example.com", "port": 443, "users": [{"id": ID}]}]}}
+    assert problems(vless_config({"decryption": "none"}, outbound)) == [
+        't.json: outbounds[0].settings.vnext[0].users[0].encryption: must be "none" (V2Ray '
+        'requires "encryption": "none" for every user)']
