@@ -393,10 +393,11 @@ def _bridge(node: Node, raw: Any) -> BridgeConfig:
 
 
 def _portal(node: Node, raw: Any) -> PortalConfig:
-    o = Obj(node, raw, ("tag", "domain"))
+    o = Obj(node, raw, ("tag", "domain", "proxyProtocol"))
     return PortalConfig(
         tag=o.get("tag", f.nonempty_string, "", required=True),
         domain=o.get("domain", f.host, "", required=True),
+        proxy_protocol=o.get("proxyProtocol", f.integer(0, 2), 0),
     )
 
 

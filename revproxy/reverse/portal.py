@@ -29,6 +29,8 @@ from revproxy.reverse.balance import pick_tunnel
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, STATE_DRAIN, encode_control
 from revproxy.reverse.directory import Role, SiblingTunnel, TunnelDirectory
 from revproxy.reverse.tunnel import Tunnel, tunnel_stream
+from revproxy.transport.proxyheader import encode as encode_proxy_header
+from revproxy.transport.proxyheader import split_address
 
 HEARTBEAT_INTERVAL = 2.0
 DRAIN_AFTER_SESSIONS = 256
@@ -118,6 +120,22 @@ class PortalTunnel(Tunnel):
                     return
 
 
+def proxy_header(version: int, source: str, stream: Stream) -> bytes:
+    """The PROXY header of a visitor from ``source`` ("ip:port", which a PROXY header the
+    inbound accepted may have given) to the address it reached here (its socket's)."""
+    local = None
+    for layer in (stream, getattr(stream, "inner", None)):
+        sock = getattr(layer, "sock", None)
+        if sock is not None:
+            try:
+                host, port = sock.getsockname()[:2]
+                local = (host, port)
+            except OSError:
+                pass
+            break
+    return encode_proxy_header(version, split_address(source), local)
+
+
 def _discard(_payload: bytes) -> None:
     """The bridge has nothing to say on the control session."""
 
@@ -133,10 +151,14 @@ def _reset(stream: Stream) -> None:
 
 
 class PortalOutbound:
-    def __init__(self, tag: str, domain: str, directory: TunnelDirectory | None = None) -> None:
+    def __init__(self, tag: str, domain: str, directory: TunnelDirectory | None = None,
+                 proxy_protocol: int = 0) -> None:
+        """``proxy_protocol`` 1 or 2: each visitor's bytes start with a PROXY header of
+        that version naming the visitor (revproxy's ``proxyProtocol``)."""
         self.tag = tag
         self.domain = domain
         self.directory = directory
+        self.proxy_protocol = proxy_protocol
         self.tunnels: list[PortalTunnel] = []
         self._tunnel_added = Event()
         self._last_id = 0  # tunnel ids are issued in order from 1
@@ -231,7 +253,8 @@ class PortalOutbound:
             _reset(stream)
             ending.end()
             return
-        self._carry(choice, session.target, stream, first, session.describe(), ending)
+        self._carry(choice, session.target, stream, first, session.describe(), ending,
+                    session.source)
 
     def handoff_refusal(self, tunnel_id: int, target: Target) -> str | None:
         """Why a visitor that a sibling handed over for tunnel ``tunnel_id`` must be refused,
@@ -257,13 +280,15 @@ class PortalOutbound:
         log.debug("portal %s: hand-over of %s for tunnel %s", self.tag, session.source,
                   session.tunnel_id)
         self._carry(tunnel, session.target, stream, session.first_payload or None,
-                    session.describe(), session.ending)
+                    session.describe(), session.ending, session.source)
 
     def _carry(self, tunnel: PortalTunnel, target: Target, stream: Stream,
-               first: bytes | None, what: str, ending: Ending) -> None:
+               first: bytes | None, what: str, ending: Ending, source: str = "") -> None:
         """Relay ``stream`` through a new session of ``tunnel``; ends ``ending`` (which closes
-        the stream) when done."""
+        the stream) when done. ``source`` is the visitor's address, for a PROXY header."""
         network = NETWORK_UDP if target.network == "udp" else NETWORK_TCP
+        if self.proxy_protocol and network == NETWORK_TCP:
+            first = proxy_header(self.proxy_protocol, source, stream) + (first or b"")
         try:
             mux_session = tunnel.mux.open_session(network, target.address, target.port, first)
         except ConnectionError as exc:

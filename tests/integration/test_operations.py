@@ -335,3 +335,155 @@ def start_yaml(name: str, tmp_path: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "revproxy", "run", "-c",
                              f"conf/{name}.yaml"], stdout=log, stderr=subprocess.STDOUT,
                             cwd=ROOT, start_new_session=True)
+
+
+# -- the visitor's address at the backend ------------------------------------------------------
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+NGINX_PROXY_CONF = """\
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    log_format visitor '$proxy_protocol_addr:$proxy_protocol_port via $remote_addr "$request"';
+    access_log {tmp}/nginx-access.log visitor;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} proxy_protocol;
+        location / {{ return 200 "hello from nginx\\n"; }}
+    }}
+}}
+"""
+HAPROXY_CONF = """\
+global
+    maxconn 64
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend public
+    bind 127.0.0.1:{port}
+    default_backend portal
+backend portal
+    server portal 127.0.0.1:{upstream} send-proxy-v2
+"""
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"{what} did not start")
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def nginx_pp(tmp_path):
+    """nginx that takes a PROXY header on every connection and logs the address in it."""
+    if not os.path.exists(NGINX):
+        pytest.skip("nginx is not installed (scripts/test installs it)")
+    tmp = tmp_path / "nginx"
+    tmp.mkdir()
+    tmp.chmod(0o755)
+    port = free_port()
+    (tmp / "nginx.conf").write_text(NGINX_PROXY_CONF.format(tmp=tmp, port=port))
+    log = open(tmp / "nginx.out", "wb")
+    proc = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e",
+                             str(tmp / "nginx-startup.log")], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_port(port, proc, "nginx")
+        yield port, tmp / "nginx-access.log"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+        log.close()
+
+
+def visit(port: int, source: str = "127.0.0.1") -> tuple[str, bytes]:
+    """One request from ``source`` (a loopback address of our choosing): (our address, body)."""
+    with socket.socket() as conn:
+        conn.settimeout(TIMEOUT)
+        conn.bind((source, 0))
+        conn.connect(("127.0.0.1", port))
+        conn.sendall(b"GET /visit HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while data := conn.recv(65536):
+            chunks.append(data)
+        host, local_port = conn.getsockname()[:2]
+    return f"{host}:{local_port}", b"".join(chunks)
+
+
+def visitors_logged(log: Path) -> list[str]:
+    return [line.split(" ")[0] for line in log.read_text().splitlines() if "/visit" in line]
+
+
+@pytest.mark.parametrize("bridge_kind", ["revproxy", pytest.param("v2ray", marks=needs_v2ray)])
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_backend_sees_the_visitor_through_a_bridge(nginx_pp, tmp_path, bridge_kind,
+                                                       version):
+    nginx, access = nginx_pp
+    public, tunnel = free_port(), free_port()
+    config = portal_config(USER_ID, public, tunnel)
+    config["reverse"]["portals"][0]["proxyProtocol"] = version
+    config["server"] = {"workers": 2}
+    portal = start_end("revproxy", "portal", config, tmp_path)
+    bridge = start_end(bridge_kind, "bridge", bridge_config(USER_ID, nginx, tunnel), tmp_path)
+    try:
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):  # several, so both workers
+            address, answer = wait_for(lambda s=source: _try_visit(public, s), "a visit")
+            assert answer.endswith(b"hello from nginx\n"), answer
+            wait_for(lambda a=address: a in visitors_logged(access), f"{address} in the log")
+    finally:
+        portal.stop()
+        bridge.stop()
+
+
+def _try_visit(port: int, source: str) -> tuple[str, bytes] | None:
+    try:
+        address, answer = visit(port, source)
+    except OSError:
+        return None
+    return (address, answer) if answer.startswith(b"HTTP/1.1 200") else None
+
+
+@pytest.mark.skipif(not os.path.exists(HAPROXY) and not os.environ.get("CI"),
+                    reason="haproxy is not installed (scripts/test installs it)")
+def test_haproxy_in_front_of_the_portal_passes_its_client_on(nginx_pp, tmp_path):
+    """HAProxy (send-proxy-v2) -> portal (acceptProxyProtocol, proxyProtocol 1) -> tunnel ->
+    bridge -> nginx: nginx logs HAProxy's client, not HAProxy."""
+    nginx, access = nginx_pp
+    public, tunnel, front = free_port(), free_port(), free_port()
+    config = portal_config(USER_ID, public, tunnel)
+    config["inbounds"][0]["streamSettings"] = {"network": "tcp",
+                                               "tcpSettings": {"acceptProxyProtocol": True}}
+    config["reverse"]["portals"][0]["proxyProtocol"] = 1
+    portal = start_end("revproxy", "portal", config, tmp_path)
+    bridge = start_end("revproxy", "bridge", bridge_config(USER_ID, nginx, tunnel), tmp_path)
+    (tmp_path / "haproxy.cfg").write_text(HAPROXY_CONF.format(port=front, upstream=public))
+    log = open(tmp_path / "haproxy.log", "wb")
+    haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(tmp_path / "haproxy.cfg")],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_port(front, haproxy, "haproxy")
+        address, answer = wait_for(lambda: _try_visit(front, "127.0.0.5"), "a visit")
+        assert answer.endswith(b"hello from nginx\n"), answer
+        wait_for(lambda: address in visitors_logged(access), f"{address} in nginx's log")
+    finally:
+        os.killpg(haproxy.pid, signal.SIGTERM)
+        haproxy.wait(20)
+        log.close()
+        portal.stop()
+        bridge.stop()
