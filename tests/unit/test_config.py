@@ -40,8 +40,14 @@ from revproxy.config.reader import parse_bytes, parse_text
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 FIXTURES = Path(__file__).resolve().parent / "configs"
-UUID = "27848739-7e62-4138-9fd3-098a63964b6b"
+UUID = "5b0d4c1e-2f8a-4b7e-9c3d-6a1e8f2b7d40"  # not a published example id (known_ids.py)
+DOC_UUID = "27848739-7e62-4138-9fd3-098a63964b6b"  # the id of V2Ray's reverse document
 USER = VMessUserConfig(id=UUID)
+DOC_USER = VMessUserConfig(id=DOC_UUID)
+SHIPPED_ID_REFUSED = (
+    f"v2ray-portal.json: inbounds[1].settings.clients[0].id: {DOC_UUID} is a published example "
+    'id, and this inbound listens on 0.0.0.0: anyone could use it (make a new one with '
+    '"revproxy uuid")')
 
 PORTAL: dict[str, Any] = {
     "reverse": {"portals": [{"tag": "portal", "domain": "test.v2fly.org"}]},
@@ -105,14 +111,21 @@ def test_document_portal_json_loads_as_written() -> None:
     assert "// Must match bridge configuration" in text
     assert "// Open port 80 for external HTTP access" in text
     assert "// For receiving bridge connections" in text
-    config = load_config(CONF / "v2ray-portal.json")
+    # The one refusal (known_ids.py): the document's own user id, on every address.
+    with pytest.raises(ConfigError) as info:
+        load_config(CONF / "v2ray-portal.json")
+    assert info.value.problems == [SHIPPED_ID_REFUSED]
+    data = parse_text(text, "v2ray-portal.json", "json")
+    data["inbounds"][1]["listen"] = "127.0.0.1"
+    config = parse_config(data, str(CONF / "v2ray-portal.json"))
     assert config == Config(
         source="",
         log=LogConfig(),
         inbounds=(
             InboundConfig("external", "0.0.0.0", 80, "dokodemo-door",
                           DokodemoSettings(address="127.0.0.1", port=80)),
-            InboundConfig("interconn", "0.0.0.0", 1024, "vmess", VMessInboundSettings((USER,))),
+            InboundConfig("interconn", "127.0.0.1", 1024, "vmess",
+                          VMessInboundSettings((DOC_USER,))),
         ),
         outbounds=(),
         routing=(RoutingRule("portal", inbound_tags=("external",)),
@@ -134,7 +147,7 @@ def test_document_bridge_json_loads_as_written() -> None:
         outbounds=(
             OutboundConfig("out", "freedom", FreedomSettings(redirect=("127.0.0.1", 80))),
             OutboundConfig("interconn", "vmess", VMessOutboundSettings(
-                (VMessServerConfig("127.0.0.1", 1024, (USER,)),))),
+                (VMessServerConfig("127.0.0.1", 1024, (DOC_USER,)),))),
         ),
         routing=(
             RoutingRule("interconn", inbound_tags=("bridge",), domains=("full:test.v2fly.org",)),
@@ -145,14 +158,25 @@ def test_document_bridge_json_loads_as_written() -> None:
     )
 
 
+def outcome(load: Any, *args: Any) -> Config | list[str]:
+    """The Config, or the problems without the file names."""
+    try:
+        return load(*args)
+    except ConfigError as exc:
+        return [problem.partition(": ")[2] for problem in exc.problems]
+
+
 @pytest.mark.parametrize("name", ["v2ray-portal", "v2ray-bridge"])
 def test_yaml_equivalent_gives_an_equal_config(name: str) -> None:
-    assert load_config(FIXTURES / f"{name}.yaml") == load_config(CONF / f"{name}.json")
+    assert outcome(load_config, FIXTURES / f"{name}.yaml") == outcome(
+        load_config, CONF / f"{name}.json")
 
 
 @pytest.mark.parametrize(("name", "data"), [("v2ray-portal", PORTAL), ("v2ray-bridge", BRIDGE)])
 def test_parsed_mapping_gives_the_same_config(name: str, data: dict[str, Any]) -> None:
-    assert parse_config(data, "x") == load_config(CONF / f"{name}.json")
+    document = json.loads(json.dumps(data).replace(UUID, DOC_UUID))
+    assert outcome(parse_config, document, "x") == outcome(load_config,
+                                                           CONF / f"{name}.json")
 
 
 def test_revproxy_yaml_pair() -> None:
@@ -161,11 +185,11 @@ def test_revproxy_yaml_pair() -> None:
     assert [(i.tag, i.listen, i.port) for i in portal.inbounds] == [
         ("external", "127.0.0.1", 8080), ("interconn", "127.0.0.1", 10240)]
     assert portal.inbounds[0].settings == DokodemoSettings(address="127.0.0.1", port=80)
-    assert portal.inbounds[1].settings == VMessInboundSettings((USER,))
+    assert portal.inbounds[1].settings == VMessInboundSettings((DOC_USER,))
     assert portal.reverse.portals == (PortalConfig("portal", "test.v2fly.org"),)
     assert bridge.outbounds[0].settings == FreedomSettings(redirect=("127.0.0.1", 8000))
     assert bridge.outbounds[1].settings == VMessOutboundSettings(
-        (VMessServerConfig("127.0.0.1", 10240, (USER,)),))
+        (VMessServerConfig("127.0.0.1", 10240, (DOC_USER,)),))
     assert bridge.reverse.bridges[0].domain == portal.reverse.portals[0].domain
     assert bridge.routing == load_config(CONF / "v2ray-bridge.json").routing
 
