@@ -97,10 +97,10 @@ def _dokodemo(node: Node, raw: Any) -> DokodemoSettings:
     o = Obj(node, raw, ("address", "port", "network", "followRedirect", "timeout"),
             ignored=("userLevel",))
     follow_redirect = o.get("followRedirect", f.boolean, False)
-    if o.ok and not follow_redirect:
-        for key in ("address", "port"):
-            if not o.has(key):
-                node.report(f'missing required key "{key}" (needed unless followRedirect is true)')
+    # No "port" is port 0, as V2Ray reads it: V2Ray's own API set-up has none (routing
+    # sends the inbound to the API, whatever its destination).
+    if o.ok and not follow_redirect and not o.has("address"):
+        node.report('missing required key "address" (needed unless followRedirect is true)')
     return DokodemoSettings(
         address=o.get("address", f.host, None),
         port=o.get("port", f.port, None),

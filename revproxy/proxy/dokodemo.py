@@ -39,9 +39,9 @@ class DokodemoInbound:
                 return Target("tcp", socket.inet_ntoa(packed), port)
             except OSError:
                 pass
-        if self.address is None or not self.port:
+        if self.address is None:
             return None
-        return Target("tcp", self.address, self.port)
+        return Target("tcp", self.address, self.port or 0)  # no port is port 0, as in V2Ray
 
     def handle_connection(self, sock: socket.socket, address: tuple, ending: Ending) -> None:
         target = self.target_for(sock)

@@ -57,7 +57,7 @@ def portal_with_api(public: int, tunnel: int, api: int, **server) -> dict:
     config["inbounds"][1]["settings"]["clients"][0]["email"] = EMAIL
     config["inbounds"].append({"tag": "api", "listen": "127.0.0.1", "port": api,
                                "protocol": "dokodemo-door",
-                               "settings": {"address": "127.0.0.1", "port": 1}})
+                               "settings": {"address": "127.0.0.1"}})  # V2Ray's own, no port
     config["routing"]["rules"].insert(0, {"type": "field", "inboundTag": ["api"],
                                           "outboundTag": "api"})
     config["api"] = {"tag": "api", "services": ["StatsService", "LoggerService"]}
