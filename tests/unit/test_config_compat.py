@@ -463,7 +463,8 @@ def test_check_prints_warnings_and_strict_refuses_them(tmp_path: Path) -> None:
     write(tmp_path / "w.json", edited(PORTAL, "policy", {"levels": {"0": {"connIdle": 3}}}))
     done = revproxy("check", "-c", "w.json", cwd=tmp_path)
     assert (done.returncode, done.stdout) == (0, "configuration OK (1 warning)\n")
-    assert done.stderr == "w.json: policy: warning: not applied yet (timeouts): revproxy keeps its own timeouts and buffers\n"
+    assert done.stderr == ("w.json: policy: warning: not applied yet (timeouts): revproxy "
+                           "keeps its own timeouts and buffers\n")
     done = revproxy("check", "--strict", "-c", "w.json", cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines()[-1] == ("revproxy: configuration refused: 1 warning "
@@ -509,4 +510,5 @@ def test_run_logs_the_warnings_as_it_starts(tmp_path: Path, monkeypatch: pytest.
     assert cli.main(["run", "-c", str(tmp_path / "w.json")]) == 0
     assert started and started[0].warnings
     err = capfd.readouterr().err
-    assert "[Warning] config: w.json: policy: warning: not applied yet (timeouts): revproxy keeps its own timeouts and buffers" in err
+    assert ("[Warning] config: w.json: policy: warning: not applied yet (timeouts): revproxy "
+            "keeps its own timeouts and buffers") in err
