@@ -42,6 +42,11 @@ FULL: dict[str, Any] = {
         {"tag": "vm", "port": 3, "protocol": "vmess",
          "settings": {"clients": [USER], "default": {"level": 0}},
          "streamSettings": {"network": "ws", "wsSettings": {"path": "/"}}},
+        {"port": 5, "protocol": "vless", "settings": {
+            "clients": [{"id": UUID}], "decryption": "none", "fallbacks": [{"dest": 80}]}},
+        {"port": 6, "protocol": "shadowsocks", "settings": {"method": "none", "password": "p"}},
+        {"port": 7, "protocol": "socks", "settings": {"accounts": [{"user": "u", "pass": "p"}]}},
+        {"port": 8, "protocol": "http", "settings": {"accounts": [{"user": "u", "pass": "p"}]}},
     ],
     "outbounds": [
         {"tag": "direct", "protocol": "freedom", "settings": {}},
@@ -51,6 +56,14 @@ FULL: dict[str, Any] = {
          "streamSettings": {"security": "tls", "tlsSettings": {"serverName": "a.example"},
                             "tcpSettings": {"header": {"type": "http", "request": {},
                                                        "response": {}}}}},
+        {"protocol": "vless", "settings": {"vnext": [{"address": "a.example", "port": 4, "users": [
+            {"id": UUID, "encryption": "none"}]}]}},
+        {"protocol": "shadowsocks", "settings": {"servers": [
+            {"address": "a.example", "port": 4, "method": "aes-128-gcm", "password": "p"}]}},
+        {"protocol": "socks", "settings": {"servers": [
+            {"address": "a.example", "port": 4, "users": [{"user": "u", "pass": "p"}]}]}},
+        {"protocol": "http", "settings": {"servers": [
+            {"address": "a.example", "port": 4, "users": [{"user": "u", "pass": "p"}]}]}},
     ],
     "routing": {"domainStrategy": "AsIs", "rules": [
         {"type": "field", "inboundTag": ["in"], "outboundTag": "direct"},
