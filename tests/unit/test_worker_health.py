@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import gevent
 
+from revproxy.net.traffic import Traffic
 from revproxy.server import handoff
 from revproxy.server.worker import Worker
 
@@ -29,6 +30,9 @@ def test_a_dead_receiver_stops_the_heartbeat(tmp_path) -> None:
     worker.instance = None
     worker.healthy = True
     worker.row = Row(state=0, heartbeat=0.0)
+    worker.traffic = Traffic()
+    worker.counters = Row()
+    worker.cluster = None
     worker.publish()
     assert worker.row.heartbeat > 0.0
     beat = worker.row.heartbeat
