@@ -1,10 +1,10 @@
 """User ids published in V2Ray's documentation, popular guides and revproxy's own examples.
 
-Anyone can read them, so a server that accepts one from the network accepts anybody. Example
-configs (the packaged one included) keep them on loopback, where they are harmless. A VMess
-inbound that listens elsewhere with the id revproxy's own examples and package ship is refused
-by ``check`` and at start; with another published id (configs copied from guides, which V2Ray
-runs) it gets a warning.
+Anyone can read them, so a server that accepts one from the network accepts anybody. A VMess
+inbound that listens beyond this host with the placeholder id of revproxy's own examples (the
+Debian package's config among them, which listens on loopback as shipped) is refused by
+``check`` and at start; with an id published elsewhere (V2Ray's documents and guides, whose
+configs must load as V2Ray loads them) it gets a warning.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import ipaddress
 from revproxy.config.errors import Node
 from revproxy.config.model import Config, VMessInboundSettings
 
-SHIPPED_ID = "27848739-7e62-4138-9fd3-098a63964b6b"  # V2Ray's reverse document; our examples
+PLACEHOLDER_ID = "11111111-2222-4333-8444-555555555555"  # conf/*.yaml, packaging/config.yaml
 PUBLISHED_IDS = frozenset({
-    SHIPPED_ID,
+    PLACEHOLDER_ID,
+    "27848739-7e62-4138-9fd3-098a63964b6b",  # V2Ray's reverse-proxy document
     "b831381d-6324-4d53-ad4f-8cda48b30811",  # V2Ray's configuration documentation
     "23ad6b10-8d1a-40f7-8ad0-e3e35cd38297",  # the V2Ray beginners' guide (toutyrater)
     "00000000-0000-0000-0000-000000000000",
@@ -31,7 +32,7 @@ def is_loopback(listen: str) -> bool:
 
 
 def check_published_ids(config: Config, node: Node, inbound_paths: tuple[str, ...]) -> None:
-    """Refuse (the shipped id) or warn about VMess inbounds reachable beyond this host that
+    """Refuse (the placeholder) or warn about VMess inbounds reachable beyond this host that
     accept a published id."""
     for path, inbound in zip(inbound_paths, config.inbounds, strict=True):
         settings = inbound.settings
@@ -44,4 +45,4 @@ def check_published_ids(config: Config, node: Node, inbound_paths: tuple[str, ..
                        f"{inbound.listen}: anyone could use it (make a new one with "
                        "\"revproxy uuid\")")
             here = node.at(f"{path}.settings.clients[{index}].id")
-            (here.report if client.id == SHIPPED_ID else here.warn)(message)
+            (here.report if client.id == PLACEHOLDER_ID else here.warn)(message)

@@ -9,7 +9,7 @@ import pytest
 from revproxy.config import ConfigError, parse_config
 from revproxy.demo import portal_config
 
-PUBLISHED = "27848739-7e62-4138-9fd3-098a63964b6b"  # V2Ray's reverse-proxy document
+PUBLISHED = "11111111-2222-4333-8444-555555555555"  # revproxy's examples' placeholder
 
 
 def portal(listen: str, user_id: str = PUBLISHED) -> dict:
@@ -33,9 +33,10 @@ def test_beyond_this_host_it_is_refused_with_one_line(listen):
         "\"revproxy uuid\")"]
 
 
-def test_other_published_ids_get_a_warning():
-    """Configs copied from guides (V2Ray runs them) load, with a warning."""
-    guide_id = "b831381d-6324-4d53-ad4f-8cda48b30811"  # V2Ray's configuration documentation
+@pytest.mark.parametrize("guide_id", ["27848739-7e62-4138-9fd3-098a63964b6b",  # reverse doc
+                                      "b831381d-6324-4d53-ad4f-8cda48b30811"])  # config doc
+def test_other_published_ids_get_a_warning(guide_id):
+    """V2Ray's documents and configs copied from guides (V2Ray runs them) load, warned."""
     config = parse_config(portal("0.0.0.0", guide_id), "portal.json")
     assert any("published example id" in line and "anyone could use it" in line
                for line in config.warnings)
@@ -46,7 +47,7 @@ def test_a_fresh_id_may_listen_anywhere():
 
 
 def test_the_packaged_config_is_refused_once_made_public(tmp_path):
-    """packaging/config.yaml ships a published id on 127.0.0.1: safe as shipped; an operator
+    """packaging/config.yaml ships the placeholder on 127.0.0.1: safe as shipped; an operator
     who opens it to the world without a new id is stopped."""
     from pathlib import Path
 
