@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket as stdsocket
+import socket
 import uuid
 
 import gevent
-from gevent import socket
+import gevent.socket
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
@@ -25,9 +25,9 @@ DOMAIN = "test.v2fly.org"
 PAGE = b"Hello from the hidden host, served through a revproxy tunnel.\n"
 
 
-def _listener() -> stdsocket.socket:
-    sock = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_STREAM)
-    sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+def _listener() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     sock.setblocking(False)  # served by gevent
@@ -82,7 +82,7 @@ def bridge_config(user_id: str, backend_port: int, tunnel_port: int,
 
 def fetch(port: int, timeout: float = 10.0) -> bytes:
     """One HTTP GET to the portal's public port; returns the response body."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+    with gevent.socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
         conn.sendall(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
         chunks = []
         while data := conn.recv(65536):

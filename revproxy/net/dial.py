@@ -9,8 +9,8 @@ import os
 import socket
 from collections.abc import Callable
 
+import gevent.socket
 from gevent import Timeout
-from gevent import socket as cooperative
 
 from revproxy.net.stream import tune_socket
 
@@ -28,7 +28,7 @@ def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT,
     if family is not None:
         return _connect(family, (host, port), timeout, before_connect)
     error: OSError = OSError(f"{host}: no address")
-    for family, _, _, _, address in cooperative.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+    for family, _, _, _, address in gevent.socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
         try:
             return _connect(family, address[:2], timeout, before_connect)
         except OSError as exc:
@@ -60,7 +60,7 @@ def _connect(family: int, address: tuple[str, int], timeout: float,
             result = sock.connect_ex(address)
         if result in _IN_PROGRESS:
             with Timeout(timeout, TimeoutError(f"connect to {address[0]}:{address[1]} timed out")):
-                cooperative.wait_write(sock.fileno())
+                gevent.socket.wait_write(sock.fileno())
             result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if result not in (0, errno.EISCONN):
             raise OSError(result, os.strerror(result))

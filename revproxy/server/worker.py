@@ -66,7 +66,7 @@ class Worker:
     def run(self) -> int:
         spec = self.spec
         config = spec.config
-        logging_setup.setup(config.log.level, config.log.error, config.log.access)
+        logging_setup.configure(config.log)
         self.set_title("booting")
         try:
             drop_privileges(config.server.user, config.server.group)
@@ -132,7 +132,7 @@ class Worker:
 
     def reopen_logs(self) -> None:
         config = self.spec.config
-        logging_setup.setup(config.log.level, config.log.error, config.log.access)
+        logging_setup.configure(config.log)
 
     # -- state table and title
     def publish(self) -> None:
