@@ -13,8 +13,8 @@ other; the sibling wrote its access-log line, so it is not written twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from revproxy.log import access_log, log
 from revproxy.net.session import Session
@@ -29,6 +29,16 @@ class Outbound(Protocol):
     def handle(self, session: Session, stream: Stream) -> None: ...
 
     def open(self, session: Session) -> Stream: ...
+
+
+@runtime_checkable
+class ServerListOutbound(Outbound, Protocol):
+    """An outbound that dials one of several ``servers`` (each has ``address`` and
+    ``port``); ``open_to`` dials the one given (a bridge keeps tunnels to every portal)."""
+
+    servers: Sequence[Any]
+
+    def open_to(self, session: Session, server: Any) -> Stream: ...
 
 
 class NoRoute(ConnectionError):
@@ -91,10 +101,17 @@ class Dispatcher:
     def _ended(self) -> None:
         self.active -= 1
 
-    def open(self, session: Session) -> Stream:
+    def open(self, session: Session, server: object | None = None) -> Stream:
+        """A new stream through the routed outbound; ``server``: one of its ``servers``
+        (``ServerListOutbound``) to dial instead of the one it would pick."""
         outbound = self.route(session)
         log.debug("dispatcher: dialing [%s] for [%s]", outbound.tag, session.describe())
-        stream = outbound.open(session)
+        if server is None:
+            stream = outbound.open(session)
+        elif isinstance(outbound, ServerListOutbound):
+            stream = outbound.open_to(session, server)
+        else:
+            raise NoRoute(f"outbound {outbound.tag} cannot dial a server of its choice")
         session.upstream = stream
         self.traffic.start(session, None, session.inbound_tag, outbound.tag)
         return stream

@@ -195,7 +195,7 @@ class Instance:
             if portal.tunnels and not self.directory.siblings_hold(Role.PORTAL, portal.tag):
                 return False
         for bridge in self.bridges:
-            if bridge.tunnels and not self.directory.siblings_hold(Role.BRIDGE, bridge.tag):
+            if not bridge.replaced():  # siblings hold tunnels to each of its portals
                 return False
         return True
 

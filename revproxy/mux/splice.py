@@ -77,18 +77,27 @@ class SplicedSession(Protocol):
 
 class SocketSplice:
     """Relays ``stream`` ⇄ ``session`` until both directions are done, then closes both and
-    calls ``on_done``. Idleness is watched as ``relay`` does (net/relay.py)."""
+    calls ``on_done``. Idleness is watched as ``relay`` does (net/relay.py).
 
-    __slots__ = ("stream", "session", "after_half_close", "on_done", "watch", "_recv",
-                 "_send", "_reader", "_writer", "_pending", "_read_done", "_write_done",
-                 "_end_pending", "_finished")
+    A session cut before it ended cleanly (its tunnel died, the peer ended it with the error
+    flag, flow control gave up) closes the socket with a reset, so that the socket's peer
+    learns that it was cut (an orderly end would pass a truncated download for a whole one).
+    Before that, ``rescue`` (if any) is asked whether it takes the socket over (it judges by
+    the session's byte counts whether anything moved): then the splice stops without closing
+    it (the portal carries a visitor whose tunnel vanished before answering on another)."""
+
+    __slots__ = ("stream", "session", "after_half_close", "on_done", "rescue", "watch",
+                 "_recv", "_send", "_reader", "_writer", "_pending", "_read_done",
+                 "_write_done", "_end_pending", "_finished")
 
     def __init__(self, stream: SocketStream, session: SplicedSession, idle: float,
-                 after_half_close: float, on_done: Callable[[], None] | None) -> None:
+                 after_half_close: float, on_done: Callable[[], None] | None,
+                 rescue: Callable[[], bool] | None = None) -> None:
         self.stream = stream
         self.session = session
         self.after_half_close = after_half_close
         self.on_done = on_done
+        self.rescue = rescue
         self.watch = IdleWatch(self._progress, self._finish, idle)
         sock = stream.sock
         self._recv = sock.recv  # non-blocking: EAGAIN raises
@@ -186,8 +195,13 @@ class SocketSplice:
     def _session_ended(self, error: Exception | None) -> None:
         """The peer ended the session (``error`` None), or it failed."""
         if error is not None:
-            # Bytes the socket will never get, or flow control gave up: say so with a reset.
-            self._finish(reset=bool(self._pending) or isinstance(error, SessionReset))
+            if (self.rescue is not None and not self._pending and not self._read_done
+                    and not self._write_done and self.rescue()):
+                self._finish(keep_socket=True)
+                return
+            # Cut: say so with a reset, unless the session had ended cleanly and the socket
+            # took everything (its FIN is on the way; a reset would drop unsent bytes).
+            self._finish(reset=bool(self._pending) or not self._write_done)
         elif self._pending:
             self._end_pending = True  # after the bytes still waiting for the socket
         elif self._read_done:
@@ -223,14 +237,16 @@ class SocketSplice:
         self.stream.bytes_received += len(data)
         try:
             self.session.send(data)
-        except OSError:  # the session or its tunnel is gone
-            self._finish(reset=bool(self._pending))
+        except OSError:  # the session or its tunnel is gone: cut
+            self._finish(reset=True)
 
     def _resume(self) -> None:
         if not self._finished and not self._read_done:
             self._reader.start(self._readable)
 
-    def _finish(self, reset: bool = False) -> None:
+    def _finish(self, reset: bool = False, keep_socket: bool = False) -> None:
+        """Stop, close the session and (unless ``keep_socket``) the socket, with a reset if
+        asked; then ``on_done``."""
         if self._finished:
             return
         self._finished = True
@@ -245,6 +261,8 @@ class SocketSplice:
         session.on_end = None
         session.sink = None  # late payloads are dropped
         session.close()  # an End with the error flag unless both sides ended
+        if keep_socket:
+            return  # rescued: whoever took the socket over closes it
         if reset:
             try:
                 self.stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)

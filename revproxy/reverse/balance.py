@@ -7,7 +7,13 @@ sessions, so a worker prefers its own tunnels when loads are close. As in V2Ray,
 its draining tunnels only when it has no other open; across workers, a worker with only
 draining tunnels keeps using them unless a sibling's tunnel is clearly less loaded (under
 new-connection load the 256-session rule drains tunnels every few seconds: handing off every
-visitor meanwhile cost more than it balanced). A sibling's draining tunnel is the last resort.
+visitor meanwhile cost more than it balanced). A sibling's draining tunnel is the last resort,
+and so is a *suspect* tunnel (its peer stopped acknowledging: the host may have vanished).
+
+Several bridge hosts may serve one portal (tunnels from different peer addresses, same
+domain): they form one pool, balanced by host first. Each host offers its best tunnel by the
+rules above; the host whose tunnels carry the least load in total wins (a hand-off still adds
+its cost), so two hosts share the visitors evenly whatever number of tunnels each keeps.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ HANDOFF_COST = 8.0
 class Pickable(Protocol):
     draining: bool
     leaving: bool  # drained because its bridge is going away, not by the 256-session rule
+    suspect: bool  # its peer's TCP stopped acknowledging
     throughput: float
+    peer: str  # the bridge's address, "host:port"
 
     @property
     def closed(self) -> bool: ...
@@ -36,6 +44,14 @@ class Pickable(Protocol):
 T = TypeVar("T", bound=Pickable)
 
 
+def host_of(peer: str) -> str:
+    """The host part of a ``host:port`` peer address (IPv6 with or without brackets)."""
+    host, sep, port = peer.rpartition(":")
+    if not sep or not port.isdigit():
+        return peer
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def load(tunnel: Pickable) -> float:
     return tunnel.active_sessions + tunnel.throughput / BYTES_PER_SESSION
 
@@ -44,7 +60,7 @@ def _least_loaded(tunnels: Iterable[T], draining: bool) -> tuple[T | None, float
     best: T | None = None
     best_load = 0.0
     for tunnel in tunnels:
-        if tunnel.closed or tunnel.draining != draining:
+        if tunnel.closed or tunnel.suspect or tunnel.draining != draining:
             continue
         weight = load(tunnel)
         if best is None or weight < best_load:
@@ -52,8 +68,14 @@ def _least_loaded(tunnels: Iterable[T], draining: bool) -> tuple[T | None, float
     return best, best_load
 
 
-def pick_tunnel(tunnels: Sequence[T], remote: Sequence[T] = ()) -> T | None:
-    """The least loaded of this worker's ``tunnels`` and its siblings' ``remote`` ones."""
+def _last_resort(tunnels: Iterable[T]) -> T | None:
+    """Any open tunnel, the least loaded: draining ones before suspect ones."""
+    open_ = [t for t in tunnels if not t.closed]
+    return min(open_, key=lambda t: (t.suspect, load(t)), default=None)
+
+
+def _pick_in_host(tunnels: Sequence[T], remote: Sequence[T]) -> T | None:
+    """The rules of the module docstring among one host's tunnels."""
     local, local_load = _least_loaded(tunnels, draining=False)
     if local is None:
         # Only draining tunnels here: one of them still beats paying for a hand-off, as
@@ -66,5 +88,37 @@ def pick_tunnel(tunnels: Sequence[T], remote: Sequence[T] = ()) -> T | None:
         return other
     if local is not None:
         return local
-    # Last resort, as in V2Ray: any draining tunnel, this worker's first.
-    return _least_loaded(tunnels, draining=True)[0] or _least_loaded(remote, draining=True)[0]
+    # Last resort, as in V2Ray: any draining (then suspect) tunnel, this worker's first.
+    return _last_resort(tunnels) or _last_resort(remote)
+
+
+def _rank(tunnel: Pickable) -> int:
+    """0: in service; 1: draining; 2: its bridge leaves, or suspect."""
+    if tunnel.suspect or tunnel.leaving:
+        return 2
+    return 1 if tunnel.draining else 0
+
+
+def pick_tunnel(tunnels: Sequence[T], remote: Sequence[T] = ()) -> T | None:
+    """The least loaded of this worker's ``tunnels`` and its siblings' ``remote`` ones, on the
+    least loaded bridge host."""
+    hosts: dict[str, tuple[list[T], list[T]]] = {}
+    for index, group in enumerate((tunnels, remote)):
+        for tunnel in group:
+            if not tunnel.closed:
+                hosts.setdefault(host_of(tunnel.peer), ([], []))[index].append(tunnel)
+    if len(hosts) <= 1:
+        return _pick_in_host(tunnels, remote)
+    best: T | None = None
+    best_key = (0, 0.0, 0.0)
+    for local, siblings in hosts.values():
+        choice = _pick_in_host(local, siblings)
+        if choice is None:
+            continue
+        host_load = sum(load(t) for t in local) + sum(load(t) for t in siblings)
+        if not any(choice is t for t in local):
+            host_load += HANDOFF_COST
+        key = (_rank(choice), host_load, load(choice))
+        if best is None or key < best_key:
+            best, best_key = choice, key
+    return best

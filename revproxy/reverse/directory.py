@@ -31,8 +31,9 @@ class ListedTunnel(Protocol):
 
     tunnel_id: int
     tag: str
-    peer: str
+    peer: str  # the other end's address: a portal's bridge host, a bridge's portal server
     draining: bool
+    suspect: bool  # the peer stopped acknowledging: listed as draining
     throughput: float
     opened: float
 
@@ -75,6 +76,8 @@ class SiblingTunnel:
     draining: bool
     closed: bool = False  # (for the picker: a listed tunnel is open)
     leaving: bool = False  # (for the picker: a sibling's draining tunnel is a last resort)
+    peer: str = ""  # the bridge host's address, "host:port"
+    suspect: bool = False  # (a sibling lists a suspect tunnel as draining)
 
 
 class TunnelDirectory(Protocol):
@@ -92,11 +95,13 @@ class TunnelDirectory(Protocol):
         the sibling that owns ``tunnel``; False if that sibling cannot take it, in which case
         the caller still owns the visitor."""
 
-    def bridge_pools(self, tag: str) -> list[tuple[int, int]]:
-        """(active tunnels, their sessions) of bridge ``tag`` for every running sibling."""
+    def bridge_pools(self, tag: str, peer: str | None = None) -> list[tuple[int, int]]:
+        """(active tunnels, their sessions) of bridge ``tag`` for every running sibling;
+        with ``peer``, only its tunnels to that portal server (a pool per portal)."""
 
     def portal_tunnel_counts(self) -> dict[int, int]:
         """pid -> active portal tunnels, for every running sibling (zero included)."""
 
-    def siblings_hold(self, role: Role, tag: str) -> bool:
-        """Whether a running sibling holds an active tunnel of ``role`` and ``tag``."""
+    def siblings_hold(self, role: Role, tag: str, peer: str | None = None) -> bool:
+        """Whether a running sibling holds an active tunnel of ``role`` and ``tag`` (and,
+        if given, ``peer``)."""

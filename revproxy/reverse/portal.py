@@ -7,6 +7,16 @@ on the tunnel the picker chooses among this worker's tunnels and, through the tu
 directory, its siblings'. A visitor bound for a sibling's tunnel is handed to that sibling,
 whose dispatcher brings it back here as a session carrying the chosen ``tunnel_id``. A tunnel
 that has opened more than 256 sessions is drained.
+
+Bridge hosts that vanish. Every tunnel carries something every 2 s (control messages, or
+KeepAlive frames once drained), and its socket closes when that stays unacknowledged
+(``reverse.tunnel.PeerWatch``): a tunnel of a vanished host, stock V2Ray bridges included,
+closes within about 8 s; it turns *suspect* as soon as its retransmissions go unanswered and
+is then picked only if nothing else is open. A session the tunnel cannot open is tried on
+another tunnel (as V2Ray's dispatcher retries); a visitor whose tunnel died with its bridge
+host silent since before the visitor's session was opened, and that had no answer yet, is
+carried again on another tunnel (the bridge never received it); every other visitor of a
+dead tunnel is reset, so that a cut download looks cut.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import gevent
 from gevent.event import Event
@@ -22,13 +32,14 @@ from gevent.event import Event
 from revproxy.log import log
 from revproxy.mux.client import MuxClient
 from revproxy.mux.frame import NETWORK_TCP, NETWORK_UDP
-from revproxy.net.relay import relay
-from revproxy.net.session import Ending, Session, Target
+from revproxy.mux.splice import SocketSplice
+from revproxy.net.relay import AFTER_HALF_CLOSE, IDLE_TIMEOUT, relay
+from revproxy.net.session import Session, Target
 from revproxy.net.stream import SocketStream, Stream, TunnelStream
 from revproxy.reverse.balance import pick_tunnel
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, STATE_DRAIN, encode_control
 from revproxy.reverse.directory import Role, SiblingTunnel, TunnelDirectory
-from revproxy.reverse.tunnel import Tunnel, tunnel_stream
+from revproxy.reverse.tunnel import PeerWatch, Tunnel, tunnel_stream
 from revproxy.transport.proxyheader import encode as encode_proxy_header
 from revproxy.transport.proxyheader import split_address
 
@@ -40,6 +51,9 @@ CLOSE_EMPTY_DRAINED_AFTER = 16.0
 PEER_SILENCE_LIMIT = 10.0  # only for peers that send KeepAlive frames (revproxy bridges)
 FIRST_PAYLOAD_WAIT = 0.1
 TUNNEL_WAIT = 5.0  # how long a visitor may wait for a tunnel to (re)appear
+PEER_CHECK_INTERVAL = 0.5  # how often a tunnel asks the kernel whether its peer answers
+MAX_ATTEMPTS = 16  # tunnels (or siblings) tried for one visitor, as V2Ray's dispatcher
+MAX_RESCUES = 2  # times one visitor is carried again after its tunnel vanished
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
 
 
@@ -48,9 +62,11 @@ class PortalTunnel(Tunnel):
 
     mux: MuxClient
 
-    def __init__(self, stream: TunnelStream, tunnel_id: int, tag: str, peer: str) -> None:
+    def __init__(self, stream: TunnelStream, tunnel_id: int, tag: str, peer: str,
+                 watch: PeerWatch | None = None) -> None:
         super().__init__(tunnel_id, tag, peer)
         self.mux = MuxClient(stream, self.name)
+        self.watch = watch  # the kernel's view of the bridge host, if over TCP
         self.drained_at = 0.0
 
     def serve(self) -> None:
@@ -84,6 +100,12 @@ class PortalTunnel(Tunnel):
                 pass
             control.close()
 
+    def vanished_before(self, when: float) -> bool:
+        """Whether this tunnel died with its peer silent since before ``when`` (monotonic):
+        nothing sent after that reached the peer's application."""
+        watch = self.watch
+        return self.mux.closed and self.suspect and watch is not None and watch.last_ack < when
+
     def _bridge_leaves(self, _error: Exception | None) -> None:
         """A revproxy bridge that is going away ends the control session: use other tunnels."""
         if not self.draining and not self.mux.closed:
@@ -91,9 +113,29 @@ class PortalTunnel(Tunnel):
             self.leaving = True
             self.drain()
 
+    def _check_peer(self) -> None:
+        """Mark the tunnel suspect while the bridge host leaves our data unacknowledged."""
+        watch = self.watch
+        unanswered = watch.unanswered() if watch is not None else None
+        if unanswered is None or unanswered == self.suspect:
+            return
+        self.suspect = unanswered
+        if unanswered:
+            log.warning("portal: tunnel %s: %s acknowledges nothing: picked no more unless "
+                        "nothing else is open", self.name, self.peer)
+        else:
+            log.info("portal: tunnel %s: %s answers again", self.name, self.peer)
+        self.refresh_listing()
+
     def _heartbeat(self) -> None:
+        ticks = 0
+        every = max(1, round(HEARTBEAT_INTERVAL / PEER_CHECK_INTERVAL))
         while not self.mux.closed:
-            gevent.sleep(HEARTBEAT_INTERVAL)
+            gevent.sleep(PEER_CHECK_INTERVAL)
+            self._check_peer()
+            ticks += 1
+            if ticks % every:
+                continue
             now = time.monotonic()
             if (self.mux.peer_sends_keepalive
                     and now - self.mux.last_received > PEER_SILENCE_LIMIT):
@@ -106,6 +148,10 @@ class PortalTunnel(Tunnel):
                         and now - self.drained_at >= CLOSE_EMPTY_DRAINED_AFTER):
                     self.mux.close()
                     return
+                # No control messages any more: a KeepAlive frame (which V2Ray discards)
+                # keeps data in flight, so that a vanished bridge host is still noticed.
+                if not self.mux.congested:
+                    self.mux.send_keepalive()
                 continue
             if self.mux.total_sessions > DRAIN_AFTER_SESSIONS:
                 log.info("portal: draining tunnel %s after %d sessions", self.name,
@@ -183,7 +229,8 @@ class PortalOutbound:
             session.ending.end()
             return
         self._last_id += 1
-        tunnel = PortalTunnel(carrier, self._last_id, self.tag, session.source)
+        tunnel = PortalTunnel(carrier, self._last_id, self.tag, session.source,
+                              PeerWatch.of(stream))
         log.info("portal: tunnel %s from %s registered", tunnel.name, session.source)
         self.tunnels.append(tunnel)
         if self.directory is not None:
@@ -205,11 +252,14 @@ class PortalOutbound:
 
     # -- visitors
     def pick(self, wait: float = TUNNEL_WAIT, local_only: bool = False,
-             exclude: frozenset[int] | set[int] = frozenset()
-             ) -> PortalTunnel | SiblingTunnel | None:
+             exclude: frozenset[int] | set[int] = frozenset(),
+             avoid: Collection[PortalTunnel] = ()) -> PortalTunnel | SiblingTunnel | None:
+        """The tunnel for the next visitor, waiting up to ``wait`` s for one to appear; not
+        one of the siblings in ``exclude`` (pids) nor one of this worker's in ``avoid``."""
         deadline = time.monotonic() + wait
-        local: Sequence[PortalTunnel | SiblingTunnel] = self.tunnels
         while True:
+            local: Sequence[PortalTunnel | SiblingTunnel] = (
+                [t for t in self.tunnels if t not in avoid] if avoid else self.tunnels)
             remote: list[PortalTunnel | SiblingTunnel] = []
             if self.directory is not None and not local_only:
                 remote = [t for t in self.directory.sibling_portal_tunnels(self.tag)
@@ -235,26 +285,44 @@ class PortalOutbound:
         except OSError:
             ending.end()
             return
-        can_hand_off = isinstance(stream, SocketStream)
-        deadline = time.monotonic() + TUNNEL_WAIT
-        choice = self.pick(local_only=not can_hand_off)
+        self._place(session, stream, first)
+
+    def _place(self, session: Session, stream: Stream, first: bytes | None,
+               avoid: set[PortalTunnel] | None = None, local_only: bool = False,
+               wait: float = TUNNEL_WAIT, rescues: int = 0) -> None:
+        """Carry the visitor on the tunnel the picker chooses, or hand it to the sibling that
+        owns that tunnel; a tunnel that cannot open the session (it closed meanwhile) is
+        avoided and the next one tried, as V2Ray's dispatcher does; with none left the
+        visitor is reset."""
+        ending = session.ending
+        can_hand_off = isinstance(stream, SocketStream) and not local_only
+        deadline = time.monotonic() + wait
+        avoid = set() if avoid is None else avoid
         gone: set[int] = set()
-        while isinstance(choice, SiblingTunnel):
-            assert self.directory is not None and isinstance(stream, SocketStream)
-            session.first_payload = first or b""
-            if self.directory.hand_off(choice, session, stream.sock):
-                ending.end()  # closes our copy: the sibling received its own descriptor
+        for _ in range(MAX_ATTEMPTS):
+            choice = self.pick(wait=max(0.0, deadline - time.monotonic()),
+                               local_only=not can_hand_off, exclude=gone, avoid=avoid)
+            if choice is None:
+                break
+            if isinstance(choice, SiblingTunnel):
+                assert self.directory is not None and isinstance(stream, SocketStream)
+                session.first_payload = first or b""
+                if self.directory.hand_off(choice, session, stream.sock):
+                    ending.end()  # closes our copy: the sibling received its own descriptor
+                    return
+                # That sibling went away or cannot take it: choose again among what is left.
+                gone.add(choice.pid)
+                continue
+            if self._carry(choice, session, stream, first, rescues):
                 return
-            # That sibling went away or cannot take it: choose again among what is left.
-            gone.add(choice.pid)
-            choice = self.pick(wait=max(0.0, deadline - time.monotonic()), exclude=gone)
-        if choice is None:
+            avoid.add(choice)
+        if session.tunnel_id is not None:
+            log.warning("portal %s: handed-over %s from %s found no tunnel", self.tag,
+                        session.describe(), session.source)
+        else:
             log.warning("portal %s: no tunnel available for %s", self.tag, session.describe())
-            _reset(stream)
-            ending.end()
-            return
-        self._carry(choice, session.target, stream, first, session.describe(), ending,
-                    session.source)
+        _reset(stream)
+        ending.end()
 
     def handoff_refusal(self, tunnel_id: int, target: Target) -> str | None:
         """Why a visitor that a sibling handed over for tunnel ``tunnel_id`` must be refused,
@@ -267,36 +335,59 @@ class PortalOutbound:
 
     def serve_handed_over(self, session: Session, stream: Stream) -> None:
         """A sibling accepted this visitor for the tunnel ``session.tunnel_id`` here."""
+        first = session.first_payload or None
         tunnel = next((t for t in self.tunnels if t.tunnel_id == session.tunnel_id
                        and not t.closed), None)
-        if tunnel is None:  # it closed meanwhile: any local tunnel will do
-            tunnel = pick_tunnel(self.tunnels)
-        if tunnel is None:
-            log.warning("portal %s: handed-over %s from %s found no tunnel", self.tag,
-                        session.describe(), session.source)
-            _reset(stream)
-            session.ending.end()
-            return
-        log.debug("portal %s: hand-over of %s for tunnel %s", self.tag, session.source,
-                  session.tunnel_id)
-        self._carry(tunnel, session.target, stream, session.first_payload or None,
-                    session.describe(), session.ending, session.source)
+        if tunnel is not None:
+            log.debug("portal %s: hand-over of %s for tunnel %s", self.tag, session.source,
+                      session.tunnel_id)
+            if self._carry(tunnel, session, stream, first):
+                return
+        # It closed meanwhile: any local tunnel will do (not another hand-off: no ping-pong).
+        self._place(session, stream, first, avoid={tunnel} if tunnel else None,
+                    local_only=True, wait=0.0)
 
-    def _carry(self, tunnel: PortalTunnel, target: Target, stream: Stream,
-               first: bytes | None, what: str, ending: Ending, source: str = "") -> None:
-        """Relay ``stream`` through a new session of ``tunnel``; ends ``ending`` (which closes
-        the stream) when done. ``source`` is the visitor's address, for a PROXY header."""
+    def _carry(self, tunnel: PortalTunnel, session: Session, stream: Stream,
+               first: bytes | None, rescues: int = 0) -> bool:
+        """Relay ``stream`` through a new session of ``tunnel`` (the session's ending closes
+        the stream when done); False if the tunnel cannot open one."""
+        target = session.target
         network = NETWORK_UDP if target.network == "udp" else NETWORK_TCP
+        sent = first
         if self.proxy_protocol and network == NETWORK_TCP:
-            first = proxy_header(self.proxy_protocol, source, stream) + (first or b"")
+            sent = proxy_header(self.proxy_protocol, session.source, stream) + (first or b"")
         try:
-            mux_session = tunnel.mux.open_session(network, target.address, target.port, first)
+            mux_session = tunnel.mux.open_session(network, target.address, target.port, sent)
         except ConnectionError as exc:
-            log.warning("portal %s: tunnel %s refused %s: %s", self.tag, tunnel.name, what, exc)
-            ending.end()
-            return
-        log.debug("portal %s: %s carried as session %d of tunnel %s", self.tag, what,
-                  mux_session.id, tunnel.name)
+            log.info("portal %s: tunnel %s cannot carry %s: %s", self.tag, tunnel.name,
+                     session.describe(), exc)
+            return False
+        opened = time.monotonic()
+        log.debug("portal %s: %s carried as session %d of tunnel %s", self.tag,
+                  session.describe(), mux_session.id, tunnel.name)
+        ending = session.ending
         tunnel.refresh_listing()
         ending.add(tunnel.refresh_listing)
-        relay(stream, mux_session, on_done=ending.end)
+        if not isinstance(stream, SocketStream):
+            relay(stream, mux_session, on_done=ending.end)
+            return True
+        stream.settimeout(None)
+        mux_session.settimeout(None)
+
+        def rescue() -> bool:
+            """The session failed: if its tunnel died with the bridge host silent since
+            before it was opened, and nothing moved but ``first``, the bridge never saw it:
+            carry the visitor on another tunnel (called from the tunnel's reader: spawns)."""
+            if (rescues >= MAX_RESCUES or mux_session.bytes_in
+                    or mux_session.bytes_out != len(sent or b"")
+                    or not tunnel.vanished_before(opened)):
+                return False
+            log.info("portal %s: %s was never answered by tunnel %s, whose bridge host "
+                     "vanished: trying another", self.tag, session.describe(), tunnel.name)
+            gevent.spawn(self._place, session, stream, first, {tunnel}, False, TUNNEL_WAIT,
+                         rescues + 1)
+            return True
+
+        SocketSplice(stream, mux_session, IDLE_TIMEOUT, AFTER_HALF_CLOSE, ending.end,
+                     rescue).start()
+        return True

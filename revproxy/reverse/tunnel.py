@@ -1,16 +1,41 @@
 """What portal and bridge tunnels have in common: a mux connection, its control session, its
-statistics and its listing in the tunnel directory."""
+statistics, its listing in the tunnel directory, and the watch on its TCP socket.
+
+A peer host that vanishes (power cut, cable pulled) sends no reset, and a stock V2Ray bridge
+sends nothing unsolicited, so silence alone says nothing. Both ends send something every 2 s
+(the portal its control messages or KeepAlive frames, the bridge KeepAlive frames), and the
+tunnel's socket gets ``TCP_USER_TIMEOUT``: the kernel closes it when what was sent stays
+unacknowledged for ``USER_TIMEOUT`` s (keepalive probes cover a socket with nothing to send).
+Before that, ``PeerWatch`` reads ``TCP_INFO``: a tunnel whose last ``SUSPECT_RETRANSMITS``
+retransmissions went unanswered is *suspect* (the portal stops picking it) until an ACK comes.
+"""
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from typing import cast
 
 from revproxy.mux.connection import MuxConnection, MuxSession
-from revproxy.net.stream import Stream, TunnelStream
+from revproxy.net.stream import SocketStream, Stream, TunnelStream
 from revproxy.reverse.directory import Listing
 
 RATE_SMOOTHING = 0.5  # weight of the newest sample in the bytes/s average
+# Sent data unacknowledged this long closes the tunnel's socket (with the 2 s heartbeats, a
+# vanished peer is found within about 8 s).
+USER_TIMEOUT = 6.0
+KEEPALIVE_IDLE = 2  # s of nothing sent or received before the first keepalive probe
+KEEPALIVE_INTERVAL = 2
+KEEPALIVE_PROBES = 2
+# Consecutive retransmission timeouts without an ACK that make a tunnel suspect: with a 200 ms
+# minimum RTO that is 1.4 s of silence on a short link, proportionally more on a long one, and
+# a healthy link almost never loses three retransmissions in a row.
+SUSPECT_RETRANSMITS = 3
+# struct tcp_info up to tcpi_last_ack_recv: state, ca_state, retransmits, probes, backoff,
+# options, wscale, flags (u8 each), then 13 u32: rto ... last_ack_recv (ms since).
+_TCP_INFO = struct.Struct("=8B13I")
+_WRAPPED = ("transport", "inner", "stream")  # where stream wrappers keep what they wrap
 
 
 class Tunnel:
@@ -25,6 +50,7 @@ class Tunnel:
         self.name = f"{tag}#{tunnel_id}"
         self.draining = False
         self.leaving = False  # its bridge is going away (a portal's view)
+        self.suspect = False  # the peer's TCP stopped acknowledging (see PeerWatch)
         self.opened = time.time()
         self.throughput = 0.0  # recent bytes/s, both directions
         self.listing: Listing | None = None  # its entry in the tunnel directory, if listed
@@ -99,3 +125,61 @@ def tunnel_stream(stream: Stream) -> TunnelStream:
             and callable(getattr(stream, "flush", None))):
         raise ConnectionError(f"a {type(stream).__name__} cannot carry a tunnel")
     return cast(TunnelStream, stream)
+
+
+def socket_of(stream: object) -> socket.socket | None:
+    """The TCP socket under ``stream`` and its wrappers (VMess, TLS, WebSocket...), if any."""
+    for _ in range(8):
+        if isinstance(stream, SocketStream):
+            return stream.sock
+        inner = None
+        for name in _WRAPPED:
+            inner = getattr(stream, name, None)
+            if inner is not None and not isinstance(inner, (str, bytes, int)):
+                break
+            inner = None
+        if inner is None:
+            return None
+        stream = inner
+    return None
+
+
+class PeerWatch:
+    """The kernel's view of a tunnel's peer: sets the socket's timeouts (see the module
+    docstring) and tells when the peer has stopped acknowledging."""
+
+    __slots__ = ("sock", "last_ack")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.last_ack = time.monotonic()  # when the peer last acknowledged, as last seen
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                            int(USER_TIMEOUT * 1000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        except (OSError, AttributeError):
+            pass  # not Linux: heartbeats alone
+
+    @classmethod
+    def of(cls, stream: object) -> PeerWatch | None:
+        sock = socket_of(stream)
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None  # (a Unix socket in tests)
+        return cls(sock)
+
+    def unanswered(self) -> bool | None:
+        """Whether the peer leaves retransmissions unanswered (None: cannot tell); also
+        notes when it last acknowledged something."""
+        try:
+            raw = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+        except (OSError, AttributeError):
+            return None
+        if len(raw) < _TCP_INFO.size:
+            return None
+        info = _TCP_INFO.unpack(raw)
+        retransmits, unacked, last_ack_ms = info[2], info[12], info[20]
+        self.last_ack = time.monotonic() - last_ack_ms / 1000.0
+        return unacked > 0 and retransmits >= SUSPECT_RETRANSMITS

@@ -15,6 +15,7 @@ from revproxy.net.session import Session
 from revproxy.reverse.directory import ListedTunnel, Role, SiblingTunnel
 from revproxy.server import handoff
 from revproxy.server.statetable import (
+    PEER_SIZE,
     ROLE_BRIDGE,
     ROLE_PORTAL,
     TAG_SIZE,
@@ -36,9 +37,9 @@ BUSY_PAUSE = 1.0  # seconds a sibling that took no hand-off in time is not offer
 _TABLE_ROLES = {Role.PORTAL: ROLE_PORTAL, Role.BRIDGE: ROLE_BRIDGE}
 
 
-def _listed(tag: str) -> str:
-    """``tag`` as a table row shows it (cut to the row's field)."""
-    return fit_text(tag, TAG_SIZE).decode("utf-8", "replace")
+def _listed(tag: str, size: int = TAG_SIZE) -> str:
+    """``tag`` (or a peer, with its ``size``) as a table row shows it (cut to the field)."""
+    return fit_text(tag, size).decode("utf-8", "replace")
 
 
 class TableListing:
@@ -57,7 +58,10 @@ class TableListing:
         """Called on every session opened or closed, so it only re-packs the changing
         fields (no row object built)."""
         tunnel = self._tunnel
-        self._writer.update(TUNNEL_DRAINING if tunnel.draining else TUNNEL_ACTIVE,
+        # A suspect tunnel (its peer stopped acknowledging) is shown as draining: siblings
+        # then use it only as a last resort, as its owner does.
+        self._writer.update(TUNNEL_DRAINING if tunnel.draining or tunnel.suspect
+                            else TUNNEL_ACTIVE,
                             tunnel.active_sessions, tunnel.total_sessions, tunnel.bytes_up,
                             tunnel.bytes_down, tunnel.throughput, tunnel.last_heard)
 
@@ -135,11 +139,14 @@ class Cluster:
         return [row for slot, _index, row in self.table.tunnels(siblings)
                 if siblings.get(slot) == row.owner_pid]
 
-    def siblings_hold(self, role: Role, tag: str) -> bool:
-        """Does a running sibling hold an active tunnel of ``role`` and ``tag``? (A worker
-        that stops keeps its own tunnels until then, so visitors always find one.)"""
+    def siblings_hold(self, role: Role, tag: str, peer: str | None = None) -> bool:
+        """Does a running sibling hold an active tunnel of ``role`` and ``tag`` (and
+        ``peer``, if given)? (A worker that stops keeps its own tunnels until then, so
+        visitors always find one.)"""
         table_role, listed = _TABLE_ROLES[role], _listed(tag)
+        to = None if peer is None else _listed(peer, PEER_SIZE)
         return any(row.role == table_role and row.tag == listed and row.state == TUNNEL_ACTIVE
+                   and (to is None or row.peer == to)
                    for row in self._sibling_tunnels(self.siblings()))
 
     def portal_tunnel_counts(self) -> dict[int, int]:
@@ -151,13 +158,15 @@ class Cluster:
                 counts[row.owner_pid] += 1
         return counts
 
-    def bridge_pools(self, tag: str) -> list[tuple[int, int]]:
-        """(active tunnels, their sessions) of ``tag`` for every running sibling (zeros
-        included): the bridge pool seen across workers."""
+    def bridge_pools(self, tag: str, peer: str | None = None) -> list[tuple[int, int]]:
+        """(active tunnels, their sessions) of ``tag`` (to portal server ``peer``, if given)
+        for every running sibling (zeros included): the bridge pool seen across workers."""
         siblings, listed = self.siblings(), _listed(tag)
+        to = None if peer is None else _listed(peer, PEER_SIZE)
         pools = {pid: [0, 0] for pid in siblings.values()}
         for row in self._sibling_tunnels(siblings):
-            if row.role == ROLE_BRIDGE and row.tag == listed and row.state == TUNNEL_ACTIVE:
+            if row.role == ROLE_BRIDGE and row.tag == listed and row.state == TUNNEL_ACTIVE \
+                    and (to is None or row.peer == to):
                 pool = pools[row.owner_pid]
                 pool[0] += 1
                 pool[1] += row.active_sessions
@@ -178,7 +187,7 @@ class Cluster:
                 del busy[pid]
         listed = _listed(tag)
         found = [SiblingTunnel(row.owner_pid, row.tunnel_id, tag, row.active_sessions,
-                               row.throughput, row.state == TUNNEL_DRAINING)
+                               row.throughput, row.state == TUNNEL_DRAINING, peer=row.peer)
                  for row in self._sibling_tunnels(self.siblings(retiring_too=True))
                  if row.role == ROLE_PORTAL and row.tag == listed and row.owner_pid not in busy]
         self._remote[tag] = (now, found)

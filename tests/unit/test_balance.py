@@ -15,6 +15,8 @@ class FakeTunnel:
     draining: bool = False
     closed: bool = False
     leaving: bool = False
+    suspect: bool = False
+    peer: str = "192.0.2.1:40000"
 
 
 def test_fewest_active_sessions_wins():

@@ -15,7 +15,7 @@ from revproxy.mux.frame import NETWORK_TCP
 from revproxy.net.session import Session
 from revproxy.net.stream import SocketStream
 from revproxy.reverse import portal as portal_module
-from revproxy.reverse.bridge import Bridge, BridgeTunnel
+from revproxy.reverse.bridge import Bridge, BridgeTunnel, TunnelPool
 from revproxy.reverse.portal import PortalTunnel
 
 from .sockets import plain
@@ -33,9 +33,17 @@ class HoldingDispatcher:
     def handle(self, session: Session, stream: MuxSession) -> None:
         self.sessions.append(stream)
 
-    def open(self, session: Session) -> SocketStream:
+    def open(self, session: Session, server: object = None) -> SocketStream:
         assert self.refuse is not None
         raise self.refuse
+
+
+def one_pool(dispatcher: HoldingDispatcher) -> TunnelPool:
+    """The pool of a bridge whose outbound names no server list."""
+    bridge = Bridge("bridge", "reverse.example", dispatcher)  # type: ignore[arg-type]
+    pool = TunnelPool(bridge, None, "portal")
+    bridge.pools = [pool]
+    return pool
 
 
 @pytest.fixture
@@ -46,8 +54,8 @@ def linked(monkeypatch):
     monkeypatch.setattr(portal_module, "PEER_SILENCE_LIMIT", 0.5)
     portal_end, bridge_end = socket.socketpair()
     dispatcher = HoldingDispatcher()
-    bridge = Bridge("bridge", "reverse.example", dispatcher)  # type: ignore[arg-type]
-    bridge.dialing = False
+    bridge = one_pool(dispatcher)
+    bridge.bridge.dialing = False
     bridge_tunnel = BridgeTunnel(bridge, SocketStream(plain(bridge_end)), 1)
     bridge.tunnels.append(bridge_tunnel)
     portal_tunnel = PortalTunnel(SocketStream(plain(portal_end)), 1, "portal", "bridge")
@@ -78,7 +86,7 @@ def test_a_drained_tunnel_is_kept_alive_while_its_sessions_go_on(linked):
         gevent.sleep(0.1)
     assert bridge.drained == [bridge_tunnel] and bridge.tunnels == []
     assert not portal_tunnel.mux.closed, "the portal closed a drained tunnel as silent"
-    assert bridge.sessions == 1
+    assert bridge.bridge.sessions == 1
 
 
 def test_a_silent_bridge_still_loses_its_drained_tunnel(linked):
@@ -96,11 +104,12 @@ def test_a_silent_bridge_still_loses_its_drained_tunnel(linked):
 
 def test_failed_dials_are_warned_about_once_per_interval(caplog):
     dispatcher = HoldingDispatcher(refuse=ConnectionRefusedError("connection refused"))
-    bridge = Bridge("bridge", "reverse.example", dispatcher)  # type: ignore[arg-type]
+    bridge = one_pool(dispatcher)
     with caplog.at_level(logging.WARNING, "revproxy"):
         for _ in range(3):
             bridge._next_dial = 0.0
             bridge.monitor()
+            bridge._dialer.join(TIMEOUT)  # dials run in a greenlet of their own
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["bridge bridge: cannot establish a tunnel to the portal "
                         "(reverse.example:0): connection refused (1 failed attempts, "
@@ -109,14 +118,15 @@ def test_failed_dials_are_warned_about_once_per_interval(caplog):
     with caplog.at_level(logging.WARNING, "revproxy"):
         bridge._next_dial = 0.0
         bridge.monitor()
+        bridge._dialer.join(TIMEOUT)
     assert "(4 failed attempts, retrying) (2 more like it since the last warning)" in \
         caplog.records[-1].getMessage()
 
 
 def test_a_tunnel_the_portal_closes_unregistered_is_warned_about(caplog):
     ours, theirs = socket.socketpair()
-    bridge = Bridge("bridge", "reverse.example", HoldingDispatcher())  # type: ignore[arg-type]
-    bridge.dialing = False
+    bridge = one_pool(HoldingDispatcher())
+    bridge.bridge.dialing = False
     tunnel = BridgeTunnel(bridge, SocketStream(plain(ours)), 1)
     bridge.tunnels.append(tunnel)
     runner = gevent.spawn(tunnel.mux.run)

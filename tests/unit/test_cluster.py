@@ -48,7 +48,7 @@ def cluster(table, tmp_path):
 
 
 def tunnel(**changes) -> SimpleNamespace:
-    fields = dict(tunnel_id=1, tag="portal", peer="127.0.0.1:1", draining=False,
+    fields = dict(tunnel_id=1, tag="portal", peer="127.0.0.1:1", draining=False, suspect=False,
                   throughput=0.0, opened=time.time(), active_sessions=3, total_sessions=9,
                   bytes_up=10, bytes_down=20, last_heard=time.time())
     fields.update(changes)

@@ -38,7 +38,10 @@ class ShadowsocksOutbound:
         self._next = itertools.cycle(self.servers)
 
     def open(self, session: Session) -> Stream:
-        server = next(self._next)
+        return self.open_to(session, next(self._next))
+
+    def open_to(self, session: Session, server: ShadowsocksServer) -> Stream:
+        """``open`` through ``server`` (a bridge keeps tunnels to every portal listed)."""
         target = session.target
         if target.network == "udp":
             return self._open_udp(server, session)

@@ -43,7 +43,10 @@ class VLESSOutbound:
         self._next = itertools.cycle(self.servers)
 
     def open(self, session: Session) -> Stream:
-        server = next(self._next)
+        return self.open_to(session, next(self._next))
+
+    def open_to(self, session: Session, server: VLESSServer) -> Stream:
+        """``open`` through ``server`` (a bridge keeps tunnels to every portal listed)."""
         target = session.target
         udp = target.network == "udp"
         command = COMMAND_UDP if udp else COMMAND_TCP

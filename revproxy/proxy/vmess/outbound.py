@@ -40,7 +40,10 @@ class VMessOutbound:
         self._next = itertools.cycle(self.servers)
 
     def open(self, session: Session) -> Stream:
-        server = next(self._next)
+        return self.open_to(session, next(self._next))
+
+    def open_to(self, session: Session, server: VMessServer) -> Stream:
+        """``open`` through ``server`` (a bridge keeps tunnels to every portal listed)."""
         command = COMMAND_UDP if session.target.network == "udp" else COMMAND_TCP
         transport = dial(self.transport, server.address, server.port)
         try:
