@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from revproxy import __version__
+from revproxy.reverse.balance import host_of
 from revproxy.server.statetable import (
     EVENTS,
     KIND_INBOUND,
@@ -212,11 +213,26 @@ class TableCollector:
         heard = GaugeMetricFamily("revproxy_tunnel_last_heard_seconds",
                                   "seconds since each tunnel last received bytes",
                                   labels=labels)
+        # Grouped by peer host: how a portal's visitors spread over its bridge hosts, and a
+        # bridge's pool to each portal.
+        by_host = GaugeMetricFamily("revproxy_peer_host_tunnels",
+                                    "open tunnels by peer host (a portal's bridge hosts, a "
+                                    "bridge's portals), tag, role and state",
+                                    labels=["tag", "role", "host", "state"])
+        host_sessions = GaugeMetricFamily("revproxy_peer_host_active_sessions",
+                                          "sessions the tunnels of each peer host carry now",
+                                          labels=["tag", "role", "host"])
         counts: dict[tuple[str, str, str], int] = {}
+        hosts: dict[tuple[str, str, str, str], int] = {}
+        sessions: dict[tuple[str, str, str], int] = {}
         for _slot, _index, row in table.tunnels():
             role = "bridge" if row.role == ROLE_BRIDGE else "portal"
             state = "draining" if row.state == TUNNEL_DRAINING else "active"
             counts[row.tag, role, state] = counts.get((row.tag, role, state), 0) + 1
+            host = host_of(row.peer)
+            hosts[row.tag, role, host, state] = hosts.get((row.tag, role, host, state), 0) + 1
+            sessions[row.tag, role, host] = (sessions.get((row.tag, role, host), 0)
+                                             + row.active_sessions)
             values = [row.tag, role, str(row.owner_pid), str(row.tunnel_id), row.peer]
             active.add_metric(values, row.active_sessions)
             total.add_metric(values, row.total_sessions)
@@ -228,7 +244,12 @@ class TableCollector:
             heard.add_metric(values, max(0.0, now - row.heartbeat))
         for (tag, role, state), number in sorted(counts.items()):
             count.add_metric([tag, role, state], number)
-        yield from (count, active, total, moved, rate, draining, age, heard)
+        for key, number in sorted(hosts.items()):
+            by_host.add_metric(list(key), number)
+        for group, number in sorted(sessions.items()):
+            host_sessions.add_metric(list(group), number)
+        yield from (count, active, total, moved, rate, draining, age, heard, by_host,
+                    host_sessions)
 
 
 def registry_for(table: StateTable, master_pid: int) -> CollectorRegistry:

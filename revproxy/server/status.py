@@ -1,13 +1,17 @@
 """``revproxy status``: the master and its workers as psutil sees them, plus the tunnel table
-from shared memory; as a table for people or one JSON object for scripts."""
+from shared memory, grouped by peer host (a portal's bridge hosts, a bridge's portals); as a
+table for people or one JSON object for scripts."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import psutil
 
+from revproxy.reverse.balance import host_of
 from revproxy.server.statetable import (
     TUNNEL_DRAINING,
     WORKER_BOOTING,
@@ -94,7 +98,7 @@ def collect(master_pid: int, state_path: str | None = None) -> dict:
             tunnels.append({
                 "worker_pid": tunnel.owner_pid, "slot": slot, "row": index,
                 "id": tunnel.tunnel_id, "role": _ROLES.get(tunnel.role, str(tunnel.role)),
-                "tag": tunnel.tag, "peer": tunnel.peer,
+                "tag": tunnel.tag, "peer": tunnel.peer, "host": host_of(tunnel.peer),
                 "state": "draining" if tunnel.state == TUNNEL_DRAINING else "active",
                 "active_sessions": tunnel.active_sessions,
                 "total_sessions": tunnel.total_sessions,
@@ -102,9 +106,26 @@ def collect(master_pid: int, state_path: str | None = None) -> dict:
                 "throughput": round(tunnel.throughput, 1), "age": round(now - tunnel.opened, 1),
                 "heard_ago": round(now - tunnel.heartbeat, 1),
                 "generation": tunnel.generation})
+        tunnels.sort(key=lambda t: (t["role"], t["tag"], t["host"], t["worker_pid"], t["id"]))
+        report["hosts"] = peer_hosts(tunnels)
         return report
     finally:
         table.close()
+
+
+def peer_hosts(tunnels: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The tunnels summed by (role, tag, peer host): how a portal's load spreads over its
+    bridge hosts, and a bridge's pool to each portal."""
+    hosts: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for t in tunnels:
+        entry = hosts.setdefault((t["role"], t["tag"], t["host"]), {
+            "role": t["role"], "tag": t["tag"], "host": t["host"], "tunnels": 0,
+            "active_tunnels": 0, "active_sessions": 0, "throughput": 0.0})
+        entry["tunnels"] += 1
+        entry["active_tunnels"] += t["state"] == "active"
+        entry["active_sessions"] += t["active_sessions"]
+        entry["throughput"] = round(entry["throughput"] + t["throughput"], 1)
+    return list(hosts.values())
 
 
 def _size(n: float) -> str:
@@ -127,6 +148,13 @@ def render(report: dict) -> str:
                      f"{w.get('uptime', 0):>6.0f}s {w.get('cpu_percent', 0):>5.1f} "
                      f"{_size(w.get('rss', 0)):>10} {w.get('fds', 0):>4} "
                      f"{w.get('connections') or 0:>5} {w['sessions']:>5}")
+    if report.get("hosts"):
+        lines += ["", f"{'PEER HOST':24} {'ROLE':6} {'TAG':14} {'TUNNELS':>7} {'ACTIVE':>6} "
+                      f"{'SESS':>6} {'RATE/s':>10}"]
+        for h in report["hosts"]:
+            lines.append(f"{h['host']:24} {h['role']:6} {h['tag']:14} {h['tunnels']:>7} "
+                         f"{h['active_tunnels']:>6} {h['active_sessions']:>6} "
+                         f"{_size(h['throughput']):>10}")
     lines += ["", f"{'TUNNEL':14} {'ROLE':6} {'WORKER':>7} {'STATE':8} {'ACTIVE':>6} "
                   f"{'TOTAL':>6} {'UP':>10} {'DOWN':>10} {'RATE/s':>10}  PEER"]
     for t in report["tunnels"]:
