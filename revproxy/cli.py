@@ -96,6 +96,10 @@ def master_pid(args: argparse.Namespace) -> int:
             if not os.path.exists(path):
                 raise CliError(f"no revproxy runs with {config.source} (no {path}; a server "
                                "started by another user: use --pid or server.pidFile)")
+            for trusted in (path, os.path.dirname(path)):
+                # a shared /tmp: only a file of ours (or root's) names the pid to signal
+                if os.lstat(trusted).st_uid not in (0, os.geteuid()):
+                    raise CliError(f"{trusted} belongs to another user: not trusted")
     if path is None:
         raise CliError("say which server: --pidfile FILE, --pid PID or -c CONFIG")
     try:

@@ -211,7 +211,7 @@ class Supervisor:
         try:
             self.handoff_dir = handoff.create_directory()
             self._own_runtime_files(config)
-            self._write_pid_file(config.server.pid_file or default_pid_path(config.source))
+            self._write_pid_file(config.server.pid_file or _own_default(config.source))
             self._listen_for_metrics(config)
         except OSError as exc:
             log.error("master: %s", exc)
@@ -870,6 +870,16 @@ def default_pid_path(source: str) -> str:
     digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     directory = os.path.dirname(default_state_path(os.getpid()))
     return os.path.join(directory, f"revproxy-{digest}.pid")
+
+
+def _own_default(source: str) -> str:
+    """default_pid_path, in a directory that is ours (or root's): under a shared /tmp a
+    directory someone else made is refused, not written into."""
+    path = default_pid_path(source)
+    directory = os.path.dirname(path)
+    if os.path.isdir(directory) and os.lstat(directory).st_uid not in (0, os.geteuid()):
+        raise OSError(f"{directory} belongs to uid {os.lstat(directory).st_uid}, not to us")
+    return path
 
 
 def _api_socket(directory: str) -> str:
