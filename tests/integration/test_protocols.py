@@ -31,6 +31,7 @@ from tests.integration.conftest import (
     start_end,
     wait_served,
 )
+from tests.integration.test_transport import SERVER_NAME, make_certs, stream_settings
 
 SS_METHODS = ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305", "none")
 SS_LIBEV_NAMES = {"chacha20-poly1305": "chacha20-ietf-poly1305"}
@@ -41,6 +42,8 @@ HIDDEN = "hidden.internal"  # a name only the bridge's freedom resolves (to 127.
 DOMAIN = "reverse.example"
 BLOB = 3 * 2**20
 SS_LOCAL = shutil.which("ss-local")
+# One worker is enough here; a lingering session (UDP has no end) must not slow the teardown.
+SERVER = {"workers": 1, "gracefulTimeout": 1}
 CURL = shutil.which("curl")
 
 needs_curl = pytest.mark.skipif(CURL is None, reason="curl not installed")
@@ -81,7 +84,7 @@ def server_config(ports: dict[str, int], extra_inbounds: list | None = None) -> 
     """Every protocol's inbound on its port, straight out through freedom."""
     return {
         "log": {"loglevel": "warning"},
-        "server": {"workers": 1},
+        "server": SERVER,
         "inbounds": [inbound(name, port) for name, port in ports.items()]
         + (extra_inbounds or []),
         "outbounds": [{"protocol": "freedom"}],
@@ -93,7 +96,7 @@ def client_config(ports: dict[str, int], public: dict[str, int], backend: int) -
     protocol's outbound to the server's port."""
     return {
         "log": {"loglevel": "warning"},
-        "server": {"workers": 1},
+        "server": SERVER,
         "inbounds": [
             {"tag": f"door-{name}", "listen": "127.0.0.1", "port": public[name],
              "protocol": "dokodemo-door",
@@ -248,7 +251,7 @@ def vless_with_fallback(backend, tmp_path_factory):
     port = free_port()
     vless = inbound("vless", port)
     vless["settings"]["fallbacks"] = [{"dest": backend}]
-    proc = start_end("revproxy", "vless", {"server": {"workers": 1}, "inbounds": [vless],
+    proc = start_end("revproxy", "vless", {"server": SERVER, "inbounds": [vless],
                                            "outbounds": [{"protocol": "freedom"}]}, tmp)
     wait_listening(port, (proc,))
     yield port, proc
@@ -260,13 +263,49 @@ def test_vless_fallback_serves_what_is_no_vless(vless_with_fallback):
     assert request(port) == (200, PAGE)
 
 
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("protocols-certs"))
+
+
+@pytest.fixture(scope="module")
+def vless_tls_with_fallbacks(backend, certs, tmp_path_factory):
+    """A VLESS+TLS inbound whose fallbacks are chosen by ALPN: "h2" goes to a port where
+    nothing listens, anything else to the backend."""
+    tmp = tmp_path_factory.mktemp("vless-tls-fallback")
+    port = free_port()
+    vless = inbound("vless", port)
+    vless["settings"]["fallbacks"] = [{"dest": backend}, {"alpn": "h2", "dest": free_port()}]
+    vless["streamSettings"] = stream_settings("tls", certs, server=True)
+    vless["streamSettings"]["tlsSettings"]["alpn"] = ["h2", "http/1.1"]
+    proc = start_end("revproxy", "vless-tls", {"server": SERVER, "inbounds": [vless],
+                                               "outbounds": [{"protocol": "freedom"}]}, tmp)
+    wait_listening(port, (proc,))
+    yield port, proc
+    proc.stop()
+
+
+@needs_curl
+def test_vless_tls_fallback_by_alpn(vless_tls_with_fallbacks, certs):
+    port, proc = vless_tls_with_fallbacks
+    url = f"https://{SERVER_NAME}:{port}/"
+    pin = ["--cacert", str(certs.ca), "--resolve", f"{SERVER_NAME}:{port}:127.0.0.1"]
+    assert curl(*pin, "--http1.1", url).stdout == PAGE
+    refused = curl(*pin, "--http2", url)  # ALPN h2: its fallback has nothing behind it
+    assert refused.returncode != 0 and refused.stdout == b""
+    assert proc.alive()
+
+
 # -- Reverse proxy: a portal's SOCKS and HTTP inbounds reach the bridge's hidden network -----
 
-def portal(tunnel: str, tunnel_port: int, socks_port: int, http_port: int) -> dict:
+def portal(tunnel: str, tunnel_port: int, socks_port: int, http_port: int,
+           stream: dict | None = None) -> dict:
     tunnel_in = inbound(tunnel, tunnel_port, tag="interconn")
+    if stream:
+        tunnel_in["streamSettings"] = stream
     return {
         "log": {"loglevel": "warning"},
-        "server": {"workers": 1},
+        "server": SERVER,
         "reverse": {"portals": [{"tag": "portal", "domain": DOMAIN}]},
         "inbounds": [
             tunnel_in,
@@ -281,17 +320,20 @@ def portal(tunnel: str, tunnel_port: int, socks_port: int, http_port: int) -> di
     }
 
 
-def bridge(tunnel: str, tunnel_port: int) -> dict:
+def bridge(tunnel: str, tunnel_port: int, stream: dict | None = None) -> dict:
     """The bridge's freedom sends every host to 127.0.0.1 (port kept): "hidden.internal"
     exists for it alone."""
+    tunnel_out = outbound(tunnel, tunnel_port, "interconn")
+    if stream:
+        tunnel_out["streamSettings"] = stream
     return {
         "log": {"loglevel": "warning"},
-        "server": {"workers": 1},
+        "server": SERVER,
         "reverse": {"bridges": [{"tag": "bridge", "domain": DOMAIN}]},
         "outbounds": [
             {"tag": "hidden-network", "protocol": "freedom",
              "settings": {"redirect": "127.0.0.1:0"}},
-            outbound(tunnel, tunnel_port, "interconn"),
+            tunnel_out,
         ],
         "routing": {"rules": [
             {"type": "field", "inboundTag": ["bridge"], "domain": [f"full:{DOMAIN}"],
@@ -302,24 +344,34 @@ def bridge(tunnel: str, tunnel_port: int) -> dict:
 
 
 REVERSE = [
-    pytest.param(("revproxy", "v2ray", "vless"), id="revproxy_portal-v2ray_bridge-vless"),
-    pytest.param(("revproxy", "revproxy", "ss-aes-256-gcm"),
+    pytest.param(("revproxy", "v2ray", "vless", "tcp"), id="revproxy_portal-v2ray_bridge-vless"),
+    pytest.param(("revproxy", "revproxy", "ss-aes-256-gcm", "tcp"),
                  id="revproxy_portal-revproxy_bridge-shadowsocks"),
-    pytest.param(("v2ray", "revproxy", "vless"), id="v2ray_portal-revproxy_bridge-vless"),
-    pytest.param(("v2ray", "revproxy", "ss-chacha20-poly1305"),
+    pytest.param(("v2ray", "revproxy", "vless", "tcp"), id="v2ray_portal-revproxy_bridge-vless"),
+    pytest.param(("v2ray", "revproxy", "ss-chacha20-poly1305", "tcp"),
                  id="v2ray_portal-revproxy_bridge-shadowsocks"),
+    pytest.param(("revproxy", "v2ray", "vless", "ws+tls"),
+                 id="revproxy_portal-v2ray_bridge-vless-ws+tls"),
+    pytest.param(("v2ray", "revproxy", "vless", "ws+tls"),
+                 id="v2ray_portal-revproxy_bridge-vless-ws+tls"),
+    pytest.param(("revproxy", "v2ray", "ss-aes-128-gcm", "tls"),
+                 id="revproxy_portal-v2ray_bridge-shadowsocks-tls"),
 ]
 
 
 @pytest.fixture(scope="module", params=REVERSE)
-def reverse_site(request, tmp_path_factory):
-    portal_kind, bridge_kind, tunnel = request.param
+def reverse_site(request, certs, tmp_path_factory):
+    portal_kind, bridge_kind, tunnel, transport = request.param
     tmp = tmp_path_factory.mktemp("protocols-reverse")
     tunnel_port, socks_port, http_port = free_port(), free_port(), free_port()
-    config = portal(tunnel, tunnel_port, socks_port, http_port)
+    server_stream = client_stream = None
+    if transport != "tcp":
+        server_stream = stream_settings(transport, certs, server=True)
+        client_stream = stream_settings(transport, certs, server=False)
+    config = portal(tunnel, tunnel_port, socks_port, http_port, server_stream)
     portal_proc = start_end(portal_kind, "portal",
                             v2ray_json(config) if portal_kind == "v2ray" else config, tmp)
-    config = bridge(tunnel, tunnel_port)
+    config = bridge(tunnel, tunnel_port, client_stream)
     bridge_proc = start_end(bridge_kind, "bridge",
                             v2ray_json(config) if bridge_kind == "v2ray" else config, tmp)
     procs = (portal_proc, bridge_proc)
@@ -402,3 +454,64 @@ def test_bad_input_closes_only_the_offender(revproxy_server, v2ray_client_of_rev
         assert request(v2ray_client_of_revproxy[name], timeout=30) == (200, PAGE)
     assert server.alive()
     assert "Traceback" not in server.output()
+
+
+# -- UDP over VLESS ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def udp_echo():
+    """A UDP echo server on loopback (a thread of the test process)."""
+    import threading
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            sock.sendto(b"echo:" + data, peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1]
+    stop.set()
+    thread.join()
+    sock.close()
+
+
+@needs_v2ray
+def test_v2ray_udp_through_revproxy_vless(revproxy_server, udp_echo, tmp_path):
+    """V2Ray's dokodemo-door takes datagrams and sends them with the VLESS UDP command;
+    revproxy's VLESS inbound unframes them and its freedom carries them to the echo server."""
+    ports, server = revproxy_server
+    door = free_port()
+    config = {
+        "log": {"loglevel": "warning"},
+        "inbounds": [{"tag": "door", "listen": "127.0.0.1", "port": door,
+                      "protocol": "dokodemo-door",
+                      "settings": {"address": "127.0.0.1", "port": udp_echo, "network": "udp"}}],
+        "outbounds": [outbound("vless", ports["vless"], "out")],
+    }
+    client = start_end("v2ray", "udp-client", config, tmp_path)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(1)
+            answers = set()
+            deadline = time.monotonic() + 20
+            while len(answers) < 3 and time.monotonic() < deadline:
+                for n in range(3):
+                    sock.sendto(b"ping%d" % n + b"x" * 1500, ("127.0.0.1", door))
+                try:
+                    while True:
+                        answers.add(sock.recv(65535))
+                except TimeoutError:
+                    pass
+        assert answers == {b"echo:ping%d" % n + b"x" * 1500 for n in range(3)}, client.output()
+    finally:
+        client.stop()
+    assert server.alive()
