@@ -26,12 +26,13 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from revproxy.net.stream import RECV_SIZE, TunnelStream
+from revproxy.net.stream import TunnelStream
 from revproxy.transport.base import Address, TransportError
 from revproxy.transport.settings import CertificateSettings, TLSSettings
 
 GO_HTTP_TO_HTTPS = (b"HTTP/1.0 400 Bad Request\r\n\r\n"
                     b"Client sent an HTTP request to an HTTPS server.\n")
+RECORD = 16384  # the most plaintext one TLS record holds: a read takes one record
 _HTTP_STARTS = (b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO")  # Go's test for that answer
 
 
@@ -231,7 +232,7 @@ class TLSStream:
             chunks = []
             try:
                 while True:
-                    chunk = sslobj.read(RECV_SIZE)
+                    chunk = sslobj.read(RECORD)
                     if not chunk:
                         break
                     chunks.append(chunk)
