@@ -21,10 +21,12 @@ T = TypeVar("T")
 
 
 def read_handshake(stream: Stream, feed: Callable[[bytes], T | None],
-                   timeout: float = HANDSHAKE_TIMEOUT) -> T | None:
+                   timeout: float | None = None) -> T | None:
     """Receive and ``feed`` until it gives a result; None if the peer closed first. Raises
-    ``TimeoutError`` after ``timeout`` s, and whatever ``feed`` raises."""
-    with gevent.Timeout(timeout, TimeoutError("handshake timed out")):
+    ``TimeoutError`` after ``timeout`` s (default ``HANDSHAKE_TIMEOUT``), and whatever
+    ``feed`` raises."""
+    limit = HANDSHAKE_TIMEOUT if timeout is None else timeout
+    with gevent.Timeout(limit, TimeoutError("handshake timed out")):
         while True:
             data = stream.recv()
             if not data:
@@ -34,11 +36,13 @@ def read_handshake(stream: Stream, feed: Callable[[bytes], T | None],
                 return result
 
 
-def drain(stream: Stream, amount: int, timeout: float = HANDSHAKE_TIMEOUT) -> None:
-    """Read and discard up to ``amount`` bytes for at most ``timeout`` s, so that a prober
-    cannot tell when (or whether) its bytes failed."""
+def drain(stream: Stream, amount: int, timeout: float | None = None) -> None:
+    """Read and discard up to ``amount`` bytes for at most ``timeout`` s (default
+    ``HANDSHAKE_TIMEOUT``), so that a prober cannot tell when (or whether) its bytes
+    failed."""
+    limit = HANDSHAKE_TIMEOUT if timeout is None else timeout
     try:
-        with gevent.Timeout(timeout, TimeoutError):
+        with gevent.Timeout(limit, TimeoutError):
             while amount > 0:
                 data = stream.recv()
                 if not data:
