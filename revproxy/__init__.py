@@ -29,8 +29,8 @@ below; ``tests/unit/test_layers.py`` keeps it so and forbids import cycles.
     (``server/cluster.py`` implements it).
 ``proxy/``
     The protocols. A new **inbound or outbound protocol** gets its module here (next to
-    ``dokodemo``, ``freedom``, ``blackhole``, ``vmess/``) and its settings parser in
-    ``config/proxies.py``.
+    ``dokodemo``, ``freedom``, ``blackhole``, ``vmess/``, ``vless/``, ``shadowsocks/``,
+    ``socks/``, ``http/``) and its settings parser in ``config/proxies.py``.
 ``dispatcher``
     Hands a session to the outbound that routing picks.
 ``transport/``
@@ -48,8 +48,9 @@ below; ``tests/unit/test_layers.py`` keeps it so and forbids import cycles.
 ``log``
     V2Ray-style log lines.
 
-Codecs (``proxy.vmess`` header/body/crypto, ``mux.frame``, ``reverse.control``) are sans-IO:
-bytes in, bytes or events out, tested and fuzzed without sockets.
+Codecs (``proxy.vmess`` header/body/crypto, the ``codec`` of ``proxy.vless``,
+``proxy.shadowsocks``, ``proxy.socks`` and ``proxy.http``, ``mux.frame``, ``reverse.control``)
+are sans-IO: bytes in, bytes or events out, tested and fuzzed without sockets.
 """
 
 __version__ = "0.1.0"
