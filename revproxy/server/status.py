@@ -77,8 +77,11 @@ def collect(master_pid: int, state_path: str | None = None) -> dict:
         time.sleep(CPU_SAMPLE)
         workers: list[dict[str, object]] = []
         tunnels: list[dict[str, object]] = []
+        counters = table.server_counters()
         report = {"master": _process_view(master), "state_file": path,
-                  "generation": table.generation, "workers": workers, "tunnels": tunnels}
+                  "generation": table.generation, "workers": workers, "tunnels": tunnels,
+                  "reloads": counters.reloads, "reloads_refused": counters.reloads_refused,
+                  "respawns": counters.respawns, "helpers": _helpers(children, table)}
         now = time.time()
         for slot, row in table.workers():
             entry = {"slot": slot, "pid": row.pid, "index": row.index,
@@ -128,6 +131,22 @@ def peer_hosts(tunnels: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return list(hosts.values())
 
 
+def _helpers(children: dict[int, psutil.Process], table: StateTable) -> list[dict]:
+    """The master's children that are not workers: its metrics and API processes."""
+    workers = {row.pid for _, row in table.workers()}
+    found = []
+    for pid, child in sorted(children.items()):
+        if pid in workers:
+            continue
+        try:
+            title = " ".join(child.cmdline()).strip()  # setproctitle pads it
+        except psutil.Error:
+            continue
+        if title.startswith("revproxy: "):
+            found.append({"pid": pid, "title": title})
+    return found
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -140,7 +159,11 @@ def render(report: dict) -> str:
     master = report["master"]
     lines = [f"master  pid {master['pid']}  up {master['uptime']:.0f}s  "
              f"generation {report['generation']}  rss {_size(master['rss'])}  "
-             f"state {report['state_file']}", "",
+             f"state {report['state_file']}",
+             f"reloads {report['reloads']} (refused {report['reloads_refused']})  "
+             f"respawns {report['respawns']}"
+             + "".join(f"  {h['title'].removeprefix('revproxy: ').split(' ')[0]} pid "
+                       f"{h['pid']}" for h in report["helpers"]), "",
              f"{'PID':>7} {'WORKER':>6} {'GEN':>3} {'STATE':8} {'UP':>7} {'CPU%':>5} "
              f"{'RSS':>10} {'FDS':>4} {'CONNS':>5} {'SESS':>5}"]
     for w in report["workers"]:
