@@ -227,6 +227,9 @@ def test_prometheus_scrapes_every_worker_during_load(backend, tmp_path):
         assert float(served[0]["value"][1]) >= requests
         tunnels = prometheus_query(prom, 'sum(revproxy_tunnel_bytes_total{direction="down"})')
         assert float(tunnels[0]["value"][1]) > moved  # what the portal received, in frames
+        report = json.loads(revproxy("status", "--json", "--pid", str(portal.pid)).stdout)
+        assert sorted(h["title"].split(" ")[1] for h in report["helpers"]) == ["api",
+                                                                                "metrics"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
