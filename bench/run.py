@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scripts/bench",
         description="Benchmark nginx direct vs V2Ray vs revproxy (portal+bridge) on loopback. "
                     "--micro runs the in-process codec micro-benchmarks instead "
-                    "(see bench/micro.py --help).")
+                    "(see bench/micro.py --help); --ha the failure windows when a host "
+                    "vanishes, beside V2Ray's (root; see bench/ha.py --help).")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: --size 64M --duration 2 --warmup 0 --repeat 1 --hold 200 "
                         "--settle 0.5 (about half a minute)")
@@ -219,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench import micro
 
         return micro.main(argv)
+    if "--ha" in argv:
+        argv.remove("--ha")
+        from bench import ha
+
+        return ha.main(argv)
     args = build_parser().parse_args(argv)
     _defaults(args)
     _raise_nofile()

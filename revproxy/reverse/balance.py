@@ -12,8 +12,10 @@ and so is a *suspect* tunnel (its peer stopped acknowledging: the host may have 
 
 Several bridge hosts may serve one portal (tunnels from different peer addresses, same
 domain): they form one pool, balanced by host first. Each host offers its best tunnel by the
-rules above; the host whose tunnels carry the least load in total wins (a hand-off still adds
-its cost), so two hosts share the visitors evenly whatever number of tunnels each keeps.
+rules above; the host whose tunnels carry the least load in total wins, so two hosts share
+the visitors evenly whatever number of tunnels each keeps. A hand-off to reach a host costs
+``HOST_HANDOFF_COST`` there, less than between tunnels of one host: the hosts' backends
+carry the load, and an even share of it is worth a few more hand-offs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Protocol, TypeVar
 # 1 MB/s per session a keep-alive tunnel's past rate outweighed its session count.
 BYTES_PER_SESSION = 8_000_000.0
 HANDOFF_COST = 8.0
+HOST_HANDOFF_COST = 2.0
 
 
 class Pickable(Protocol):
@@ -93,8 +96,10 @@ def _pick_in_host(tunnels: Sequence[T], remote: Sequence[T]) -> T | None:
 
 
 def _rank(tunnel: Pickable) -> int:
-    """0: in service; 1: draining; 2: its bridge leaves, or suspect."""
-    if tunnel.suspect or tunnel.leaving:
+    """0: in service; 1: draining; 2: its bridge leaves; 3: suspect (the host may be gone)."""
+    if tunnel.suspect:
+        return 3
+    if tunnel.leaving:
         return 2
     return 1 if tunnel.draining else 0
 
@@ -117,7 +122,7 @@ def pick_tunnel(tunnels: Sequence[T], remote: Sequence[T] = ()) -> T | None:
             continue
         host_load = sum(load(t) for t in local) + sum(load(t) for t in siblings)
         if not any(choice is t for t in local):
-            host_load += HANDOFF_COST
+            host_load += HOST_HANDOFF_COST
         key = (_rank(choice), host_load, load(choice))
         if best is None or key < best_key:
             best, best_key = choice, key

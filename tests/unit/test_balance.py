@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from revproxy.reverse.balance import BYTES_PER_SESSION, HANDOFF_COST, pick_tunnel
+from revproxy.reverse.balance import (
+    BYTES_PER_SESSION,
+    HANDOFF_COST,
+    HOST_HANDOFF_COST,
+    host_of,
+    pick_tunnel,
+)
 
 
 @dataclass
@@ -70,3 +76,61 @@ def test_a_tunnel_its_bridge_leaves_is_not_kept_over_a_hand_off():
     busy_sibling = FakeTunnel("sibling", 30)
     assert pick_tunnel([leaving], [busy_sibling]) is busy_sibling
     assert pick_tunnel([leaving]) is leaving  # nothing else open: the last resort
+
+
+# -- several bridge hosts
+def on(host: str, name: str, sessions: int, **state: object) -> FakeTunnel:
+    return FakeTunnel(name, sessions, peer=f"{host}:{40000 + len(name)}", **state)  # type: ignore[arg-type]
+
+
+def test_hosts_share_the_visitors_whatever_their_number_of_tunnels():
+    many = [on("10.0.0.1", f"a{i}", 2) for i in range(3)]  # host A: 6 sessions
+    one = on("10.0.0.2", "b", 4)  # host B: 4, on its only tunnel
+    assert pick_tunnel([*many, one]) is one
+    assert pick_tunnel([*many, on("10.0.0.2", "b", 7)]).name == "a0"
+
+
+def test_a_host_reached_by_a_hand_off_costs_a_little_more():
+    local = on("10.0.0.1", "local", 3)
+    assert pick_tunnel([local], [on("10.0.0.2", "remote", 2)]) is local
+    assert pick_tunnel([local], [on("10.0.0.2", "idle", 0)]).name == "idle"
+    assert 0 < HOST_HANDOFF_COST < HANDOFF_COST
+
+
+def test_a_suspect_tunnel_is_picked_only_when_nothing_else_is_open():
+    suspect = on("10.0.0.1", "suspect", 0, suspect=True)
+    busy = on("10.0.0.2", "busy", 50)
+    assert pick_tunnel([suspect, busy]) is busy
+    assert pick_tunnel([suspect], [on("10.0.0.2", "sibling", 50)]).name == "sibling"
+    assert pick_tunnel([suspect]) is suspect
+    # Among last resorts, a draining tunnel before a suspect one.
+    draining = on("10.0.0.2", "draining", 9, draining=True, leaving=True)
+    assert pick_tunnel([suspect, draining]) is draining
+
+
+def test_a_host_in_service_beats_one_that_only_drains():
+    draining = on("10.0.0.1", "draining", 0, draining=True)
+    assert pick_tunnel([draining, on("10.0.0.2", "busy", 30)]).name == "busy"
+
+
+def test_host_of():
+    assert host_of("10.0.0.1:5") == "10.0.0.1"
+    assert host_of("[2001:db8::1]:443") == "2001:db8::1"
+    assert host_of("2001:db8::1:443") == "2001:db8::1"  # as sessions write it
+    assert host_of("portal") == "portal"
+
+
+def test_status_groups_tunnels_by_peer_host():
+    from revproxy.server.status import peer_hosts
+
+    def row(peer: str, sessions: int, state: str = "active") -> dict:
+        return {"worker_pid": 7, "slot": 0, "row": 0, "id": 1, "role": "portal",
+                "tag": "portal", "peer": peer, "host": host_of(peer), "state": state,
+                "active_sessions": sessions, "total_sessions": sessions, "bytes_up": 0,
+                "bytes_down": 0, "throughput": 10.0, "age": 1.0, "heard_ago": 0.0,
+                "generation": 1}
+
+    tunnels = [row("10.0.0.1:1", 2), row("10.0.0.1:2", 3, "draining"), row("10.0.0.2:1", 1)]
+    hosts = peer_hosts(tunnels)
+    assert [(h["host"], h["tunnels"], h["active_tunnels"], h["active_sessions"])
+            for h in hosts] == [("10.0.0.1", 2, 1, 5), ("10.0.0.2", 1, 1, 1)]

@@ -159,3 +159,26 @@ def test_the_control_session_is_no_visitor():
     assert tunnel.active_sessions == 1 and tunnel.visitor_sessions == 1
     tunnel.mux.close()
     runner.join(TIMEOUT)
+
+
+def test_a_tunnel_that_cannot_open_the_session_is_skipped(visitor):
+    """As V2Ray's dispatcher does: the next tunnel is tried before the visitor sees an
+    error."""
+    outer, stream = visitor
+    portal = PortalOutbound("portal", "reverse.example")
+    broken, _ = local_tunnel(portal)
+
+    def closed_meanwhile(*_args: object) -> MuxSession:
+        raise ConnectionResetError("mux: tunnel closed")
+
+    broken.mux.open_session = closed_meanwhile  # type: ignore[method-assign]
+    ours, theirs = socket.socketpair()
+    good = PortalTunnel(SocketStream(plain(ours)), 2, portal.tag, "bridge")
+    portal.tunnels.append(good)
+    outer.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    session = Session(Target("tcp", "backend", 80), "public", source="192.0.2.1:1")
+    with gevent.Timeout(TIMEOUT):
+        portal.serve_visitor(session, stream)
+        [frame] = new_frames(theirs)
+    assert frame.payload == b"GET / HTTP/1.1\r\n\r\n" and good.visitor_sessions == 1
+    theirs.close()
