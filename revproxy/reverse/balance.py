@@ -20,6 +20,7 @@ carry the load, and an even share of it is worth a few more hand-offs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Protocol, TypeVar
 
@@ -47,6 +48,7 @@ class Pickable(Protocol):
 T = TypeVar("T", bound=Pickable)
 
 
+@functools.lru_cache(maxsize=1024)  # (asked for every tunnel at every pick)
 def host_of(peer: str) -> str:
     """The host part of a ``host:port`` peer address (IPv6 with or without brackets)."""
     host, sep, port = peer.rpartition(":")
