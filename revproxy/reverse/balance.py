@@ -29,6 +29,7 @@ from typing import Protocol, TypeVar
 BYTES_PER_SESSION = 8_000_000.0
 HANDOFF_COST = 8.0
 HOST_HANDOFF_COST = 2.0
+HOST_TIE = 0.5  # hosts whose loads differ by less are equally loaded
 
 
 class Pickable(Protocol):
@@ -106,9 +107,11 @@ def _rank(tunnel: Pickable) -> int:
     return 1 if tunnel.draining else 0
 
 
-def pick_tunnel(tunnels: Sequence[T], remote: Sequence[T] = ()) -> T | None:
+def pick_tunnel(tunnels: Sequence[T], remote: Sequence[T] = (), turn: int = 0) -> T | None:
     """The least loaded of this worker's ``tunnels`` and its siblings' ``remote`` ones, on the
-    least loaded bridge host."""
+    least loaded bridge host. Hosts within ``HOST_TIE`` of the least load take turns
+    (``turn``: a counter the caller advances), so that light load, where every host carries
+    nothing at the moment of the pick, still spreads over them."""
     hosts: dict[str, tuple[list[T], list[T]]] = {}
     for index, group in enumerate((tunnels, remote)):
         for tunnel in group:
@@ -116,8 +119,7 @@ def pick_tunnel(tunnels: Sequence[T], remote: Sequence[T] = ()) -> T | None:
                 hosts.setdefault(host_of(tunnel.peer), ([], []))[index].append(tunnel)
     if len(hosts) <= 1:
         return _pick_in_host(tunnels, remote)
-    best: T | None = None
-    best_key = (0, 0.0, 0.0)
+    offers: list[tuple[int, float, T]] = []
     for local, siblings in hosts.values():
         choice = _pick_in_host(local, siblings)
         if choice is None:
@@ -125,7 +127,9 @@ def pick_tunnel(tunnels: Sequence[T], remote: Sequence[T] = ()) -> T | None:
         host_load = sum(load(t) for t in local) + sum(load(t) for t in siblings)
         if not any(choice is t for t in local):
             host_load += HOST_HANDOFF_COST
-        key = (_rank(choice), host_load, load(choice))
-        if best is None or key < best_key:
-            best, best_key = choice, key
-    return best
+        offers.append((_rank(choice), host_load, choice))
+    if not offers:
+        return None
+    rank, least = min((r, c) for r, c, _ in offers)
+    ties = [t for r, c, t in offers if r == rank and c <= least + HOST_TIE]
+    return ties[turn % len(ties)]

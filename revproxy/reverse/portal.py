@@ -208,6 +208,7 @@ class PortalOutbound:
         self.tunnels: list[PortalTunnel] = []
         self._tunnel_added = Event()
         self._last_id = 0  # tunnel ids are issued in order from 1
+        self._turn = 0  # equally loaded bridge hosts take turns (pick_tunnel)
 
     def open(self, session: Session) -> Stream:
         raise ConnectionRefusedError(f"portal {self.tag}: cannot dial out")
@@ -264,7 +265,8 @@ class PortalOutbound:
             if self.directory is not None and not local_only:
                 remote = [t for t in self.directory.sibling_portal_tunnels(self.tag)
                           if t.pid not in exclude]
-            tunnel = pick_tunnel(local, remote)
+            self._turn += 1
+            tunnel = pick_tunnel(local, remote, self._turn)
             remaining = deadline - time.monotonic()
             if tunnel is not None or remaining <= 0:
                 return tunnel

@@ -90,6 +90,12 @@ def test_hosts_share_the_visitors_whatever_their_number_of_tunnels():
     assert pick_tunnel([*many, on("10.0.0.2", "b", 7)]).name == "a0"
 
 
+def test_equally_loaded_hosts_take_turns():
+    a, b = on("10.0.0.1", "a", 0), on("10.0.0.2", "b", 0, throughput=1000.0)
+    assert {pick_tunnel([a, b], turn=n).name for n in range(4)} == {"a", "b"}
+    assert pick_tunnel([a, on("10.0.0.2", "busy", 1)], turn=1) is a  # a whole session more
+
+
 def test_a_host_reached_by_a_hand_off_costs_a_little_more():
     local = on("10.0.0.1", "local", 3)
     assert pick_tunnel([local], [on("10.0.0.2", "remote", 2)]) is local
