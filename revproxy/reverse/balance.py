@@ -98,6 +98,12 @@ def _pick_in_host(tunnels: Sequence[T], remote: Sequence[T]) -> T | None:
     return _last_resort(tunnels) or _last_resort(remote)
 
 
+def _visitors(tunnel: Pickable) -> float:
+    """``load`` without the control session, which a tunnel has while it is not draining:
+    a host is not busier for keeping more tunnels open."""
+    return max(0.0, load(tunnel) - (not tunnel.draining))
+
+
 def _rank(tunnel: Pickable) -> int:
     """0: in service; 1: draining; 2: its bridge leaves; 3: suspect (the host may be gone)."""
     if tunnel.suspect:
@@ -124,7 +130,7 @@ def pick_tunnel(tunnels: Sequence[T], remote: Sequence[T] = (), turn: int = 0) -
         choice = _pick_in_host(local, siblings)
         if choice is None:
             continue
-        host_load = sum(load(t) for t in local) + sum(load(t) for t in siblings)
+        host_load = sum(_visitors(t) for t in local) + sum(_visitors(t) for t in siblings)
         if not any(choice is t for t in local):
             host_load += HOST_HANDOFF_COST
         offers.append((_rank(choice), host_load, choice))

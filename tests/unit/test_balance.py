@@ -79,7 +79,9 @@ def test_a_tunnel_its_bridge_leaves_is_not_kept_over_a_hand_off():
 
 
 # -- several bridge hosts
-def on(host: str, name: str, sessions: int, **state: object) -> FakeTunnel:
+def on(host: str, name: str, visitors: int, **state: object) -> FakeTunnel:
+    """A tunnel of ``host`` carrying ``visitors``, and its control session unless draining."""
+    sessions = visitors + (not state.get("draining", False))
     return FakeTunnel(name, sessions, peer=f"{host}:{40000 + len(name)}", **state)  # type: ignore[arg-type]
 
 
