@@ -14,8 +14,8 @@ Several bridge hosts may serve one portal (tunnels from different peer addresses
 domain): they form one pool, balanced by host first. Each host offers its best tunnel by the
 rules above; the host whose tunnels carry the least load in total wins, so two hosts share
 the visitors evenly whatever number of tunnels each keeps. A hand-off to reach a host costs
-``HOST_HANDOFF_COST`` there, less than between tunnels of one host: the hosts' backends
-carry the load, and an even share of it is worth a few more hand-offs.
+only ``HOST_HANDOFF_COST`` there, less than the tie: the hosts' backends carry the load, and
+a worker that holds tunnels of one host only must still send its share to the others.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Protocol, TypeVar
 # 1 MB/s per session a keep-alive tunnel's past rate outweighed its session count.
 BYTES_PER_SESSION = 8_000_000.0
 HANDOFF_COST = 8.0
-HOST_HANDOFF_COST = 2.0
+HOST_HANDOFF_COST = 0.25
 HOST_TIE = 0.5  # hosts whose loads differ by less are equally loaded
 
 

@@ -8,6 +8,7 @@ from revproxy.reverse.balance import (
     BYTES_PER_SESSION,
     HANDOFF_COST,
     HOST_HANDOFF_COST,
+    HOST_TIE,
     host_of,
     pick_tunnel,
 )
@@ -99,10 +100,14 @@ def test_equally_loaded_hosts_take_turns():
 
 
 def test_a_host_reached_by_a_hand_off_costs_a_little_more():
-    local = on("10.0.0.1", "local", 3)
-    assert pick_tunnel([local], [on("10.0.0.2", "remote", 2)]) is local
-    assert pick_tunnel([local], [on("10.0.0.2", "idle", 0)]).name == "idle"
-    assert 0 < HOST_HANDOFF_COST < HANDOFF_COST
+    local = on("10.0.0.1", "local", 2)
+    assert pick_tunnel([local], [on("10.0.0.2", "remote", 3)]) is local
+    assert pick_tunnel([local], [on("10.0.0.2", "idle", 1)]).name == "idle"
+    # Equally loaded: turns, even when one is a hand-off away (a worker may hold tunnels of
+    # one host only, and must still spread its visitors).
+    assert {pick_tunnel([local], [on("10.0.0.2", "r", 2)], turn=n).name
+            for n in range(2)} == {"local", "r"}
+    assert 0 < HOST_HANDOFF_COST < HOST_TIE < HANDOFF_COST
 
 
 def test_a_suspect_tunnel_is_picked_only_when_nothing_else_is_open():
