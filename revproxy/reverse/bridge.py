@@ -263,7 +263,9 @@ class TunnelPool:
         serving: list[BridgeTunnel] = []
         for tunnel in self.tunnels:
             if tunnel.closed:
-                if not tunnel.registered:
+                if tunnel.registered:
+                    log.info("bridge %s: tunnel %s closed", self.name, tunnel.name)
+                else:
                     self._dial_failed(now, tunnel, "the portal closed it without a word "
                                       "(a wrong id, a clock off by minutes, or no VMess "
                                       "server there?)" if not tunnel.mux.bytes_received else
