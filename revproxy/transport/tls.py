@@ -185,7 +185,7 @@ class TLSLayer:
 class TLSStream:
     """A TLS connection over ``inner``, driven through memory buffers."""
 
-    __slots__ = ("inner", "first", "_ssl", "_in", "_out", "_sending", "_done")
+    __slots__ = ("inner", "first", "_ssl", "_in", "_out", "_sending", "_done", "_ended")
 
     def __init__(self, inner: TunnelStream, context: ssl.SSLContext, *,
                  server_side: bool = False, server_hostname: str | None = None) -> None:
@@ -197,6 +197,7 @@ class TLSStream:
                                      server_hostname=server_hostname)
         self._sending = False  # a send waits on ``inner``: records must not cut in
         self._done = False  # the handshake finished
+        self._ended = False  # the peer's close_notify came
 
     def handshake(self) -> None:
         sslobj, incoming, outgoing = self._ssl, self._in, self._out
@@ -223,7 +224,7 @@ class TLSStream:
 
     def recv(self) -> bytes:
         sslobj, incoming = self._ssl, self._in
-        while True:
+        while not self._ended:
             if not incoming.pending and not sslobj.pending():
                 data = self.inner.recv()
                 if not data:
@@ -233,20 +234,21 @@ class TLSStream:
             try:
                 while True:
                     chunk = sslobj.read(RECORD)
-                    if not chunk:
+                    if not chunk:  # the end, as some versions report close_notify
+                        self._ended = True
                         break
                     chunks.append(chunk)
                     if not incoming.pending and not sslobj.pending():
                         break
             except ssl.SSLWantReadError:
                 pass
-            except ssl.SSLZeroReturnError:  # close_notify
-                if not chunks:
-                    return b""
+            except ssl.SSLZeroReturnError:  # close_notify: nothing more to read
+                self._ended = True
             if self._out.pending:  # post-handshake messages (a key update's answer)
                 self._send_pending()
             if chunks:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return b""
 
     def _send_pending(self) -> None:
         if self._sending:
