@@ -51,14 +51,14 @@ def vanishing_bridge_host(directory: Path, portal_kind: str = "revproxy",
     ``disruption()``'s summary plus ``outcomes`` (start and end relative to the event)."""
     with Lab(directory) as lab:
         hosts = [lab.add_host("b1"), lab.add_host("b2")]
-        public = free_port()
+        public, tunnel = free_port(), free_port()  # (the root namespace's ports are shared)
         portal = lab.start_end(portal_kind, "portal", portal_config(
-            ("127.0.0.1", public), ("0.0.0.0", TUNNEL_PORT), loglevel))
+            ("127.0.0.1", public), ("0.0.0.0", tunnel), loglevel))
         bridges = []
         for host in hosts:
             lab.start_site(host.name, host)
             bridges.append(lab.start_end(bridge_kind, f"bridge-{host.name}", bridge_config(
-                SITE_PORT, [(host.gateway, TUNNEL_PORT)], loglevel), host))
+                SITE_PORT, [(host.gateway, tunnel)], loglevel), host))
         if portal_kind == "v2ray":
             # V2Ray's picker sends sequential visitors to its first tunnel only: wait for
             # one host to serve, then give the other's bridge time to register.
