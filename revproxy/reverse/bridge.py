@@ -273,6 +273,14 @@ class TunnelPool:
                 continue
             if tunnel.draining:
                 self.drained.append(tunnel)
+            elif tunnel.worn:
+                # Its cipher nears its nonce limit: steer a revproxy portal away (V2Ray's does
+                # not listen) and dial a replacement; its sessions finish here.
+                log.info("bridge %s: tunnel %s is worn, replacing it", self.name, tunnel.name)
+                tunnel.leave()
+                tunnel.draining = True
+                tunnel.drained_at = now
+                self.drained.append(tunnel)
             elif tunnel.silent_for(now) > SILENCE_LIMIT:
                 if tunnel.registered:
                     log.warning("bridge %s: tunnel %s silent for %.0f s, redialling",

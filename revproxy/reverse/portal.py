@@ -158,6 +158,11 @@ class PortalTunnel(Tunnel):
                          self.mux.total_sessions)
                 self.drain()
                 continue
+            if self.worn:
+                log.info("portal: draining tunnel %s: its cipher nears its nonce limit",
+                         self.name)
+                self.drain()
+                continue
             control = self.control
             if control is not None:
                 try:

@@ -69,6 +69,13 @@ class Tunnel:
         return self.mux.active_sessions
 
     @property
+    def worn(self) -> bool:
+        """Whether the tunnel's stream asks to be replaced (a VMess stream near its nonce
+        limit): the tunnel is drained and a new one takes over."""
+        worn = getattr(self.mux.tunnel, "worn", None)
+        return bool(worn is not None and worn())
+
+    @property
     def visitor_sessions(self) -> int:
         """Sessions in progress, the control session left out."""
         active = self.mux.active_sessions

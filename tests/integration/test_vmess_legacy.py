@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import time
 
 import pytest
 
@@ -92,6 +93,44 @@ def test_the_environment_can_force_aead(backend, tmp_path, monkeypatch):
         with pytest.raises(pytest.fail.Exception):
             wait_served(public, timeout=8, procs=(portal, bridge))
         assert "AEAD is forced by the environment" in portal.output()
+    finally:
+        bridge.stop()
+        portal.stop()
+
+
+def test_tunnels_are_rotated_before_their_nonces_run_out(backend, tmp_path, monkeypatch):
+    """With a small forced threshold, tunnels are drained and replaced again and again during
+    a download and a stream of small requests: no visitor sees an error."""
+    monkeypatch.setenv("REVPROXY_ROTATE_CHUNKS", "40")  # the children inherit it
+    public, tunnel = free_port(), free_port()
+    portal_cfg = portal_config(USER_ID, public, tunnel)
+    portal_cfg["log"]["loglevel"] = "info"
+    bridge_cfg = bridge_config(USER_ID, backend, tunnel)
+    bridge_cfg["log"]["loglevel"] = "info"
+    portal = start_end("revproxy", "portal", portal_cfg, tmp_path)
+    bridge = start_end("revproxy", "bridge", bridge_cfg, tmp_path)
+    try:
+        wait_served(public, procs=(portal, bridge))
+        size = 16 * 2**20
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", public, timeout=60)
+            conn.request("GET", f"/blob/{size}")
+            body = conn.getresponse().read()
+            conn.close()
+            assert hashlib.sha256(body).hexdigest() == blob_sha256(size)
+            for _ in range(20):
+                assert request(public) == (200, PAGE)
+        deadline = time.monotonic() + 20  # the monitors look every 2 s
+        while time.monotonic() < deadline:
+            logs = portal.output() + bridge.output()
+            if "nears its nonce limit" in logs and "is worn" in logs:
+                break
+            assert request(public) == (200, PAGE)
+            time.sleep(0.2)
+        else:
+            pytest.fail("no tunnel was rotated:\n" + logs[-3000:])
+        for _ in range(20):  # served by the replacements
+            assert request(public) == (200, PAGE)
     finally:
         bridge.stop()
         portal.stop()

@@ -4,8 +4,11 @@ and the client end (which sends the request header). Codec errors surface as
 
 from __future__ import annotations
 
+import os
+
 from revproxy.net.stream import TunnelStream
 from revproxy.proxy.vmess.body import (
+    NONCE_COUNT,
     BodyError,
     BodyReader,
     BodyWriter,
@@ -20,6 +23,11 @@ from revproxy.proxy.vmess.header import (
     ResponseDecoder,
     seal_response,
 )
+
+# A stream that has sealed or opened this many chunks should be replaced (a tunnel is drained
+# and redialled) well before its writer's 2**16 nonces run out and the connection must end.
+# REVPROXY_ROTATE_CHUNKS lowers it for tests.
+ROTATE_AT = int(os.environ.get("REVPROXY_ROTATE_CHUNKS", NONCE_COUNT - 4096))
 
 
 class _VMessStream:
@@ -87,6 +95,12 @@ class _VMessStream:
         except OSError:
             return
         self.transport.close_write()
+
+    def worn(self) -> bool:
+        """Whether this stream has used enough nonces in either direction to be replaced."""
+        reader = self._reader
+        return self._writer.chunks >= ROTATE_AT or (reader is not None
+                                                    and reader.chunks >= ROTATE_AT)
 
     def close(self) -> None:
         self.transport.close()
