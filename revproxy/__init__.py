@@ -32,7 +32,11 @@ below; ``tests/unit/test_layers.py`` keeps it so and forbids import cycles.
     ``dokodemo``, ``freedom``, ``blackhole``, ``vmess/``, ``vless/``, ``shadowsocks/``,
     ``socks/``, ``http/``) and its settings parser in ``config/proxies.py``.
 ``dispatcher``
-    Hands a session to the outbound that routing picks.
+    Hands a session to the outbound that routing picks; gives it its policy level's limits
+    and sniffs the first bytes of a sniffing inbound's connections (with ``sniff``).
+``dns``
+    V2Ray's ``dns`` section: hosts, UDP and DNS-over-HTTPS servers (messages by dnspython),
+    for freedom's ``domainStrategy`` and routing's IP strategies.
 ``transport/``
     ``streamSettings``: how a protocol's bytes travel (TCP and its HTTP header disguise,
     WebSocket, TLS). A new **transport** gets its module here and a branch in the package's
@@ -42,11 +46,13 @@ below; ``tests/unit/test_layers.py`` keeps it so and forbids import cycles.
 ``config/``
     V2Ray's JSON (and YAML) into frozen dataclasses; every error names its file and path.
 ``routing``
-    V2Ray's field rules: (inbound tag, target) -> outbound tag.
+    V2Ray's field rules: a session (inbound tag, target, source, user, sniffed protocol)
+    -> outbound tag, balancers included. On its floor: ``sniff``, the sans-IO HTTP Host /
+    TLS SNI sniffers, and ``geodata``, the reader of V2Ray's geosite/geoip ``.dat`` files.
 ``net/``
     The I/O core: streams, the relay, accepting, dialing, greenlet reuse, sessions.
 ``log``
-    V2Ray-style log lines.
+    V2Ray-style log lines. ``policy``: the per-level session limits (timeouts, buffers).
 
 Codecs (``proxy.vmess`` header/body/crypto, the ``codec`` of ``proxy.vless``,
 ``proxy.shadowsocks``, ``proxy.socks`` and ``proxy.http``, ``mux.frame``, ``reverse.control``)

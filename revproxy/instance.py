@@ -33,12 +33,15 @@ from revproxy.config.model import (
     VMessInboundSettings,
     VMessOutboundSettings,
 )
-from revproxy.dispatcher import Dispatcher, Outbound
+from revproxy.dispatcher import Dispatcher, Outbound, Sniffing
+from revproxy.dns import LOCAL_DOMAINS, DNSClient, Hosts, Server, server_for
 from revproxy.log import log
 from revproxy.net.acceptor import Acceptor
 from revproxy.net.listen import bind_listener
-from revproxy.net.session import Ending
+from revproxy.net.session import Ending, Session, Target
+from revproxy.net.stream import Stream
 from revproxy.net.traffic import Traffic
+from revproxy.policy import Policy
 from revproxy.proxy.blackhole import BlackholeOutbound
 from revproxy.proxy.commander import CommanderOutbound
 from revproxy.proxy.dokodemo import DokodemoInbound
@@ -64,7 +67,7 @@ from revproxy.reverse.bridge import Bridge
 from revproxy.reverse.directory import Role, TunnelDirectory
 from revproxy.reverse.portal import PortalOutbound
 from revproxy.reverse.tunnel import Tunnel
-from revproxy.routing import Router
+from revproxy.routing import DomainMatcher, IPMatcher, Router
 from revproxy.transport import listener_options, prepare
 
 
@@ -93,12 +96,16 @@ class Instance:
         self.servers: list[Acceptor] = []
         self.tunnel_servers: list[Acceptor] = []  # VMess/VLESS/SS inbounds: where tunnels arrive
         self.dispatcher: Dispatcher | None = None
+        self.dns: DNSClient | None = None
 
     def start(self) -> None:
         config = self.config
+        policy = config.policy.sessions()
+        self.dns = build_dns(config, self._dns_stream)
         for index, outbound in enumerate(config.outbounds):
             key = outbound_key(index, outbound.tag)
-            self.outbounds[key] = build_outbound(key, outbound.settings, outbound.stream)
+            self.outbounds[key] = build_outbound(key, outbound.settings, outbound.stream,
+                                                 dns=self.dns, policy=policy)
         for portal_config in config.reverse.portals:
             portal = PortalOutbound(portal_config.tag, portal_config.domain, self.directory,
                                     proxy_protocol=portal_config.proxy_protocol)
@@ -107,11 +114,15 @@ class Instance:
         if config.api is not None and self.api_socket:
             self.outbounds[config.api.tag] = CommanderOutbound(config.api.tag, self.api_socket)
         default = outbound_key(0, config.outbounds[0].tag) if config.outbounds else None
-        self.dispatcher = Dispatcher(Router(config.routing, default), self.outbounds,
-                                     self.traffic)
+        options = config.routing_options
+        router = Router(config.routing, default, balancers=dict(options.balancers),
+                        outbound_tags=[tag for tag in self.outbounds
+                                       if not tag.startswith("outbounds[")],
+                        strategy=options.strategy, resolve=self.dns.lookup)
+        self.dispatcher = Dispatcher(router, self.outbounds, self.traffic, policy)
         replay = self.replay if self.replay is not None else MemoryReplayFilter()
         for index, inbound in enumerate(config.inbounds):
-            handler = build_inbound(inbound, self.dispatcher, replay)
+            handler = build_inbound(inbound, self.dispatcher, replay, policy)
             listener = self.listeners.get(index) or bind_listener(inbound.listen,
                                                                      inbound.port)
             set_listener_options(inbound, listener)
@@ -133,6 +144,15 @@ class Instance:
                             directory=self.directory)
             bridge.start()
             self.bridges.append(bridge)
+
+    def _dns_stream(self, target: Target) -> Stream:
+        """A connection for a DNS query, routed as V2Ray routes them: with the ``dns``
+        section's tag as inbound tag, protocol "dns" (UDP) or "https" (DoH)."""
+        assert self.dispatcher is not None
+        tag = self.config.dns.tag if self.config.dns is not None else ""
+        session = Session(target, tag or None, source="dns",
+                          protocol="dns" if target.network == "udp" else "https")
+        return self.dispatcher.open(session)
 
     def tunnels(self) -> list[Tunnel]:
         tunnels: list[Tunnel] = []
@@ -220,11 +240,34 @@ class Instance:
             bridge.stop()
 
 
-def build_outbound(tag: str, settings: object, stream: StreamConfig | None = None) -> Outbound:
-    """The outbound for ``settings``; ``stream`` its streamSettings (loads certificates)."""
+def build_dns(config: Config, open_stream: Callable[[Target], Stream]) -> DNSClient:
+    """The DNS client of the ``dns`` section (the system's resolver without one);
+    ``open_stream`` carries its queries."""
+    section = config.dns
+    if section is None:
+        return DNSClient(())
+    servers = []
+    for server in section.servers:
+        client_ip = server.client_ip or section.client_ip
+        domains = list(server.domains)
+        if server.address == "localhost":  # V2Ray sends local names there first
+            domains += LOCAL_DOMAINS
+        servers.append(Server(server_for(server.address, server.port, client_ip, open_stream),
+                              DomainMatcher(domains) if domains else None,
+                              IPMatcher(server.expect_ips) if server.expect_ips else None))
+    return DNSClient(servers, Hosts(section.hosts) if section.hosts else None)
+
+
+def build_outbound(tag: str, settings: object, stream: StreamConfig | None = None, *,
+                   dns: DNSClient | None = None, policy: Policy | None = None) -> Outbound:
+    """The outbound for ``settings``; ``stream`` its streamSettings (loads certificates);
+    ``dns`` what freedom's ``domainStrategy`` resolves with; ``policy`` the levels'."""
     transport = prepare(stream, server=False)
     if isinstance(settings, FreedomSettings):
-        return FreedomOutbound(tag, settings.redirect, transport)
+        resolve = dns if settings.domain_strategy != "AsIs" else None
+        return FreedomOutbound(tag, settings.redirect, transport,
+                               strategy=settings.domain_strategy, dns=resolve,
+                               policy=(policy or Policy()).for_level(settings.user_level))
     if isinstance(settings, BlackholeSettings):
         return BlackholeOutbound(tag)
     if isinstance(settings, VMessOutboundSettings):
@@ -275,22 +318,40 @@ def _legacy_users(inbound: InboundConfig, users: list[User]) -> LegacyUsers | No
     return LegacyUsers(zip(users, counts, strict=True))
 
 
+def inbound_level(settings: object) -> int:
+    """The policy level of an inbound's users who have none of their own."""
+    if isinstance(settings, SocksInboundSettings | HTTPInboundSettings):
+        return settings.user_level
+    if isinstance(settings, ShadowsocksInboundSettings):
+        return settings.level
+    if isinstance(settings, DokodemoSettings):
+        return settings.user_level
+    return 0
+
+
 def build_inbound(inbound: InboundConfig, dispatcher: Dispatcher,
-                  replay: ReplayFilter) -> Callable[[socket.socket, tuple, Ending], None]:
+                  replay: ReplayFilter, policy: Policy | None = None
+                  ) -> Callable[[socket.socket, tuple, Ending], None]:
+    """The connection handler of ``inbound``; ``policy``: the levels' (handshake time)."""
     settings = inbound.settings
     transport = prepare(inbound.stream, server=True)  # loads its certificates
+    sniffing = Sniffing(inbound.sniffing) if inbound.sniffing is not None else None
+    dispatcher = dispatcher.for_inbound(inbound_level(settings), sniffing)
+    handshake = (policy or Policy()).for_level(0).handshake  # V2Ray's: level 0's
     if isinstance(settings, DokodemoSettings):
         return DokodemoInbound(inbound.tag, settings.address, settings.port,
                                settings.follow_redirect, dispatcher, transport,
                                inbound.stream.sockopt.tproxy).handle_connection
     if isinstance(settings, VMessInboundSettings):
-        users = [User(client.id, email=client.email) for client in settings.clients]
+        users = [User(client.id, email=client.email, level=client.level)
+                 for client in settings.clients]
         return VMessInbound(inbound.tag, users, replay, dispatcher, transport,
                             legacy_users=_legacy_users(inbound, users),
-                            secure_only=settings.disable_insecure_encryption).handle_connection
+                            secure_only=settings.disable_insecure_encryption,
+                            handshake_timeout=handshake).handle_connection
     if isinstance(settings, VLESSInboundSettings):
         return VLESSInbound(
-            inbound.tag, [VLESSUser.from_uuid(client.id, client.email)
+            inbound.tag, [VLESSUser.from_uuid(client.id, client.email, client.level)
                           for client in settings.clients], dispatcher, transport,
             [Fallback(fb.dest, fb.network, fb.alpn, fb.path, fb.xver)
              for fb in settings.fallbacks]).handle_connection

@@ -46,7 +46,7 @@ def check(config: Config, node: Node, layout: Layout | None = None) -> Config:
                                   _HANDLER_LISTS)
     rules = list(config.routing)
     for index, (path, rule) in enumerate(zip(layout.rules, config.routing, strict=True)):
-        if check_outbounds and rule.outbound_tag not in outbound_tags:
+        if check_outbounds and rule.outbound_tag and rule.outbound_tag not in outbound_tags:
             rules[index] = _to_default(config, node.at(f"{path}.outboundTag"), rule,
                                        outbound_tags, layout)
         for j, tag in enumerate(rule.inbound_tags):
@@ -111,7 +111,9 @@ def _check_bridge_routes(config: Config, node: Node, layout: Layout) -> None:
     """Each bridge dials its portal by dispatching "<domain>:0" with its own tag as inbound
     tag; the outbound routing picks for that must be a proxy without mux."""
     tags = [outbound.tag for outbound in config.outbounds]
-    router = Router(config.routing, tags[0] if tags else None)
+    router = Router(config.routing, tags[0] if tags else None,
+                    balancers=dict(config.routing_options.balancers),
+                    outbound_tags=[tag for tag in tags if tag])
     portal_tags = {portal.tag for portal in config.reverse.portals}
     for i, bridge in enumerate(config.reverse.bridges):
         here = node.at(f"reverse.bridges[{i}]")

@@ -1,11 +1,10 @@
-"""V2Ray 4.34 settings that revproxy reads only to check them and to decide what ignoring
-them would do: ``sniffing``/``domainOverride`` and ``allocate`` on inbounds, the ``dns``
-section and the parts of ``policy`` not applied; and the statistics (``stats``, ``api``,
-``policy``'s statistics flags), which are applied.
+"""V2Ray 4.34's sections beside the handlers and routing: ``sniffing``/``domainOverride``
+and ``allocate`` on inbounds, ``policy``, ``stats``, ``api`` (the ``dns`` section is in
+config/dns.py).
 
-Each is validated as V2Ray validates it (what V2Ray refuses is refused), then accepted with a
-warning saying what is not done when leaving it out changes nothing about where traffic goes,
-or refused with a one-line reason when it would.
+Each is validated as V2Ray validates it (what V2Ray refuses is refused); what revproxy does
+not do is accepted with a warning saying so when leaving it out changes nothing about where
+traffic goes, or refused with a one-line reason when it would.
 """
 
 from __future__ import annotations
@@ -23,11 +22,10 @@ UINT32 = 2**32 - 1
 _SNIFFED = {"http": "http", "tls": "tls", "https": "tls", "ssl": "tls"}
 
 
-def sniffing(node: Node, raw: Any, domain_override: Any) -> bool:
+def sniffing(node: Node, raw: Any, domain_override: Any) -> tuple[str, ...] | None:
     """An inbound's ``sniffing`` object and legacy ``domainOverride`` list (``node`` is the
-    inbound's). Sniffing that would change a connection's destination is refused; sniffing
-    without ``destOverride`` only names the protocol for routing rules and gets a warning.
-    Gives whether the inbound sniffs."""
+    inbound's), read as V2Ray reads them: None when the inbound does not sniff, else the
+    protocols whose sniffed domain replaces the destination ("http", "tls"; maybe none)."""
     overrides: tuple[str, ...] = ()
     if domain_override is not None:
         here = node.at("domainOverride")
@@ -38,25 +36,14 @@ def sniffing(node: Node, raw: Any, domain_override: Any) -> bool:
         if raw is not None and overrides:
             here.warn("ignored: the inbound has a sniffing object, which V2Ray uses instead")
         elif overrides:
-            here.report(_DEST_OVERRIDE.format(", ".join(overrides)))
-            return True
+            return overrides
     if raw is None:
-        return False
+        return None
     here = node.at("sniffing")
     o = Obj(here, raw, ("enabled", "destOverride"))
     enabled = o.get("enabled", f.boolean, False)
     dest = o.get("destOverride", _protocols, ())
-    if enabled and dest:
-        here.report(_DEST_OVERRIDE.format(", ".join(dest)))
-    elif enabled:
-        here.warn("the protocol is not sniffed yet: routing rules on \"protocol\" never match "
-                  "this inbound's connections")
-    return enabled
-
-
-_DEST_OVERRIDE = ("sniffing ({}) is not supported by revproxy yet: V2Ray would send these "
-                  "connections to the domain found in their HTTP Host or TLS SNI instead of "
-                  'their destination; set "enabled": false to keep the destination')
+    return dest if enabled else None
 
 
 def _protocols(value: Any) -> tuple[str, ...]:
@@ -89,26 +76,16 @@ def allocate(node: Node, raw: Any) -> None:
 
 
 def policy(node: Node, raw: Any) -> PolicyConfig:
-    """The ``policy`` section, checked as V2Ray reads it: its statistics flags are applied,
-    the rest gets a warning naming what is not (it changes how long connections are kept,
-    not where they go)."""
+    """The ``policy`` section, read as V2Ray reads it: each level's timeouts, buffer size and
+    statistics flags, and the system's statistics flags."""
     o = Obj(node, raw, ("levels", "system"))
-    given: set[str] = set()
-    levels = o.nested("levels", lambda n, v: _levels(n, v, given), ())
+    levels = o.nested("levels", _levels, ())
     system = o.nested("system", _system, SystemPolicy())
-    if given:
-        node.warn(f"not applied yet ({', '.join(sorted(given))}): revproxy keeps its own "
-                  "timeouts and buffers")
     return PolicyConfig(levels, system)
 
 
-_LEVEL_TIMEOUTS = ("handshake", "connIdle", "uplinkOnly", "downlinkOnly")
-_LEVEL_STATS = ("statsUserUplink", "statsUserDownlink")
-
-
-def _levels(node: Node, raw: Any, given: set[str]) -> tuple[tuple[int, LevelPolicy], ...]:
-    """Each level is keyed by its number; adds the kinds of setting not applied to
-    ``given``."""
+def _levels(node: Node, raw: Any) -> tuple[tuple[int, LevelPolicy], ...]:
+    """Each level is keyed by its number."""
     if not isinstance(raw, dict):
         raise Invalid(f"expected an object, got {show(raw)}")
     found: list[tuple[int, LevelPolicy]] = []
@@ -120,15 +97,17 @@ def _levels(node: Node, raw: Any, given: set[str]) -> tuple[tuple[int, LevelPoli
             continue
         if value is None:
             continue
-        o = Obj(here, value, (*_LEVEL_TIMEOUTS, *_LEVEL_STATS, "bufferSize"))
-        for name in _LEVEL_TIMEOUTS:
-            if o.get(name, f.integer(0, UINT32), None) is not None:
-                given.add("timeouts")
-        if o.get("bufferSize", f.integer(-(2**31), 2**31 - 1), None) is not None:
-            given.add("buffer sizes")
+        o = Obj(here, value, ("handshake", "connIdle", "uplinkOnly", "downlinkOnly",
+                              "statsUserUplink", "statsUserDownlink", "bufferSize"))
+        seconds = f.integer(0, UINT32)
         found.append((int(key), LevelPolicy(
             stats_user_uplink=o.get("statsUserUplink", f.boolean, False),
-            stats_user_downlink=o.get("statsUserDownlink", f.boolean, False))))
+            stats_user_downlink=o.get("statsUserDownlink", f.boolean, False),
+            handshake=o.get("handshake", seconds, None),
+            conn_idle=o.get("connIdle", seconds, None),
+            uplink_only=o.get("uplinkOnly", seconds, None),
+            downlink_only=o.get("downlinkOnly", seconds, None),
+            buffer_size=o.get("bufferSize", f.integer(-(2**31), 2**31 - 1), None))))
     return tuple(found)
 
 
@@ -184,21 +163,14 @@ def stats(node: Node, raw: Any) -> bool:
     return True
 
 
-def dns(node: Node, raw: Any, resolving_outbound: str | None) -> None:
-    """The ``dns`` section. V2Ray 4.34 uses it only to resolve for freedom outbounds whose
-    domainStrategy is UseIP*, for routing's IP strategies and for the dns outbound: refused
-    when a freedom outbound would resolve with it (``resolving_outbound`` names it), else
-    accepted with a warning."""
-    if not isinstance(raw, dict):
-        node.report(f"expected an object, got {show(raw)}")
-        return
-    if not raw:
-        return
-    if resolving_outbound is not None:
-        node.report(f"not supported by revproxy yet: V2Ray would resolve the destinations of "
-                    f"{resolving_outbound} with it; revproxy has no DNS client (set that "
-                    'domainStrategy to "AsIs" to resolve with the system as revproxy does)')
-    else:
-        node.warn("not used: revproxy has no DNS client yet, and nothing in this configuration "
-                  "would resolve with V2Ray's (freedom outbounds resolve \"AsIs\", with the "
-                  "system)")
+_FREEDOM_STRATEGIES = {
+    "useip": "UseIP", "use_ip": "UseIP",
+    **{name: "UseIPv4" for name in ("useip4", "useipv4", "use_ipv4", "use_ip_v4", "use_ip4")},
+    **{name: "UseIPv6" for name in ("useip6", "useipv6", "use_ipv6", "use_ip_v6", "use_ip6")},
+}
+
+
+def freedom_strategy(value: Any) -> str:
+    """A freedom outbound's ``domainStrategy``: "UseIP", "UseIPv4", "UseIPv6" in V2Ray's
+    spellings (any case); any other text is "AsIs", as V2Ray reads it."""
+    return _FREEDOM_STRATEGIES.get(f.string(value).lower(), "AsIs")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from revproxy.policy import Policy, SessionPolicy, buffer_bytes
+
 
 @dataclass(frozen=True)
 class LogConfig:
@@ -33,6 +35,7 @@ class DokodemoSettings:
     network: tuple[str, ...] = ("tcp",)
     follow_redirect: bool = False
     timeout: int = 300
+    user_level: int = 0
 
 
 @dataclass(frozen=True)
@@ -260,13 +263,20 @@ class InboundConfig:
     protocol: str
     settings: InboundSettings
     stream: StreamConfig = StreamConfig()
+    # None: the inbound does not sniff; else the protocols ("http", "tls") whose sniffed
+    # domain replaces the destination (V2Ray's sniffing.destOverride).
+    sniffing: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class FreedomSettings:
-    """``redirect`` is (host, port); host "" keeps the session's address, port 0 its port."""
+    """``redirect`` is (host, port); host "" keeps the session's address, port 0 its port;
+    ``domain_strategy`` "AsIs" (the system resolves), "UseIP", "UseIPv4" or "UseIPv6"
+    (the ``dns`` section resolves); ``user_level`` its policy level."""
 
     redirect: tuple[str, int] | None = None
+    domain_strategy: str = "AsIs"
+    user_level: int = 0
 
 
 @dataclass(frozen=True)
@@ -307,8 +317,10 @@ class OutboundConfig:
 
 @dataclass(frozen=True)
 class RoutingRule:
-    """A "field" rule; ``domains``/``ips`` keep V2Ray's text (prefixes included), ``ports``
-    are inclusive ranges. Every non-empty condition must hold."""
+    """A "field" rule; ``domains``/``ips``/``source_ips`` keep V2Ray's text (prefixes
+    included; ``geosite:``/``geoip:``/``ext:`` lists are expanded into what they hold),
+    ports are inclusive ranges; ``attrs`` the expression text; ``balancer_tag`` counts when
+    ``outbound_tag`` is empty. Every non-empty condition must hold."""
 
     outbound_tag: str
     inbound_tags: tuple[str, ...] = ()
@@ -316,6 +328,21 @@ class RoutingRule:
     ips: tuple[str, ...] = ()
     ports: tuple[tuple[int, int], ...] = ()
     networks: tuple[str, ...] = ()
+    source_ips: tuple[str, ...] = ()
+    source_ports: tuple[tuple[int, int], ...] = ()
+    users: tuple[str, ...] = ()
+    protocols: tuple[str, ...] = ()
+    attrs: str = ""
+    balancer_tag: str = ""
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """``routing`` besides its rules: ``strategy`` ("AsIs", "IPIfNonMatch", "IPOnDemand")
+    and the ``balancers`` (tag, selectors)."""
+
+    strategy: str = "AsIs"
+    balancers: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -366,10 +393,29 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class LevelPolicy:
-    """What revproxy applies of ``policy.levels.N``: the user statistics flags."""
+    """``policy.levels.N``: the user statistics flags, and the timeouts (s) and
+    ``buffer_size`` (KiB, as V2Ray reads it: 0 none, below 0 unlimited) given, None when
+    left out (revproxy's default then applies)."""
 
     stats_user_uplink: bool = False
     stats_user_downlink: bool = False
+    handshake: int | None = None
+    conn_idle: int | None = None
+    uplink_only: int | None = None
+    downlink_only: int | None = None
+    buffer_size: int | None = None
+
+    def session_policy(self) -> SessionPolicy:
+        """The limits this level gives a session: what it sets, else revproxy's defaults."""
+        default = SessionPolicy()
+        return SessionPolicy(
+            handshake=default.handshake if self.handshake is None else float(self.handshake),
+            conn_idle=default.conn_idle if self.conn_idle is None else float(self.conn_idle),
+            uplink_only=(default.uplink_only if self.uplink_only is None
+                         else float(self.uplink_only)),
+            downlink_only=(default.downlink_only if self.downlink_only is None
+                           else float(self.downlink_only)),
+            buffer_size=None if self.buffer_size is None else buffer_bytes(self.buffer_size))
 
 
 @dataclass(frozen=True)
@@ -393,6 +439,35 @@ class PolicyConfig:
     def level(self, number: int) -> LevelPolicy:
         return next((policy for n, policy in self.levels if n == number), LevelPolicy())
 
+    def sessions(self) -> Policy:
+        """The session limits of every level (``revproxy.policy``)."""
+        return Policy((number, level.session_policy()) for number, level in self.levels)
+
+
+@dataclass(frozen=True)
+class NameServerConfig:
+    """One of ``dns.servers``: ``address`` "localhost", an IP (UDP, ``port``) or a DoH URL
+    ("https://…", "https+local://…"); ``domains`` routing-style conditions it is preferred
+    for (lists expanded); ``expect_ips`` CIDRs its answers must be in; ``client_ip`` the
+    EDNS client subnet sent (None: the section's)."""
+
+    address: str
+    port: int = 53
+    domains: tuple[str, ...] = ()
+    expect_ips: tuple[str, ...] = ()
+    client_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    """``dns``: ``hosts`` (condition text such as "domain:x" or "full:x", then an IP or a
+    domain it stands for), in V2Ray's order; ``tag`` the inbound tag of its queries."""
+
+    servers: tuple[NameServerConfig, ...] = ()
+    hosts: tuple[tuple[str, str], ...] = ()
+    client_ip: str | None = None
+    tag: str = ""
+
 
 @dataclass(frozen=True)
 class Config:
@@ -410,3 +485,5 @@ class Config:
     api: ApiConfig | None = None
     stats: bool = False  # a ``stats`` object is present: V2Ray counts only then
     policy: PolicyConfig = PolicyConfig()
+    routing_options: RoutingConfig = RoutingConfig()
+    dns: DNSConfig | None = None

@@ -48,7 +48,7 @@ _SECURITIES = ("auto", "aes-128-gcm", "chacha20-poly1305", "none", "zero")
 def inbound(node: Node, raw: Any) -> InboundConfig:
     o = Obj(node, raw, ("protocol", "port", "listen", "settings", "tag", "streamSettings",
                         "sniffing", "domainOverride", "allocate"))
-    compat.sniffing(node, o.raw("sniffing"), o.raw("domainOverride"))
+    sniffing = compat.sniffing(node, o.raw("sniffing"), o.raw("domainOverride"))
     o.nested("allocate", compat.allocate, None)
     tag = o.get("tag", f.tag, None)
     listen = o.get("listen", f.ip_address, "0.0.0.0")
@@ -58,7 +58,7 @@ def inbound(node: Node, raw: Any) -> InboundConfig:
     stream = o.nested("streamSettings", lambda n, v: stream_settings(n, v, server=True),
                       StreamConfig())
     return InboundConfig(tag, listen, port, protocol or "",
-                         _settings(o, protocol, _INBOUND_SETTINGS), stream)
+                         _settings(o, protocol, _INBOUND_SETTINGS), stream, sniffing)
 
 
 def outbound(node: Node, raw: Any) -> OutboundConfig:
@@ -94,8 +94,8 @@ def _settings(o: Obj, protocol: str | None, builders: Mapping[str, Callable[[Nod
 
 
 def _dokodemo(node: Node, raw: Any) -> DokodemoSettings:
-    o = Obj(node, raw, ("address", "port", "network", "followRedirect", "timeout"),
-            ignored=("userLevel",))
+    o = Obj(node, raw, ("address", "port", "network", "followRedirect", "timeout",
+                        "userLevel"))
     follow_redirect = o.get("followRedirect", f.boolean, False)
     # No "port" is port 0, as V2Ray reads it: V2Ray's own API set-up has none (routing
     # sends the inbound to the API, whatever its destination).
@@ -107,6 +107,7 @@ def _dokodemo(node: Node, raw: Any) -> DokodemoSettings:
         network=o.get("network", _tcp_network, ("tcp",)),
         follow_redirect=follow_redirect,
         timeout=o.get("timeout", f.integer(0, 2**32 - 1), 0) or 300,
+        user_level=o.get("userLevel", f.integer(0, 2**32 - 1), 0),
     )
 
 
@@ -178,8 +179,11 @@ def _vmess_server(node: Node, raw: Any) -> VMessServerConfig:
 
 
 def _freedom(node: Node, raw: Any) -> FreedomSettings:
-    o = Obj(node, raw, ("redirect",), ignored=("domainStrategy", "timeout", "userLevel"))
-    return FreedomSettings(redirect=o.get("redirect", _redirect, None))
+    o = Obj(node, raw, ("redirect", "domainStrategy", "userLevel"), ignored=("timeout",))
+    return FreedomSettings(redirect=o.get("redirect", _redirect, None),
+                           domain_strategy=o.get("domainStrategy", compat.freedom_strategy,
+                                                 "AsIs"),
+                           user_level=o.get("userLevel", f.integer(0, 2**32 - 1), 0))
 
 
 def _redirect(value: Any) -> tuple[str, int] | None:

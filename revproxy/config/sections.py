@@ -12,14 +12,18 @@ compares them).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from revproxy.config import compat
 from revproxy.config import fields as f
+from revproxy.config.dns import dns as dns_section
+from revproxy.config.dns import domain_condition, ip_condition
 from revproxy.config.errors import Invalid, Node, show
 from revproxy.config.fields import Obj
+from revproxy.config.merge import ConfigSource
 from revproxy.config.model import (
     BridgeConfig,
     Config,
@@ -27,12 +31,14 @@ from revproxy.config.model import (
     PolicyConfig,
     PortalConfig,
     ReverseConfig,
+    RoutingConfig,
     RoutingRule,
     ServerConfig,
 )
 from revproxy.config.proxies import inbound, outbound
 from revproxy.config.reader import ParsedObject
-from revproxy.routing import parse_cidr, parse_domain
+from revproxy.geodata import Assets, asset_dirs
+from revproxy.routing import AttrsError, parse_attrs
 
 # The most worker processes one generation may have: a reload runs the new generation beside
 # the old one, and the state table (revproxy/server/statetable.py) has a slot for each of
@@ -59,21 +65,13 @@ ROUTING_WARNED = {
                      "match the same either way",
 }
 RULE = ("type", "outboundTag", "balancerTag", "inboundTag", "domain", "domains", "ip", "port",
-        "network", "protocol")
-RULE_UNSUPPORTED = {
-    "source": "routing on the source address is not supported by revproxy yet",
-    "sourcePort": "routing on the source port is not supported by revproxy yet",
-    "user": "routing on the user is not supported by revproxy yet",
-    "attrs": "routing on HTTP attributes is not supported by revproxy yet",
-}
+        "network", "protocol", "source", "sourcePort", "user", "attrs")
 _STRATEGIES = {"asis": "AsIs", "": "AsIs",
                "alwaysip": "AlwaysIP", "always_ip": "AlwaysIP", "always-ip": "AlwaysIP",
                "ipifnonmatch": "IPIfNonMatch", "ip_if_non_match": "IPIfNonMatch",
                "ip-if-non-match": "IPIfNonMatch",
                "ipondemand": "IPOnDemand", "ip_on_demand": "IPOnDemand",
                "ip-on-demand": "IPOnDemand"}
-_RESOLVING_FREEDOM = ("useip", "use_ip", "useip4", "useipv4", "use_ipv4", "use_ip_v4",
-                      "use_ip4", "useip6", "useipv6", "use_ipv6", "use_ip_v6", "use_ip6")
 
 
 @dataclass(frozen=True)
@@ -89,10 +87,13 @@ class Layout:
 
 @dataclass
 class _Routing:
-    """What rules need to know of the rest, and what they tell routing."""
+    """What rules need to know of the rest, and what they tell routing: the balancer tags
+    they name (with the path of the first rule naming each)."""
 
-    sniffing: bool
-    balanced: int = 0
+    assets: Assets
+    balanced: dict[str, str] = field(default_factory=dict)
+    strategy: str = "AsIs"
+    balancers: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def config(node: Node, raw: Any, source: str) -> tuple[Config, Layout]:
@@ -110,10 +111,11 @@ def config(node: Node, raw: Any, source: str) -> tuple[Config, Layout]:
         here.at("port").alias_of("port")
     inbounds = tuple(inbound(here, item) for here, item in inbound_items)
     outbounds = tuple(outbound(here, item) for here, item in outbound_items)
-    sniffing = any(_sniffs(item) for _, item in inbound_items)
-    rules = o.nested("routing", lambda n, v: _routing(n, v, _Routing(sniffing)), [])
-    resolving = next((here.path for here, item in outbound_items if _resolves(item)), None)
-    o.nested("dns", lambda n, v: compat.dns(n, v, resolving), None)
+    paths = source.paths() if isinstance(source, ConfigSource) else []
+    assets = Assets(asset_dirs([os.path.dirname(os.path.abspath(p)) for p in paths]))
+    routing = _Routing(assets)
+    rules = o.nested("routing", lambda n, v: _routing(n, v, routing), [])
+    dns = o.nested("dns", lambda n, v: dns_section(n, v, assets), None)
     policy = o.nested("policy", compat.policy, PolicyConfig())
     stats = o.nested("stats", compat.stats, False)
     api = o.nested("api", compat.api, None)
@@ -128,6 +130,8 @@ def config(node: Node, raw: Any, source: str) -> tuple[Config, Layout]:
         api=api,
         stats=stats,
         policy=policy,
+        routing_options=RoutingConfig(routing.strategy, routing.balancers),
+        dns=dns,
     )
     layout = Layout(inbounds=tuple(here.path for here, _ in inbound_items),
                     outbounds=tuple(here.path for here, _ in outbound_items),
@@ -183,23 +187,6 @@ def _with_transport(node: Node, raw: Any, transport: Mapping[str, Any]) -> Any:
     return copy
 
 
-def _sniffs(raw: Any) -> bool:
-    """Whether V2Ray would sniff this inbound's connections (sniffing enabled, or the legacy
-    domainOverride without a sniffing object)."""
-    sniffing = f.raw_get(raw, "sniffing")
-    if sniffing is not None:
-        return f.raw_get(sniffing, "enabled") is True
-    return f.raw_get(raw, "domainOverride") not in (None, "", [])
-
-
-def _resolves(raw: Any) -> bool:
-    """Whether this outbound is a freedom outbound that resolves names with V2Ray's DNS."""
-    protocol = f.raw_get(raw, "protocol")
-    strategy = f.raw_get(f.raw_get(raw, "settings"), "domainStrategy")
-    return (isinstance(protocol, str) and protocol.lower() == "freedom"
-            and isinstance(strategy, str) and strategy.lower() in _RESOLVING_FREEDOM)
-
-
 def _log(node: Node, raw: Any) -> LogConfig:
     o = Obj(node, raw, ("loglevel", "access", "error"))
     return LogConfig(
@@ -232,11 +219,13 @@ def _routing(node: Node, raw: Any, context: _Routing) -> list[tuple[str, Routing
         strategy = legacy[0]
     rules += [(here.path, rule) for here, rule in legacy[1] if rule is not None]
     balancers = o.nested("balancers", lambda n, v: f.items(n, v, _balancer), ())
-    if balancers and not context.balanced:
-        node.at("balancers").warn("not used by any rule: balancing is not supported by "
-                                  "revproxy yet")
+    context.balancers = tuple(item for item in balancers if item[0])
+    known = {tag for tag, _ in context.balancers}
+    for tag, path in context.balanced.items():
+        if o.ok and tag not in known:  # V2Ray: "balancer X not found"
+            node.report(f"balancer {show(tag)} not found (rule {node.describe(path)})")
     if strategy is not None:
-        _domain_strategy(strategy_node, strategy, rules)
+        context.strategy = _domain_strategy(strategy_node, strategy)
     return rules
 
 
@@ -259,31 +248,28 @@ def _list(value: Any) -> list[Any]:
     return value
 
 
-def _domain_strategy(node: Node, value: str, rules: list[tuple[str, RoutingRule]]) -> None:
-    """Routing's domainStrategy: anything but AsIs resolves domains to match ip rules."""
+def _domain_strategy(node: Node, value: str) -> str:
+    """Routing's domainStrategy: IPIfNonMatch and IPOnDemand resolve domains (with the
+    ``dns`` section) to match ip rules; V2Ray 4.34 routes "AlwaysIP" as "AsIs"."""
     strategy = _STRATEGIES.get(value.lower())
     if strategy is None:
         node.warn(f'unknown strategy {show(value)}: "AsIs" is used (as V2Ray does)')
-        return
-    if strategy == "AsIs":
-        return
-    ip_rules = [path for path, rule in rules if rule.ips]
-    if ip_rules:
-        node.report(f"{show(value)} is not supported by revproxy yet: V2Ray would resolve "
-                    f"domains to match the ip rule {node.describe(ip_rules[0])}; set "
-                    '"AsIs" to match IP destinations only, as revproxy does')
-    else:
-        node.warn(f"{show(value)} has no effect here (no rule matches IPs); revproxy "
-                  "resolves nothing for routing")
+        return "AsIs"
+    if strategy == "AlwaysIP":
+        node.warn(f'{show(value)} routes as "AsIs": V2Ray 4.34 reads it but resolves nothing '
+                  "for it")
+        return "AsIs"
+    return strategy
 
 
-_RULE_CONDITIONS = ("inboundTag", "domain", "domains", "ip", "port", "network", "protocol")
+_RULE_CONDITIONS = ("inboundTag", "domain", "domains", "ip", "port", "network", "protocol",
+                    "source", "sourcePort", "user", "attrs")
 
 
 def _rule(node: Node, raw: Any, context: _Routing) -> RoutingRule | None:
     """A "field" rule, or None when it has problems (reported) or never matches (warned)."""
     before = node.problem_count()
-    o = Obj(node, raw, RULE, unsupported=RULE_UNSUPPORTED)
+    o = Obj(node, raw, RULE)
     if not o.ok:
         return None
     rule_type = o.get("type", f.string, None)
@@ -297,32 +283,48 @@ def _rule(node: Node, raw: Any, context: _Routing) -> RoutingRule | None:
     if outbound_tag and balancer_tag:
         node.at("balancerTag").warn("ignored: the rule has an outboundTag, which V2Ray uses")
     elif balancer_tag:
-        context.balanced += 1
-        node.at("balancerTag").report("balancers are not supported by revproxy yet: V2Ray "
-                                      "would spread this traffic over the balancer's outbounds")
+        context.balanced.setdefault(balancer_tag, node.path)
     elif not outbound_tag:
         node.report('missing "outboundTag" (V2Ray refuses a rule with neither outboundTag nor '
                     "balancerTag)")
     inbound_tags = o.get("inboundTag", f.string_list, ())
     protocols = o.get("protocol", f.string_list, ())
     ports = o.get("port", f.port_ranges, ())
+    source_ports = o.get("sourcePort", f.port_ranges, ())
+    users = o.get("user", f.string_list, ())
+    attrs = o.get("attrs", f.string, "")
+    if attrs:
+        try:
+            parse_attrs(attrs)
+        except AttrsError as exc:
+            node.at("attrs").report(str(exc))
+    assets = context.assets
     rule = RoutingRule(
         outbound_tag=outbound_tag,
         inbound_tags=tuple(tag for tag in inbound_tags if tag),
-        domains=o.nested("domain", _domains, ()) + o.nested("domains", _domains, ()),
-        ips=o.nested("ip", _ips, ()),
+        domains=(o.nested("domain", lambda n, v: _domains(n, v, assets), ())
+                 + o.nested("domains", lambda n, v: _domains(n, v, assets), ())),
+        ips=o.nested("ip", lambda n, v: _ips(n, v, assets), ()),
         ports=ports,
         networks=o.get("network", f.networks, ()),
+        source_ips=o.nested("source", lambda n, v: _ips(n, v, assets), ()),
+        source_ports=source_ports,
+        users=tuple(user for user in users if user),
+        protocols=tuple(protocol for protocol in protocols if protocol),
+        attrs=attrs,
+        balancer_tag="" if outbound_tag else balancer_tag,
     )
     if node.problem_count() != before:
         return None
-    if protocols:
-        if context.sniffing:
-            node.at("protocol").report("routing on the sniffed protocol is not supported by "
-                                       "revproxy yet")
+    for key, given, kept in (("protocol", protocols, rule.protocols),
+                             ("user", users, rule.users)):
+        if given and not kept:
+            node.at(key).warn("the rule is left out: it never matches, since an empty "
+                              f"{key} matches nothing (as in V2Ray)")
             return None
-        node.at("protocol").warn("the rule is left out: it never matches, since no inbound "
-                                 "sniffs (V2Ray knows no connection's protocol either)")
+    if o.has("sourcePort") and not source_ports:
+        node.at("sourcePort").warn("the rule is left out: it never matches, since this gives "
+                                   "no port (as V2Ray reads it)")
         return None
     if o.has("port") and not ports:
         node.at("port").warn("the rule is left out: it never matches, since this gives no "
@@ -332,14 +334,16 @@ def _rule(node: Node, raw: Any, context: _Routing) -> RoutingRule | None:
         node.at("inboundTag").warn("the rule is left out: it never matches, since an empty "
                                    "tag matches no inbound (as in V2Ray)")
         return None
-    if not (rule.inbound_tags or rule.domains or rule.ips or rule.ports or rule.networks):
+    if not (rule.inbound_tags or rule.domains or rule.ips or rule.ports or rule.networks
+            or rule.source_ips or rule.source_ports or rule.users or rule.protocols
+            or rule.attrs):
         node.report("the rule has no conditions (V2Ray refuses such a rule: it needs one of "
                     + ", ".join(_RULE_CONDITIONS) + ")")
         return None
     return rule
 
 
-def _balancer(node: Node, raw: Any) -> str:
+def _balancer(node: Node, raw: Any) -> tuple[str, tuple[str, ...]]:
     """A balancer, checked as V2Ray checks it: a tag and a non-empty selector."""
     o = Obj(node, raw, ("tag", "selector"))
     tag = o.get("tag", f.string, "")
@@ -348,26 +352,25 @@ def _balancer(node: Node, raw: Any) -> str:
         node.report("the balancer needs a tag (V2Ray refuses an empty one)")
     elif o.ok and not selector:
         node.report("the balancer needs a selector (V2Ray refuses an empty one)")
-    return tag
+    return tag, selector
 
 
-def _domains(node: Node, raw: Any) -> tuple[str, ...]:
-    return _patterns(node, raw, parse_domain)
+def _domains(node: Node, raw: Any, assets: Assets) -> tuple[str, ...]:
+    """Domain conditions, geosite and ext lists expanded."""
+    return _patterns(node, raw, lambda n, text: domain_condition(n, text, assets))
 
 
-def _ips(node: Node, raw: Any) -> tuple[str, ...]:
-    return _patterns(node, raw, parse_cidr)
+def _ips(node: Node, raw: Any, assets: Assets) -> tuple[str, ...]:
+    """IP conditions, geoip and ext lists expanded."""
+    return _patterns(node, raw, lambda n, text: ip_condition(n, text, assets))
 
 
-def _patterns(node: Node, raw: Any, parse: Callable[[str], object]) -> tuple[str, ...]:
-    """A string list whose items must pass the router's own ``parse``."""
-    patterns = f.string_list(raw)
-    for index, pattern in enumerate(patterns):
-        try:
-            parse(pattern)
-        except ValueError as exc:
-            node.at(index).report(f"{show(pattern)}: {exc}")
-    return patterns
+def _patterns(node: Node, raw: Any, expand: Callable[[Node, str], list[str]]
+              ) -> tuple[str, ...]:
+    found: list[str] = []
+    for index, pattern in enumerate(f.string_list(raw)):
+        found += expand(node.at(index), pattern)
+    return tuple(found)
 
 
 def _reverse(node: Node, raw: Any) -> ReverseConfig:

@@ -60,6 +60,7 @@ from revproxy.mux.frame import (
 )
 from revproxy.mux.splice import SessionReset, SocketSplice
 from revproxy.net.stream import SocketStream, TunnelStream
+from revproxy.policy import SessionPolicy
 
 WRITE_BUFFER = 1024 * 1024  # data bytes queued for the tunnel before senders wait
 # End/KeepAlive bytes queued and not yet taken by the tunnel (8,192 End frames): past this the
@@ -263,13 +264,15 @@ class MuxSession:
             sink(payload)
         self.sink = sink
 
-    def splice(self, stream: SocketStream, idle: float, after_half_close: float,
+    def splice(self, stream: SocketStream, policy: SessionPolicy,
                on_done: Callable[[], None] | None) -> bool:
         """Relay ``stream`` ⇄ this session in hub callbacks, without a greenlet (see
         mux/splice.py); returns at once. False if the session already has a consumer."""
         if self.sink is not None:
             return False
-        SocketSplice(stream, self, idle, after_half_close, on_done).start()
+        if policy.buffer_size is not None:  # the relayed session's own limit from now on
+            self.buffer_size = policy.buffer_size
+        SocketSplice(stream, self, policy, on_done).start()
         return True
 
     # -- the stream interface

@@ -25,6 +25,7 @@ from gevent import get_hub
 
 from revproxy.net.relay import IdleWatch
 from revproxy.net.stream import RECV_SIZE, SocketStream
+from revproxy.policy import SessionPolicy
 
 _READ = 1  # libev's EV_READ
 _WRITE = 2  # libev's EV_WRITE
@@ -86,19 +87,21 @@ class SocketSplice:
     the session's byte counts whether anything moved): then the splice stops without closing
     it (the portal carries a visitor whose tunnel vanished before answering on another)."""
 
-    __slots__ = ("stream", "session", "after_half_close", "on_done", "rescue", "watch",
+    __slots__ = ("stream", "session", "policy", "on_done", "rescue", "watch",
                  "_recv", "_send", "_reader", "_writer", "_pending", "_read_done",
                  "_write_done", "_end_pending", "_finished")
 
-    def __init__(self, stream: SocketStream, session: SplicedSession, idle: float,
-                 after_half_close: float, on_done: Callable[[], None] | None,
+    def __init__(self, stream: SocketStream, session: SplicedSession, policy: SessionPolicy,
+                 on_done: Callable[[], None] | None,
                  rescue: Callable[[], bool] | None = None) -> None:
         self.stream = stream
         self.session = session
-        self.after_half_close = after_half_close
+        # Idle limits; the socket is the side the connection came from: its end is the
+        # uplink's (then downlink_only applies), the session's end the downlink's.
+        self.policy = policy
         self.on_done = on_done
         self.rescue = rescue
-        self.watch = IdleWatch(self._progress, self._finish, idle)
+        self.watch = IdleWatch(self._progress, self._finish, policy.conn_idle)
         sock = stream.sock
         self._recv = sock.recv  # non-blocking: EAGAIN raises
         self._send = sock.send
@@ -209,7 +212,7 @@ class SocketSplice:
         else:
             self.stream.close_write()
             self._write_done = True
-            self.watch.shorten(self.after_half_close)
+            self.watch.shorten(self.policy.uplink_only)
 
     # -- socket → session
     def _readable(self) -> None:
@@ -232,7 +235,7 @@ class SocketSplice:
                 self._finish()  # the session's End goes out as it closes
                 return
             self.session.close_write()
-            self.watch.shorten(self.after_half_close)
+            self.watch.shorten(self.policy.downlink_only)
             return
         self.stream.bytes_received += len(data)
         try:

@@ -2,10 +2,11 @@
 
 Each direction ends on end-of-stream (propagated as a half-close) or an error (both ends are
 then closed). Idleness is judged for the connection as a whole, as V2Ray's activity timer
-does: one timer per relay checks every ``idle`` seconds whether anything moved since its last
-look and closes both ends if not; once one direction has ended the period becomes
-``after_half_close``. (A timeout on every read would cut a long one-way download and cost a
-timer per wait.)
+does: one timer per relay checks every ``policy.conn_idle`` seconds whether anything moved
+since its last look and closes both ends if not; once the uplink (``a`` to ``b``: ``a`` is
+the side the connection came from) has ended the period becomes ``policy.downlink_only``,
+once the downlink has ended ``policy.uplink_only`` (0: close at once, as V2Ray does). (A
+timeout on every read would cut a long one-way download and cost a timer per wait.)
 
 A stream that can relay a socket by itself (``Splicer``, net/stream.py: a mux session runs it
 in hub callbacks, without a greenlet) is asked to; other pairs get a greenlet per direction.
@@ -19,9 +20,10 @@ import gevent
 from gevent import get_hub
 
 from revproxy.net.stream import SocketStream, Stream
+from revproxy.policy import CONN_IDLE, DEFAULT, HALF_OPEN, SessionPolicy
 
-IDLE_TIMEOUT = 300.0
-AFTER_HALF_CLOSE = 30.0
+IDLE_TIMEOUT = CONN_IDLE
+AFTER_HALF_CLOSE = HALF_OPEN
 YIELD_EVERY = 15  # mask: yield to the hub once every 16 transfers
 
 
@@ -36,14 +38,20 @@ class IdleWatch:
         self.progress = progress
         self.on_idle = on_idle
         self._seen = progress()
-        self._timer = get_hub().loop.timer(period, period)
-        self._timer.start(self._check)
+        # A period of 0 (V2Ray: end at once) still waits for the hub, never calls back here.
+        self._timer = get_hub().loop.timer(period, period) if period > 0 else \
+            get_hub().loop.timer(0.0)
+        self._timer.start(self._check if period > 0 else self._expire)
 
     def _check(self) -> None:
         progress = self.progress()
         if progress != self._seen:
             self._seen = progress
             return
+        self.stop()
+        self.on_idle()
+
+    def _expire(self) -> None:
         self.stop()
         self.on_idle()
 
@@ -54,50 +62,60 @@ class IdleWatch:
             timer.stop()
             timer.close()
             self._seen = self.progress()
-            self._timer = get_hub().loop.timer(period, period)
-            self._timer.start(self._check)
+            if period > 0:
+                self._timer = get_hub().loop.timer(period, period)
+                self._timer.start(self._check)
+            else:
+                self._timer = get_hub().loop.timer(0.0)
+                self._timer.start(self._expire)
 
     def stop(self) -> None:
         self._timer.stop()
         self._timer.close()
 
 
-def relay(a: Stream, b: Stream, idle: float = IDLE_TIMEOUT,
-          after_half_close: float = AFTER_HALF_CLOSE,
+def relay(a: Stream, b: Stream, policy: SessionPolicy = DEFAULT,
           on_done: Callable[[], None] | None = None) -> None:
     """Relay ``a`` ⇄ ``b`` until both directions are done, then close both streams and call
-    ``on_done``. When one is a socket and the other can splice it (a mux session), this
-    returns at once and the relay goes on in hub callbacks; otherwise it returns when done."""
+    ``on_done``; ``a`` is the side the connection came from, ``policy`` the session's idle
+    limits. When one is a socket and the other can splice it (a mux session), this returns
+    at once and the relay goes on in hub callbacks; otherwise it returns when done."""
     a.settimeout(None)
     b.settimeout(None)
-    if _spliced(a, b, idle, after_half_close, on_done) or \
-            _spliced(b, a, idle, after_half_close, on_done):
+    if _spliced(a, b, policy, on_done, uplink=True) or \
+            _spliced(b, a, policy, on_done, uplink=False):
         return
-    _Pumps(a, b, idle, after_half_close).run()
+    _Pumps(a, b, policy).run()
     if on_done is not None:
         on_done()
 
 
-def _spliced(sock: Stream, other: Stream, idle: float, after_half_close: float,
-             on_done: Callable[[], None] | None) -> bool:
-    """Whether ``other`` took over relaying ``sock`` (see ``Splicer``)."""
+def _spliced(sock: Stream, other: Stream, policy: SessionPolicy,
+             on_done: Callable[[], None] | None, uplink: bool) -> bool:
+    """Whether ``other`` took over relaying ``sock`` (see ``Splicer``); ``uplink``: whether
+    ``sock`` is the side the connection came from."""
     if not isinstance(sock, SocketStream):
         return False
     splice = getattr(other, "splice", None)
-    return splice is not None and splice(sock, idle, after_half_close, on_done)
+    if splice is None:
+        return False
+    if not uplink:  # the socket is the server's side: its end is the downlink's
+        policy = SessionPolicy(policy.handshake, policy.conn_idle, policy.downlink_only,
+                               policy.uplink_only, policy.buffer_size)
+    return bool(splice(sock, policy, on_done))
 
 
 class _Pumps:
     """A greenlet per direction: this one pumps ``a`` → ``b``, a second one ``b`` → ``a``."""
 
-    __slots__ = ("a", "b", "after_half_close", "moved", "watch")
+    __slots__ = ("a", "b", "policy", "moved", "watch")
 
-    def __init__(self, a: Stream, b: Stream, idle: float, after_half_close: float) -> None:
+    def __init__(self, a: Stream, b: Stream, policy: SessionPolicy) -> None:
         self.a = a
         self.b = b
-        self.after_half_close = after_half_close
+        self.policy = policy
         self.moved = 0  # transfers by the pumps
-        self.watch = IdleWatch(self._progress, self._idle, idle)
+        self.watch = IdleWatch(self._progress, self._idle, policy.conn_idle)
 
     def _progress(self) -> int:
         return self.moved
@@ -108,9 +126,9 @@ class _Pumps:
     def run(self) -> None:
         a, b = self.a, self.b
         try:
-            other = gevent.spawn(self._pump, b, a)
+            other = gevent.spawn(self._pump, b, a, self.policy.uplink_only)
             try:
-                self._pump(a, b)
+                self._pump(a, b, self.policy.downlink_only)
                 other.join()
             finally:
                 other.kill(block=False)
@@ -119,7 +137,8 @@ class _Pumps:
             a.close()
             b.close()
 
-    def _pump(self, src: Stream, dst: Stream) -> None:
+    def _pump(self, src: Stream, dst: Stream, then: float) -> None:
+        """``src`` → ``dst``; once done, the other direction may be silent ``then`` s."""
         rounds = 0
         try:
             while True:
@@ -133,7 +152,7 @@ class _Pumps:
                     # Reads and writes that never block never yield: let the others run.
                     gevent.sleep(0)
             dst.close_write()
-            self.watch.shorten(self.after_half_close)
+            self.watch.shorten(then)
         except (OSError, EOFError, ValueError):
             # Errors (reset, decode failure, closed by the idle watch) abort the whole
             # connection.

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from revproxy.log import log
+from revproxy.policy import DEFAULT as DEFAULT_POLICY
+from revproxy.policy import SessionPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,15 @@ class Session:
     inbound_tag: str | None
     source: str = ""
     email: str | None = None
+    # The user's policy level when the inbound knows it (VMess/VLESS users), else None: the
+    # inbound's own level applies. The dispatcher sets ``policy`` from it.
+    level: int | None = None
+    policy: SessionPolicy = DEFAULT_POLICY
+    # What routing's "protocol" and "attrs" rules see: the sniffed protocol ("http1",
+    # "tls", "bittorrent") and an HTTP proxy request's attributes (":method", ":path", the
+    # header fields named in lower case).
+    protocol: str = ""
+    attributes: Mapping[str, str] | None = None
     outbound_tag: str | None = None
     tunnel_id: int | None = None
     first_payload: bytes = b""

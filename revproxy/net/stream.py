@@ -15,6 +15,8 @@ from typing import Any, Protocol
 from gevent import get_hub, getcurrent
 from gevent.socket import wait as wait_on_watcher
 
+from revproxy.policy import SessionPolicy
+
 RECV_SIZE = 65536
 _READ = 1  # libev's EV_READ
 _WRITE = 2  # libev's EV_WRITE
@@ -47,10 +49,11 @@ class TunnelStream(Stream, Protocol):
 class Splicer(Stream, Protocol):
     """A stream that relays a ``SocketStream`` to itself without the relay's pumps."""
 
-    def splice(self, stream: SocketStream, idle: float, after_half_close: float,
+    def splice(self, stream: SocketStream, policy: SessionPolicy,
                on_done: Callable[[], None] | None) -> bool:
-        """Relay ``stream`` ⇄ self as ``relay`` would (the same idle rules), close both and
-        call ``on_done`` when done; return at once. False if this stream cannot now."""
+        """Relay ``stream`` ⇄ self as ``relay`` would (the same idle rules: ``stream`` is
+        the side the connection came from), close both and call ``on_done`` when done;
+        return at once. False if this stream cannot now."""
         ...
 
 

@@ -33,7 +33,7 @@ from revproxy.log import log
 from revproxy.mux.client import MuxClient
 from revproxy.mux.frame import NETWORK_TCP, NETWORK_UDP
 from revproxy.mux.splice import SocketSplice
-from revproxy.net.relay import AFTER_HALF_CLOSE, IDLE_TIMEOUT, relay
+from revproxy.net.relay import relay
 from revproxy.net.session import Session, Target
 from revproxy.net.stream import SocketStream, Stream, TunnelStream
 from revproxy.reverse.balance import pick_tunnel
@@ -369,6 +369,8 @@ class PortalOutbound:
             log.info("portal %s: tunnel %s cannot carry %s: %s", self.tag, tunnel.name,
                      session.describe(), exc)
             return False
+        if session.policy.buffer_size is not None:  # the visitor's level's bufferSize
+            mux_session.buffer_size = session.policy.buffer_size
         opened = time.monotonic()
         log.debug("portal %s: %s carried as session %d of tunnel %s", self.tag,
                   session.describe(), mux_session.id, tunnel.name)
@@ -376,7 +378,7 @@ class PortalOutbound:
         tunnel.refresh_listing()
         ending.add(tunnel.refresh_listing)
         if not isinstance(stream, SocketStream):
-            relay(stream, mux_session, on_done=ending.end)
+            relay(stream, mux_session, session.policy, on_done=ending.end)
             return True
         stream.settimeout(None)
         mux_session.settimeout(None)
@@ -395,6 +397,5 @@ class PortalOutbound:
                          rescues + 1)
             return True
 
-        SocketSplice(stream, mux_session, IDLE_TIMEOUT, AFTER_HALF_CLOSE, ending.end,
-                     rescue).start()
+        SocketSplice(stream, mux_session, session.policy, ending.end, rescue).start()
         return True

@@ -18,30 +18,27 @@ from tests.integration.conftest import ROOT, V2RAY, needs_v2ray
 CORPUS = ROOT / "tests" / "configs" / "real"
 FILES = sorted(path.name for path in CORPUS.glob("*.json"))
 
-GEO = "geoip:/geosite: rules (issue 14 point 6)"
-SNIFFING = "sniffing with destOverride (issue 14 point 5)"
+GEO = "geoip:/geosite: rules without the .dat files (V2Ray 4.34 refuses them too)"
 
 # file -> {feature: [the error lines revproxy check prints for it]}. SOCKS and VLESS have
 # landed: their configurations load now.
+_GEOIP = ('"geoip:private": failed to load geoip: failed to open file: geoip.dat (put it next to '
+          "the configuration, in /usr/share/v2ray, or where V2RAY_LOCATION_ASSET names)")
+_GEOSITE = ("failed to load geosite: failed to open file: geosite.dat (put it next to the "
+            "configuration, in /usr/share/v2ray, or where V2RAY_LOCATION_ASSET names)")
+
 EXPECTED_REFUSALS: dict[str, dict[str, list[str]]] = {
     "debian-config.json": {
-        SNIFFING: [
-            "debian-config.json: inbounds[0].sniffing: sniffing (http, tls) is not supported by "
-            "revproxy yet: V2Ray would send these connections to the domain found in their HTTP "
-            'Host or TLS SNI instead of their destination; set "enabled": false to keep the '
-            "destination"],
-        GEO: ['debian-config.json: routing.rules[0].ip[0]: "geoip:private": geoip: IP lists are '
-              "not supported by revproxy",
-              'debian-config.json: routing.rules[1].domain[0]: "geosite:category-ads": geosite: '
-              "domain lists are not supported by revproxy"],
+        GEO: [f"debian-config.json: routing.rules[0].ip[0]: {_GEOIP}",
+              'debian-config.json: routing.rules[1].domain[0]: "geosite:category-ads": '
+              + _GEOSITE,
+              f'debian-config.json: dns.servers[1].domains[0]: "geosite:cn": {_GEOSITE}'],
     },
     "debian-vpoint_vmess_freedom.json": {
-        GEO: ['debian-vpoint_vmess_freedom.json: routing.rules[0].ip[0]: "geoip:private": geoip: '
-              "IP lists are not supported by revproxy"],
+        GEO: [f"debian-vpoint_vmess_freedom.json: routing.rules[0].ip[0]: {_GEOIP}"],
     },
     "v2ray-examples-tcp-server.json": {
-        GEO: ['v2ray-examples-tcp-server.json: routing.rules[0].ip[0]: "geoip:private": geoip: '
-              "IP lists are not supported by revproxy"],
+        GEO: [f"v2ray-examples-tcp-server.json: routing.rules[0].ip[0]: {_GEOIP}"],
     },
 }
 

@@ -181,36 +181,27 @@ def test_global_transport_fills_each_stream() -> None:
     assert load(data) == load(PORTAL)
 
 
-# --- what revproxy does not do yet: warn when it changes nothing, refuse when it would ---------
+# --- sniffing, dns, policy, routing strategies and balancers (honoured) --------------------------
 
 def test_sniffing() -> None:
     assert load(edited(PORTAL, "inbounds.0.sniffing", {"enabled": False,
                                                       "destOverride": ["http", "tls"]}))
-    assert problems_of(edited(PORTAL, "inbounds.0.sniffing",
-                              {"enabled": True, "destOverride": ["HTTP", "ssl"]})) == [
-        "inbounds[0].sniffing: sniffing (http, tls) is not supported by revproxy yet: V2Ray "
-        "would send these connections to the domain found in their HTTP Host or TLS SNI instead "
-        'of their destination; set "enabled": false to keep the destination']
-    assert warnings_of(edited(PORTAL, "inbounds.0.sniffing", {"enabled": True})) == [
-        'inbounds[0].sniffing: warning: the protocol is not sniffed yet: routing rules on '
-        '"protocol" never match this inbound\'s connections']
+    assert load(edited(PORTAL, "inbounds.0.sniffing", {"enabled": True, "destOverride": [
+        "HTTP", "ssl"]})).inbounds[0].sniffing == ("http", "tls")
+    assert load(edited(PORTAL, "inbounds.0.sniffing", {"enabled": True})).inbounds[0].sniffing \
+        == ()
+    assert load(PORTAL).inbounds[0].sniffing is None
     assert problems_of(edited(PORTAL, "inbounds.0.sniffing", {"destOverride": ["quic"]})) == [
         'inbounds[0].sniffing.destOverride: unknown protocol "quic" (V2Ray sniffs "http" and '
         '"tls")']
-    assert problems_of(edited(PORTAL, "inbounds.0.domainOverride", ["tls"]))[0].startswith(
-        "inbounds[0].domainOverride: sniffing (tls) is not supported")
+    assert load(edited(PORTAL, "inbounds.0.domainOverride", ["tls"])).inbounds[0].sniffing == (
+        "tls",)
 
 
 def test_protocol_rules() -> None:
     data = edited(PORTAL, "routing.rules.0.protocol", ["bittorrent"])
-    assert load(data).routing == load(PORTAL).routing[1:]
-    assert warnings_of(data) == [
-        "routing.rules[0].protocol: warning: the rule is left out: it never matches, since no "
-        "inbound sniffs (V2Ray knows no connection's protocol either)"]
-    data["inbounds"][1]["sniffing"] = {"enabled": True}
-    assert problems_of(data) == [
-        "routing.rules[0].protocol: routing on the sniffed protocol is not supported by "
-        "revproxy yet"]
+    assert load(data).routing[0].protocols == ("bittorrent",)
+    assert warnings_of(data) == []
 
 
 @pytest.mark.parametrize(("allocate", "problem"), [
@@ -230,17 +221,13 @@ def test_allocate(allocate: Any, problem: str | None) -> None:
         assert problems_of(data) == [problem]
 
 
-def test_dns_is_refused_only_when_freedom_would_resolve_with_it() -> None:
+def test_dns_loads_for_freedom_and_routing() -> None:
     data = edited(BRIDGE, "dns", {"servers": ["8.8.8.8", "localhost"], "hosts": {"a": "1.1.1.1"}})
-    assert warnings_of(data) == [
-        'dns: warning: not used: revproxy has no DNS client yet, and nothing in this '
-        'configuration would resolve with V2Ray\'s (freedom outbounds resolve "AsIs", with the '
-        "system)"]
     data["outbounds"][0]["settings"]["domainStrategy"] = "UseIPv4"
-    assert problems_of(data) == [
-        "dns: not supported by revproxy yet: V2Ray would resolve the destinations of "
-        'outbounds[0] with it; revproxy has no DNS client (set that domainStrategy to "AsIs" to '
-        "resolve with the system as revproxy does)"]
+    config = load(data)
+    assert warnings_of(data) == []
+    assert config.dns is not None and config.dns.hosts == (("full:a", "1.1.1.1"),)
+    assert config.outbounds[0].settings.domain_strategy == "UseIPv4"  # type: ignore[union-attr]
 
 
 def test_policy_api_and_stats_load_with_what_is_not_done() -> None:
@@ -255,8 +242,6 @@ def test_policy_api_and_stats_load_with_what_is_not_done() -> None:
     data["routing"]["rules"].append({"type": "field", "inboundTag": ["api-in"],
                                      "outboundTag": "api"})
     assert warnings_of(data) == [
-        "policy: warning: not applied yet (timeouts): revproxy keeps its own timeouts and "
-        "buffers",
         'api.services[0]: warning: "HandlerService" is not served by revproxy (it serves '
         "StatsService, LoggerService)"]
     config = load(data)
@@ -277,18 +262,17 @@ def test_policy_api_and_stats_load_with_what_is_not_done() -> None:
         'policy.levels.0.connIdle: expected an integer, got "300"']
 
 
-@pytest.mark.parametrize("strategy", ["IPIfNonMatch", "IPOnDemand", "AlwaysIP", "ip_on_demand"])
-def test_routing_domain_strategy(strategy: str) -> None:
+@pytest.mark.parametrize(("strategy", "read"), [
+    ("IPIfNonMatch", "IPIfNonMatch"), ("IPOnDemand", "IPOnDemand"), ("ip_on_demand", "IPOnDemand"),
+    ("AlwaysIP", "AsIs")])
+def test_routing_domain_strategy(strategy: str, read: str) -> None:
     data = edited(PORTAL, "routing.domainStrategy", strategy)
-    assert warnings_of(data) == [
-        f'routing.domainStrategy: warning: "{strategy}" has no effect here (no rule matches '
-        "IPs); revproxy resolves nothing for routing"]
     data["routing"]["rules"].insert(0, {"type": "field", "ip": ["10.0.0.0/8"],
                                         "outboundTag": "portal"})
-    assert problems_of(data) == [
-        f'routing.domainStrategy: "{strategy}" is not supported by revproxy yet: V2Ray would '
-        "resolve domains to match the ip rule routing.rules[0]; set \"AsIs\" to match IP "
-        "destinations only, as revproxy does"]
+    assert load(data).routing_options.strategy == read
+    assert warnings_of(data) == ([] if read != "AsIs" else [
+        f'routing.domainStrategy: warning: "{strategy}" routes as "AsIs": V2Ray 4.34 reads it '
+        "but resolves nothing for it"])
     assert warnings_of(edited(PORTAL, "routing.domainStrategy", "Fastest")) == [
         'routing.domainStrategy: warning: unknown strategy "Fastest": "AsIs" is used (as V2Ray '
         "does)"]
@@ -296,14 +280,14 @@ def test_routing_domain_strategy(strategy: str) -> None:
 
 def test_balancers() -> None:
     data = edited(PORTAL, "routing.balancers", [{"tag": "b", "selector": "portal"}])
-    assert warnings_of(data) == [
-        "routing.balancers: warning: not used by any rule: balancing is not supported by "
-        "revproxy yet"]
+    assert warnings_of(data) == []
+    assert load(data).routing_options.balancers == (("b", ("portal",)),)
     data["routing"]["rules"][0]["balancerTag"] = "b"
     assert warnings_of(data) == [
         "routing.rules[0].balancerTag: warning: ignored: the rule has an outboundTag, which "
-        "V2Ray uses", "routing.balancers: warning: not used by any rule: balancing is not "
-        "supported by revproxy yet"]
+        "V2Ray uses"]
+    del data["routing"]["rules"][0]["outboundTag"]
+    assert load(data).routing[0].balancer_tag == "b"
 
 
 def test_a_missing_outbound_tag_goes_to_the_first_outbound_as_in_v2ray() -> None:
@@ -460,11 +444,11 @@ def revproxy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_check_prints_warnings_and_strict_refuses_them(tmp_path: Path) -> None:
-    write(tmp_path / "w.json", edited(PORTAL, "policy", {"levels": {"0": {"connIdle": 3}}}))
+    write(tmp_path / "w.json", edited(PORTAL, "routing.domainStrategy", "Fastest"))
     done = revproxy("check", "-c", "w.json", cwd=tmp_path)
     assert (done.returncode, done.stdout) == (0, "configuration OK (1 warning)\n")
-    assert done.stderr == ("w.json: policy: warning: not applied yet (timeouts): revproxy "
-                           "keeps its own timeouts and buffers\n")
+    assert done.stderr == ('w.json: routing.domainStrategy: warning: unknown strategy "Fastest": '
+                           '"AsIs" is used (as V2Ray does)\n')
     done = revproxy("check", "--strict", "-c", "w.json", cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines()[-1] == ("revproxy: configuration refused: 1 warning "
@@ -506,9 +490,9 @@ def test_run_logs_the_warnings_as_it_starts(tmp_path: Path, monkeypatch: pytest.
             return 0
 
     monkeypatch.setattr(supervisor, "Supervisor", FakeSupervisor)
-    write(tmp_path / "w.json", edited(PORTAL, "policy", {"levels": {"0": {"connIdle": 3}}}))
+    write(tmp_path / "w.json", edited(PORTAL, "routing.domainStrategy", "Fastest"))
     assert cli.main(["run", "-c", str(tmp_path / "w.json")]) == 0
     assert started and started[0].warnings
     err = capfd.readouterr().err
-    assert ("[Warning] config: w.json: policy: warning: not applied yet (timeouts): revproxy "
-            "keeps its own timeouts and buffers") in err
+    assert ('[Warning] config: w.json: routing.domainStrategy: warning: unknown strategy '
+            '"Fastest"') in err

@@ -29,7 +29,7 @@ FULL: dict[str, Any] = {
     "server": {"workers": 2},
     "api": {"tag": "api", "services": ["StatsService"]},
     "stats": {},
-    "dns": {"servers": ["localhost"]},
+    "dns": {"servers": ["localhost", {"address": "127.0.0.1", "port": 53}]},
     "policy": {"levels": {"0": {"handshake": 4}}, "system": {"statsInboundUplink": False}},
     "transport": {"tcpSettings": {}},
     "inbounds": [

@@ -110,12 +110,13 @@ FLOORS: list[list[str]] = [
     ["revproxy.reverse"],
     ["revproxy.proxy"],
     ["revproxy.dispatcher"],
+    ["revproxy.dns"],
     ["revproxy.transport"],
     ["revproxy.mux"],
     ["revproxy.config"],
-    ["revproxy.routing"],
+    ["revproxy.routing", "revproxy.sniff", "revproxy.geodata"],
     ["revproxy.net"],
-    ["revproxy.log", "revproxy"],
+    ["revproxy.log", "revproxy.policy", "revproxy"],
 ]
 
 

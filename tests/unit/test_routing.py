@@ -117,8 +117,8 @@ def test_empty_inbound_tags_are_dropped() -> None:
 
 
 @pytest.mark.parametrize(("text", "error"), [
-    ("geosite:cn", "geosite: domain lists are not supported by revproxy"),
-    ("ext-domain:f.dat:x", "ext-domain: domain lists are not supported by revproxy"),
+    ("geosite:cn", "geosite: lists are read by the configuration loader"),
+    ("ext-domain:f.dat:x", "ext-domain: lists are read by the configuration loader"),
     ("full:", "empty domain pattern"),
     ("", "empty domain pattern"),
     ("regexp:[", "invalid regular expression"),

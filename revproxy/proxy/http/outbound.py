@@ -75,4 +75,4 @@ class HTTPOutbound:
                         exc)
             session.ending.end()
             return
-        relay(stream, upstream, on_done=session.ending.end)
+        relay(stream, upstream, session.policy, on_done=session.ending.end)

@@ -78,4 +78,4 @@ class ShadowsocksOutbound:
                         session.describe(), exc)
             session.ending.end()
             return
-        relay(stream, upstream, on_done=session.ending.end)
+        relay(stream, upstream, session.policy, on_done=session.ending.end)

@@ -71,5 +71,5 @@ class SocksOutbound:
                         exc)
             session.ending.end()
             return
-        relay(stream, upstream, on_done=session.ending.end)
+        relay(stream, upstream, session.policy, on_done=session.ending.end)
 

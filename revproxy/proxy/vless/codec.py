@@ -46,14 +46,15 @@ class VLESSError(ProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class User:
-    """A VLESS user: ``id`` is the UUID's 16 bytes."""
+    """A VLESS user: ``id`` is the UUID's 16 bytes; ``level`` its policy level."""
 
     id: bytes
     email: str | None = None
+    level: int = 0
 
     @classmethod
-    def from_uuid(cls, text: str, email: str | None = None) -> User:
-        return cls(uuid.UUID(text).bytes, email)
+    def from_uuid(cls, text: str, email: str | None = None, level: int = 0) -> User:
+        return cls(uuid.UUID(text).bytes, email, level)
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,7 +102,7 @@ class VLESSInbound:
         udp = request.command == COMMAND_UDP
         session = Session(Target("udp" if udp else "tcp", request.address, request.port),
                           self.tag, source=source, email=user.email if user else None,
-                          ending=ending)
+                          level=user.level if user else None, ending=ending)
         self.dispatcher.handle(session, VLESSServerStream(stream, udp, decoder.rest))
         return True
 

@@ -72,4 +72,4 @@ class VLESSOutbound:
             log.warning("vless: failed to reach a server for %s: %s", session.describe(), exc)
             session.ending.end()
             return
-        relay(stream, upstream, on_done=session.ending.end)
+        relay(stream, upstream, session.policy, on_done=session.ending.end)

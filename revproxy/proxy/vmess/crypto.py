@@ -70,13 +70,14 @@ class User:
     """One VMess account; precomputes the cmd key and the AuthID decryptor the server needs.
     Not thread-safe (the decryptor context is reused), which suits one gevent hub per process."""
 
-    __slots__ = ("id", "cmd_key", "email", "_auth_id_decryptor")
+    __slots__ = ("id", "cmd_key", "email", "level", "_auth_id_decryptor")
 
-    def __init__(self, user_id: str, *, email: str | None = None) -> None:
+    def __init__(self, user_id: str, *, email: str | None = None, level: int = 0) -> None:
         u = uuid.UUID(str(user_id))
         self.id = str(u)
         self.cmd_key = cmd_key(u)
         self.email = email
+        self.level = level  # its policy level
         # ECB is stateless per block, so one never-finalized context serves every AuthID.
         self._auth_id_decryptor = _ecb(kdf16(self.cmd_key, _AUTH_ID_SALT)).decryptor()
 

@@ -41,9 +41,11 @@ HANDSHAKE_TIMEOUT = 4.0
 class VMessInbound:
     def __init__(self, tag: str | None, users: Sequence[User], replay: ReplayFilter,
                  dispatcher: Dispatcher, transport: Transport = PLAIN, *,
-                 legacy_users: LegacyUsers | None = None, secure_only: bool = False) -> None:
+                 legacy_users: LegacyUsers | None = None, secure_only: bool = False,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         """``legacy_users``: the users with alter ids, whose legacy requests are accepted;
-        ``secure_only``: V2Ray's ``disableInsecureEncryption`` (no "none" body)."""
+        ``secure_only``: V2Ray's ``disableInsecureEncryption`` (no "none" body);
+        ``handshake_timeout``: policy level 0's ``handshake``, as V2Ray's."""
         self.tag = tag
         self.users = tuple(users)
         self.replay = replay
@@ -51,6 +53,7 @@ class VMessInbound:
         self.transport = transport
         self.legacy_users = legacy_users
         self.secure_only = secure_only
+        self.handshake_timeout = handshake_timeout
         self._drain_base, self._drain_spread = drain_sizes(self.users)
 
     def handle_connection(self, sock: socket.socket, address: tuple, ending: Ending) -> None:
@@ -82,8 +85,9 @@ class VMessInbound:
             ending.end()
             return
         email = decoder.user.email if decoder.user is not None else None
+        level = decoder.user.level if decoder.user is not None else None
         session = Session(Target(network, header.address, header.port), self.tag,
-                          source=source, email=email, ending=ending)
+                          source=source, email=email, level=level, ending=ending)
         self.dispatcher.handle(session, VMessServerStream(transport, header, decoder.rest))
 
     def _handshake(self, transport: TunnelStream, source: str,
@@ -92,7 +96,7 @@ class VMessInbound:
         deadline covers the handshake and the drain after a failure, as in V2Ray."""
         received = 0
         try:
-            with gevent.Timeout(HANDSHAKE_TIMEOUT, TimeoutError):
+            with gevent.Timeout(self.handshake_timeout, TimeoutError):
                 try:
                     while True:
                         data = transport.recv()

@@ -63,4 +63,4 @@ class VMessOutbound:
             session.ending.end()
             return
         session.upstream = upstream  # counted as this outbound's traffic
-        relay(stream, upstream, on_done=session.ending.end)
+        relay(stream, upstream, session.policy, on_done=session.ending.end)
