@@ -89,7 +89,7 @@ class Dispatcher:
     def route(self, session: Session) -> Outbound:
         tag = session.outbound_tag
         if tag is None:
-            tag = self.router.pick(session.inbound_tag, session.target)
+            tag = self.router.route(session)
         outbound = self.outbounds.get(tag) if tag is not None else None
         if outbound is None:
             raise NoRoute(f"no outbound for {session.describe()} (tag {tag!r})")

@@ -37,6 +37,7 @@ from revproxy.proxy.http.codec import (
     parse_response,
     request_body,
     response_body,
+    without_hop_by_hop,
 )
 from revproxy.proxy.streams import HANDSHAKE_TIMEOUT, IdleLimit, PipeEnd, pipe, prefixed
 from revproxy.proxy.wire import ProtocolError
@@ -103,7 +104,9 @@ class HTTPInbound:
             if not self.allow_transparent and not request.authority:
                 stream.send(BAD_REQUEST)  # RFC 2068: a proxy wants an absolute URI
                 return False
-            session = Session(target, self.tag, source=source, email=user)
+            # What routing's "protocol" and "attrs" rules see, as V2Ray sets them.
+            session = Session(target, self.tag, source=source, email=user,
+                              protocol="http/1.1", attributes=request_attributes(request))
             after = self._exchange(stream, request, session, leftover)
             if after is None or not request.proxy_keep_alive:
                 return False
@@ -201,3 +204,17 @@ def _relay_response(client: Stream, upstream: PipeEnd, method: str) -> bool:
         part, _ = body.feed(data)
         client.send(part)
     return keep
+
+
+def request_attributes(request: Request) -> dict[str, str]:
+    """A plain request's attributes for routing's ``attrs`` rules, as V2Ray 4.34 sets them:
+    ":method" (upper case), ":path" (without the query), and each header field but Host left
+    after the hop-by-hop ones, by its name in lower case (the first value; "user-agent" is ""
+    when absent, since V2Ray sets it so)."""
+    path = request.uri.split("?", 1)[0] if request.authority else request.target.split("?", 1)[0]
+    found = {":method": request.method.upper(), ":path": path}
+    for name, value in without_hop_by_hop(request.head.headers):
+        if name.lower() != "host":  # Go's request keeps Host apart from the header fields
+            found.setdefault(name.lower(), value)
+    found.setdefault("user-agent", "")
+    return found
