@@ -180,9 +180,12 @@ def _queries(domain: str, v4: bool, v6: bool, client_ip: str | None
     return messages
 
 
-def _answer(query: dns.message.QueryMessage, wire: bytes) -> tuple[list[IPAddress], int] | None:
-    """The addresses and the smallest TTL a response gives, None if it answers another
-    query; raises _Final for an error code."""
+Answer = tuple[list[IPAddress], int, str]
+"""The addresses a response gives, their smallest TTL, and its error ("" for none)."""
+
+
+def _answer(query: dns.message.QueryMessage, wire: bytes) -> Answer | None:
+    """What a response to ``query`` says; None if it answers another query."""
     try:
         response = dns.message.from_wire(wire, ignore_trailing=True)
     except dns.exception.DNSException as exc:
@@ -192,7 +195,7 @@ def _answer(query: dns.message.QueryMessage, wire: bytes) -> tuple[list[IPAddres
         return None
     rcode = response.rcode()
     if rcode != dns.rcode.NOERROR:
-        raise _Final(f"the server answered {dns.rcode.to_text(rcode)}")
+        return [], 0, f"the server answered {dns.rcode.to_text(rcode)}"
     rdtype = query.question[0].rdtype
     ips: list[IPAddress] = []
     ttl = MAX_TTL
@@ -202,7 +205,7 @@ def _answer(query: dns.message.QueryMessage, wire: bytes) -> tuple[list[IPAddres
         ttl = min(ttl, rrset.ttl)
         for record in rrset:
             ips.append(ipaddress.ip_address(record.address))
-    return ips, ttl
+    return ips, ttl, ""
 
 
 class _CachingServer:
@@ -223,15 +226,18 @@ class _CachingServer:
         queries = _queries(domain, v4, v6, self.client_ip)
         answers = self.exchange(queries, deadline)
         ips: list[IPAddress] = []
-        for query, (found, ttl) in zip(queries, answers, strict=True):
+        errors = []
+        for query, (found, ttl, error) in zip(queries, answers, strict=True):
             self.cache.put((domain, query.question[0].rdtype), found, ttl)
             ips += found
-        if not ips:
-            raise _Final("no address")
+            if error:
+                errors.append(error)
+        if not ips:  # (V2Ray too gives the addresses of one type when the other failed)
+            raise _Final(errors[-1] if errors else "no address")
         return ips
 
     def exchange(self, queries: list[dns.message.QueryMessage], deadline: float
-                 ) -> list[tuple[list[IPAddress], int]]:
+                 ) -> list[Answer]:
         raise NotImplementedError
 
 
@@ -247,13 +253,13 @@ class UDPServer(_CachingServer):
         self.name = f"UDP:{address}:{port or 53}"
 
     def exchange(self, queries: list[dns.message.QueryMessage], deadline: float
-                 ) -> list[tuple[list[IPAddress], int]]:
+                 ) -> list[Answer]:
         with gevent.Timeout(max(0.0, deadline - time.monotonic()), TimeoutError):
             stream = self.open_stream(self.target)
             try:
                 for query in queries:
                     stream.send(query.to_wire())
-                answers: dict[int, tuple[list[IPAddress], int]] = {}
+                answers: dict[int, Answer] = {}
                 while len(answers) < len(queries):
                     wire = stream.recv()
                     if not wire:
@@ -290,7 +296,7 @@ class DoHServer(_CachingServer):
         self.name = f"DOH{local}//{self.host}"
 
     def exchange(self, queries: list[dns.message.QueryMessage], deadline: float
-                 ) -> list[tuple[list[IPAddress], int]]:
+                 ) -> list[Answer]:
         # The queries go out side by side, each on its own connection, as V2Ray's do.
         jobs = [gevent.spawn(self._post, query, deadline) for query in queries]
         try:

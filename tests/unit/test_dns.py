@@ -56,7 +56,9 @@ def test_hosts_forms() -> None:
 
 def test_udp_server_answers_and_caches(tmp_path: Path) -> None:
     log = tmp_path / "dnsmasq.log"
-    with dnsmasq([("a.test", "10.1.1.1"), ("a.test", "fd00::1"), ("invalid", "")], log) as port:
+    names = [("a.test", "10.1.1.1"), ("a.test", "fd00::1"), ("invalid", ""),
+             ("four.test", "10.4.4.4")]
+    with dnsmasq(names, log) as port:
         server = UDPServer("127.0.0.1", port, None, udp)
         client = DNSClient([Server(server)])
         assert sorted(client.lookup("www.a.test"), key=str) == ips("10.1.1.1", "fd00::1")
@@ -65,6 +67,8 @@ def test_udp_server_answers_and_caches(tmp_path: Path) -> None:
         assert queries(log).count("www.a.test") == 2  # A and AAAA once: then the cache
         with pytest.raises(DNSError, match="NXDOMAIN"):
             client.lookup("nothing.invalid")
+        # dnsmasq refuses AAAA for a name it knows only IPv4 of: the A answer still counts
+        assert client.lookup("four.test") == ips("10.4.4.4")
 
 
 def test_domains_expect_ips_and_order(tmp_path: Path) -> None:
