@@ -354,7 +354,7 @@ def build_inbound(inbound: InboundConfig, dispatcher: Dispatcher,
             inbound.tag, [VLESSUser.from_uuid(client.id, client.email, client.level)
                           for client in settings.clients], dispatcher, transport,
             [Fallback(fb.dest, fb.network, fb.alpn, fb.path, fb.xver)
-             for fb in settings.fallbacks]).handle_connection
+             for fb in settings.fallbacks], handshake_timeout=handshake).handle_connection
     if isinstance(settings, ShadowsocksInboundSettings):
         method = METHODS[settings.method]
         return ShadowsocksInbound(inbound.tag, method,

@@ -149,3 +149,28 @@ def test_the_section_refuses_what_cannot_work() -> None:
     assert any('unknown DNS server scheme "tcp"' in p for p in problems)
     assert any('missing required key "address"' in p for p in problems)
     assert any("clientIp" in p and "not an IP address" in p for p in problems)
+
+
+def test_client_ip_is_sent_as_v2ray_sends_it() -> None:
+    from revproxy.dns import _queries
+
+    (query,) = _queries("x.test", True, False, "192.0.2.55")
+    (option,) = query.options
+    assert option.to_wire() == b"\x00\x01\x18\x00\xc0\x00\x02"  # IPv4, /24, 192.0.2
+    (query,) = _queries("x.test", False, True, "2001:db8::1")
+    assert query.options[0].srclen == 96  # type: ignore[attr-defined]
+    assert all(not q.options for q in _queries("x.test", True, True, None))
+
+
+def test_hosts_take_geosite_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from revproxy.geodata import encode_sites
+
+    monkeypatch.setenv("V2RAY_LOCATION_ASSET", str(tmp_path))
+    (tmp_path / "geosite.dat").write_bytes(encode_sites({"lan": [("domain:lan", ()),
+                                                                 ("full:router", ())]}))
+    config = parse_config({**BASE, "dns": {"hosts": {"geosite:lan": "10.0.0.1"}}}, "c.json")
+    assert config.dns is not None
+    hosts = Hosts(config.dns.hosts)
+    assert hosts.lookup("nas.lan", True, True) == ips("10.0.0.1")
+    assert hosts.lookup("router", True, True) == ips("10.0.0.1")
+    assert hosts.lookup("other", True, True) is None

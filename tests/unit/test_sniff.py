@@ -5,6 +5,7 @@ by Python's ssl."""
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -92,3 +93,72 @@ def test_tls_garbage_after_a_real_start(tail: bytes, cut: int) -> None:
 def test_http_any_host_value(value: str) -> None:
     result = sniff(f"GET / HTTP/1.1\r\nHost: {value}\r\n\r\n".encode())
     assert result is None or result is MORE or result.protocol == "http1"  # type: ignore[union-attr]
+
+
+# -- the dispatcher's side: waiting for the first bytes, and giving them on
+
+def _session(port: int = 80) -> Any:
+    from revproxy.net.session import Session, Target
+    return Session(Target("tcp", "10.255.255.1", port), "in")
+
+
+def test_a_socket_is_peeked_at_and_its_destination_overridden() -> None:
+    import socket
+
+    from revproxy.dispatcher import Sniffing, sniff_stream
+    from revproxy.net.stream import SocketStream
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    stream = SocketStream(ours)
+    request = b"GET / HTTP/1.1\r\nHost: a.test:8080\r\n\r\n"
+    theirs.sendall(request)
+    session = _session()
+    assert sniff_stream(session, stream, Sniffing(("http",))) is stream
+    assert (session.protocol, session.target.address, session.target.port) == (
+        "http1", "a.test", 80)
+    assert stream.recv() == request  # still there for whoever reads next
+    ours.close()
+    theirs.close()
+
+
+def test_a_split_client_hello_is_awaited_and_a_silent_client_is_not() -> None:
+    import socket
+    import time
+
+    import gevent
+
+    from revproxy.dispatcher import SNIFF_WAIT, Sniffing, sniff_stream
+    from revproxy.net.stream import SocketStream
+
+    hello = client_hello("b.example")
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.sendall(hello[:30])
+    gevent.spawn_later(0.03, theirs.sendall, hello[30:])
+    session = _session(443)
+    sniff_stream(session, SocketStream(ours), Sniffing(("tls",)))
+    assert (session.protocol, session.target.address) == ("tls", "b.example")
+    silent = _session()
+    start = time.monotonic()
+    quiet_ours, quiet_theirs = socket.socketpair()
+    quiet_ours.setblocking(False)
+    sniff_stream(silent, SocketStream(quiet_ours), Sniffing(("http", "tls")))
+    assert silent.protocol == "" and silent.target.address == "10.255.255.1"
+    assert time.monotonic() - start < SNIFF_WAIT * 2 + 1
+    for sock in (ours, theirs, quiet_ours, quiet_theirs):
+        sock.close()
+
+
+def test_a_wrapped_stream_is_read_and_replayed() -> None:
+    from revproxy.dispatcher import Sniffing, sniff_stream
+    from revproxy.proxy.streams import pipe
+
+    near, far = pipe()
+    near.send(b"\x13BitTorrent protocol" + bytes(8))
+    session = _session()
+    stream = sniff_stream(session, far, Sniffing(("http", "tls")))
+    assert session.protocol == "bittorrent" and session.target.address == "10.255.255.1"
+    assert stream.recv() == b"\x13BitTorrent protocol" + bytes(8)
+    near.send(b"more")
+    assert stream.recv() == b"more"

@@ -44,8 +44,11 @@ _UNIX_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path) on Linux
 
 class VLESSInbound:
     def __init__(self, tag: str | None, users: Sequence[User], dispatcher: Dispatcher,
-                 transport: Transport = PLAIN, fallbacks: Sequence[Fallback] = ()) -> None:
+                 transport: Transport = PLAIN, fallbacks: Sequence[Fallback] = (),
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        """``handshake_timeout``: policy level 0's ``handshake``, as V2Ray's."""
         self.tag = tag
+        self.handshake_timeout = handshake_timeout
         self.users = {user.id: user for user in users}
         self.dispatcher = dispatcher
         self.transport = transport
@@ -75,7 +78,7 @@ class VLESSInbound:
         request: Request | None = None
         fall_back: bytes | None = None  # what to hand a fallback
         try:
-            with gevent.Timeout(HANDSHAKE_TIMEOUT, TimeoutError("handshake timed out")):
+            with gevent.Timeout(self.handshake_timeout, TimeoutError("handshake timed out")):
                 first = stream.recv()
                 if not first:
                     return False
