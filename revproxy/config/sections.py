@@ -88,10 +88,10 @@ class Layout:
 @dataclass
 class _Routing:
     """What rules need to know of the rest, and what they tell routing: the balancer tags
-    they name (with the path of the first rule naming each)."""
+    they name (with the rules' balancerTag nodes naming each)."""
 
     assets: Assets
-    balanced: dict[str, str] = field(default_factory=dict)
+    balanced: dict[str, list[Node]] = field(default_factory=dict)
     strategy: str = "AsIs"
     balancers: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
@@ -221,9 +221,11 @@ def _routing(node: Node, raw: Any, context: _Routing) -> list[tuple[str, Routing
     balancers = o.nested("balancers", lambda n, v: f.items(n, v, _balancer), ())
     context.balancers = tuple(item for item in balancers if item[0])
     known = {tag for tag, _ in context.balancers}
-    for tag, path in context.balanced.items():
+    for tag, nodes in context.balanced.items():
         if o.ok and tag not in known:  # V2Ray: "balancer X not found"
-            node.report(f"balancer {show(tag)} not found (rule {node.describe(path)})")
+            for here in nodes:
+                here.report(f"balancer {show(tag)} not found (routing.balancers has no such "
+                            "tag)")
     if strategy is not None:
         context.strategy = _domain_strategy(strategy_node, strategy)
     return rules
@@ -283,7 +285,7 @@ def _rule(node: Node, raw: Any, context: _Routing) -> RoutingRule | None:
     if outbound_tag and balancer_tag:
         node.at("balancerTag").warn("ignored: the rule has an outboundTag, which V2Ray uses")
     elif balancer_tag:
-        context.balanced.setdefault(balancer_tag, node.path)
+        context.balanced.setdefault(balancer_tag, []).append(node.at("balancerTag"))
     elif not outbound_tag:
         node.report('missing "outboundTag" (V2Ray refuses a rule with neither outboundTag nor '
                     "balancerTag)")

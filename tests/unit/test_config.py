@@ -207,9 +207,7 @@ def test_optional_sections_and_ignored_keys() -> None:
     assert config.log == LogConfig(level="debug", access="/var/log/a.log", error=None)
     assert config.warnings == (
         'x: routing.domainMatcher: warning: V2Ray 4.34 does not know it (it came in 4.36) and '
-        "ignores it; rules match the same either way",
-        'x: routing.domainStrategy: warning: "IPIfNonMatch" has no effect here (no rule matches '
-        "IPs); revproxy resolves nothing for routing")
+        "ignores it; rules match the same either way",)
     assert config.stats
 
 
@@ -347,20 +345,25 @@ def test_json_comments_outside_strings_only(tmp_path: Path) -> None:
      '"field", as in V2Ray 4.34)'),
     (PORTAL, "routing.rules.0.inboundTag", [],
      "routing.rules[0]: the rule has no conditions (V2Ray refuses such a rule: it needs one of "
-     "inboundTag, domain, domains, ip, port, network, protocol)"),
+     "inboundTag, domain, domains, ip, port, network, protocol, source, sourcePort, user, "
+     "attrs)"),
     (PORTAL, "routing.rules.0.domain", ["full:a.com", "geosite:cn"],
-     'routing.rules[0].domain[1]: "geosite:cn": geosite: domain lists are not supported by '
-     "revproxy"),
+     'routing.rules[0].domain[1]: "geosite:cn": failed to load geosite: failed to open file: '
+     "geosite.dat (put it next to the configuration, in /usr/share/v2ray, or where "
+     "V2RAY_LOCATION_ASSET names)"),
     (PORTAL, "routing.rules.0.domain", ["ext:h2y.dat:gfw"],
-     'routing.rules[0].domain[0]: "ext:h2y.dat:gfw": ext: domain lists are not supported by '
-     "revproxy"),
+     'routing.rules[0].domain[0]: "ext:h2y.dat:gfw": failed to load external geosite: failed '
+     "to open file: h2y.dat (put it next to the configuration, in /usr/share/v2ray, or where "
+     "V2RAY_LOCATION_ASSET names)"),
     (PORTAL, "routing.rules.0.domain", ["regexp:("],
      'routing.rules[0].domain[0]: "regexp:(": invalid regular expression: missing ), '
      "unterminated subpattern at position 0"),
     (PORTAL, "routing.rules.0.domain", ["a.com", ""],
      'routing.rules[0].domain[1]: "": empty domain pattern'),
     (PORTAL, "routing.rules.0.ip", ["geoip:private"],
-     'routing.rules[0].ip[0]: "geoip:private": geoip: IP lists are not supported by revproxy'),
+     'routing.rules[0].ip[0]: "geoip:private": failed to load geoip: failed to open file: '
+     "geoip.dat (put it next to the configuration, in /usr/share/v2ray, or where "
+     "V2RAY_LOCATION_ASSET names)"),
     (PORTAL, "routing.rules.0.ip", "10.0.0.0/33",
      'routing.rules[0].ip[0]: "10.0.0.0/33": invalid network mask /33'),
     (PORTAL, "routing.rules.0.ip", ["example.com"],
@@ -371,11 +374,11 @@ def test_json_comments_outside_strings_only(tmp_path: Path) -> None:
      'routing.rules[0].port: expected a port number, got "http"'),
     (PORTAL, "routing.rules.0.network", "icmp",
      'routing.rules[0].network: unknown network "icmp" (expected "tcp" or "udp")'),
-    (PORTAL, "routing.rules.0.user", ["a@b"],
-     "routing.rules[0].user: routing on the user is not supported by revproxy yet"),
+    (PORTAL, "routing.rules.0.attrs", "attrs.__class__",
+     "routing.rules[0].attrs: method '__class__' is not supported in attrs by revproxy"),
     (PORTAL, "routing.rules.0", {"inboundTag": "external", "balancerTag": "b", "type": "field"},
-     "routing.rules[0].balancerTag: balancers are not supported by revproxy yet: V2Ray would "
-     "spread this traffic over the balancer's outbounds"),
+     'routing.rules[0].balancerTag: balancer "b" not found (routing.balancers has no such '
+     "tag)"),
     (PORTAL, "routing.balancers", [{"tag": "b", "selector": []}],
      "routing.balancers[0]: the balancer needs a selector (V2Ray refuses an empty one)"),
     (PORTAL, "server", {"workers": 0}, "server.workers: must be between 1 and 128, got 0"),
@@ -433,12 +436,11 @@ def test_all_problems_are_collected() -> None:
     data = edited(PORTAL, "inbounds.0.port", "x")
     data["inbounds"][1]["settings"]["clients"][0]["id"] = "abc"
     data["routing"]["rules"][1]["outboundTag"] = "nowhere"
-    data["routing"]["rules"][0]["source"] = ["10.0.0.1"]
+    data["routing"]["rules"][0]["source"] = ["10.0.0.1", "somewhere"]
     assert problems_of(data) == [
         't.json: inbounds[0].port: expected a port number, got "x"',
         't.json: inbounds[1].settings.clients[0].id: "abc" is not a UUID',
-        "t.json: routing.rules[0].source: routing on the source address is not supported by "
-        "revproxy yet",
+        't.json: routing.rules[0].source[1]: "somewhere": not an IP address or CIDR',
         f't.json: routing.rules[1].outboundTag: no outbound or portal is tagged "nowhere"'
         f"{NO_OUTBOUND}",
     ]
