@@ -38,6 +38,7 @@ import dns.rcode
 import dns.rdatatype
 import gevent
 from gevent import socket as gsocket
+from gevent.event import AsyncResult
 
 from revproxy.log import log
 from revproxy.net.dial import connect
@@ -209,13 +210,15 @@ def _answer(query: dns.message.QueryMessage, wire: bytes) -> Answer | None:
 
 
 class _CachingServer:
-    """What UDP and DoH servers share: the cache, and asking for A and AAAA at once."""
+    """What UDP and DoH servers share: the cache, one query at a time for the same name
+    (those asking meanwhile wait for its answer), and asking for A and AAAA at once."""
 
     name = ""
     client_ip: str | None = None
 
     def __init__(self) -> None:
         self.cache = _Cache()
+        self._asking: dict[tuple[str, bool, bool], AsyncResult] = {}
 
     def query(self, domain: str, v4: bool, v6: bool, deadline: float) -> list[IPAddress]:
         wanted = [rdtype for flag, rdtype in ((v4, dns.rdatatype.A), (v6, dns.rdatatype.AAAA))
@@ -223,6 +226,27 @@ class _CachingServer:
         cached = [self.cache.get((domain, rdtype)) for rdtype in wanted]
         if all(ips is not None for ips in cached):
             return [ip for ips in cached if ips is not None for ip in ips]
+        key = (domain, v4, v6)
+        asking = self._asking.get(key)
+        if asking is not None:
+            try:
+                found: list[IPAddress] = asking.get(
+                    timeout=max(0.0, deadline - time.monotonic()))
+            except gevent.Timeout:
+                raise TimeoutError("no answer in time") from None
+            return found
+        asking = self._asking[key] = AsyncResult()
+        try:
+            ips = self._ask(domain, v4, v6, deadline)
+        except BaseException as exc:
+            asking.set_exception(exc)
+            raise
+        finally:
+            del self._asking[key]
+        asking.set(ips)
+        return ips
+
+    def _ask(self, domain: str, v4: bool, v6: bool, deadline: float) -> list[IPAddress]:
         queries = _queries(domain, v4, v6, self.client_ip)
         answers = self.exchange(queries, deadline)
         ips: list[IPAddress] = []

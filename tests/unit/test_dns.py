@@ -174,3 +174,13 @@ def test_hosts_take_geosite_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert hosts.lookup("nas.lan", True, True) == ips("10.0.0.1")
     assert hosts.lookup("router", True, True) == ips("10.0.0.1")
     assert hosts.lookup("other", True, True) is None
+
+
+def test_concurrent_lookups_ask_once(tmp_path: Path) -> None:
+    log = tmp_path / "dnsmasq.log"
+    with dnsmasq([("same.test", "10.7.7.7"), ("same.test", "fd00::7")], log) as port:
+        client = DNSClient([Server(UDPServer("127.0.0.1", port, None, udp))])
+        jobs = [gevent.spawn(client.lookup, "same.test") for _ in range(8)]
+        gevent.joinall(jobs, timeout=10)
+        assert all(sorted(job.get(), key=str) == ips("10.7.7.7", "fd00::7") for job in jobs)
+        assert queries(log).count("same.test") == 2  # one A and one AAAA for all eight
