@@ -163,7 +163,9 @@ def test_a_visitor_its_tunnel_may_have_delivered_is_not_carried_again(tunnels):
 
 
 class ToOut:
-    def pick(self, inbound_tag: str | None, target: Target) -> str:
+    """Routing that sends everything to "out"."""
+
+    def route(self, session: Session) -> str:
         return "out"
 
 
