@@ -37,10 +37,11 @@ from revproxy.dispatcher import Dispatcher, Outbound, Sniffing
 from revproxy.dns import LOCAL_DOMAINS, DNSClient, Hosts, Server, server_for
 from revproxy.log import log
 from revproxy.net.acceptor import Acceptor
-from revproxy.net.listen import bind_listener
+from revproxy.net.listen import bind_datagram, bind_listener, udp_listener_key
 from revproxy.net.session import Ending, Session, Target
 from revproxy.net.stream import Stream
 from revproxy.net.traffic import Traffic
+from revproxy.net.udp import PacketSessions
 from revproxy.policy import Policy
 from revproxy.proxy.blackhole import BlackholeOutbound
 from revproxy.proxy.commander import CommanderOutbound
@@ -80,12 +81,15 @@ class Instance:
     def __init__(self, config: Config, listeners: Mapping[int, socket.socket] | None = None,
                  replay: ReplayFilter | None = None, directory: TunnelDirectory | None = None,
                  workers: int = 1, traffic: Traffic | None = None,
-                 api_socket: str = "") -> None:
+                 api_socket: str = "", udp_reader: bool = True) -> None:
         """``traffic``: the worker's counters; ``api_socket``: where the API process
-        listens (the ``api`` tag's outbound connects there)."""
+        listens (the ``api`` tag's outbound connects there); ``udp_reader``: whether this
+        worker reads the inbounds' UDP sockets (one worker does: see ``_serve_udp``)."""
         self.config = config
         self.traffic = traffic
         self.api_socket = api_socket
+        self.udp_reader = udp_reader
+        self.packet_servers: list[PacketSessions] = []  # dokodemo-door UDP sockets read here
         self.listeners = dict(listeners or {})
         self.replay = replay
         self.directory = directory
@@ -123,6 +127,10 @@ class Instance:
         replay = self.replay if self.replay is not None else MemoryReplayFilter()
         for index, inbound in enumerate(config.inbounds):
             handler = build_inbound(inbound, self.dispatcher, replay, policy)
+            self._serve_udp(index, inbound, handler)
+            if isinstance(inbound.settings, DokodemoSettings) and \
+                    "tcp" not in inbound.settings.network:
+                continue  # UDP alone: no TCP listener
             listener = self.listeners.get(index) or bind_listener(inbound.listen,
                                                                      inbound.port)
             set_listener_options(inbound, listener)
@@ -144,6 +152,29 @@ class Instance:
                             directory=self.directory)
             bridge.start()
             self.bridges.append(bridge)
+
+    def _serve_udp(self, index: int, inbound: InboundConfig, handler: object) -> None:
+        """Read a dokodemo-door's UDP socket, if it has one and this worker is its reader.
+
+        The master binds the socket and every worker inherits it, but only one reads it
+        (``udp_reader``: the worker with the lowest index), so that all the datagrams of one
+        source reach the process holding its session. (Several readers of one socket would
+        split a source's datagrams among them; SO_REUSEPORT sockets per worker would keep a
+        source on one, but the kernel's hash moves sources whenever the number of workers
+        changes, as on a reload.)"""
+        doko = getattr(handler, "__self__", None)
+        settings = inbound.settings
+        if (not isinstance(doko, DokodemoInbound) or not isinstance(settings, DokodemoSettings)
+                or "udp" not in settings.network or not self.udp_reader):
+            return
+        key = udp_listener_key(index)
+        sock = self.listeners.get(key) or bind_datagram(inbound.listen, inbound.port)
+        self.listeners[key] = sock
+        name = f"dokodemo-door {inbound.tag or f'inbounds[{index}]'} (UDP)"
+        server = PacketSessions(sock, doko.handle_datagrams, name=name)
+        server.start()
+        self.packet_servers.append(server)
+        log.info("worker: %s listening on %s:%d", name, *sock.getsockname()[:2])
 
     def _dns_stream(self, target: Target) -> Stream:
         """A connection for a DNS query, routed as V2Ray routes them: with the ``dns``
@@ -202,6 +233,8 @@ class Instance:
         """First step of a graceful stop: close listeners, drain tunnels, dial no more."""
         for server in self.servers:
             server.close()
+        for packets in self.packet_servers:
+            packets.close()  # (UDP sessions are short: they end now)
         for portal in self.portals:
             portal.drain_all()
         for bridge in self.bridges:

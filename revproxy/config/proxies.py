@@ -104,18 +104,11 @@ def _dokodemo(node: Node, raw: Any) -> DokodemoSettings:
     return DokodemoSettings(
         address=o.get("address", f.host, None),
         port=o.get("port", f.port, None),
-        network=o.get("network", _tcp_network, ("tcp",)),
+        network=o.get("network", f.networks, ("tcp",)),  # "udp": served too
         follow_redirect=follow_redirect,
         timeout=o.get("timeout", f.integer(0, 2**32 - 1), 0) or 300,
         user_level=o.get("userLevel", f.integer(0, 2**32 - 1), 0),
     )
-
-
-def _tcp_network(value: Any) -> tuple[str, ...]:
-    networks = f.networks(value)
-    if "tcp" not in networks:
-        raise Invalid(f'network "udp" is {NOT_SUPPORTED}: include "tcp"')
-    return networks
 
 
 def _vmess_inbound(node: Node, raw: Any) -> VMessInboundSettings:

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from revproxy.mux.connection import DEFAULT_LIMITS, FlowLimits, MuxConnection, MuxSession
-from revproxy.mux.frame import MAX_STREAM_PAYLOAD, Frame, encode_keep_chunks, encode_new
+from revproxy.mux.connection import (
+    DEFAULT_LIMITS,
+    MAX_UDP_PAYLOAD,
+    FlowLimits,
+    MuxConnection,
+    MuxSession,
+)
+from revproxy.mux.frame import (
+    MAX_STREAM_PAYLOAD,
+    NETWORK_UDP,
+    Frame,
+    encode_keep_chunks,
+    encode_new,
+)
 from revproxy.net.stream import TunnelStream
 
 MAX_SESSION_ID = 0xFFFF
@@ -28,6 +40,8 @@ class MuxClient(MuxConnection):
         self.total_sessions += 1
         session = MuxSession(self, self._last_id, network)
         self.sessions[session.id] = session
+        if network == NETWORK_UDP and first_payload and len(first_payload) > MAX_UDP_PAYLOAD:
+            first_payload = None  # a datagram too large for the peer: dropped
         if not first_payload:
             self.write(encode_new(session.id, network, address, port))
             return session

@@ -71,6 +71,9 @@ CONTROL_LIMIT = 64 * 1024
 REPLY_LIMIT = 16 * 1024
 
 _EOF = b""
+# A UDP session carries one datagram per frame; V2Ray's packet reader (common/mux/reader.go)
+# fails the whole tunnel on a larger one, so larger datagrams are dropped both ways.
+MAX_UDP_PAYLOAD = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,8 @@ class MuxSession:
 
     # -- fed by the connection's reader
     def _deliver(self, payload: bytes) -> None:
+        if self.network == NETWORK_UDP and len(payload) > MAX_UDP_PAYLOAD:
+            return  # (see MAX_UDP_PAYLOAD)
         self.bytes_in += len(payload)
         sink = self.sink
         if sink is not None:
@@ -453,7 +458,10 @@ class MuxConnection:
             self.close()
 
     def send_payload(self, session: MuxSession, data: bytes | memoryview) -> None:
-        if session.network == NETWORK_UDP or len(data) <= MAX_STREAM_PAYLOAD:
+        if session.network == NETWORK_UDP:
+            if len(data) <= MAX_UDP_PAYLOAD:  # one datagram, one frame; larger: dropped
+                self.write(encode_keep(session.id, data))
+        elif len(data) <= MAX_STREAM_PAYLOAD:
             self.write(encode_keep(session.id, data))
         else:
             self.write(encode_keep_chunks(session.id, data, MAX_STREAM_PAYLOAD))

@@ -8,6 +8,7 @@ socket by itself is a ``Splicer`` (the relay asks it to; a mux session is one).
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from revproxy.policy import SessionPolicy
 RECV_SIZE = 65536
 _READ = 1  # libev's EV_READ
 _WRITE = 2  # libev's EV_WRITE
+_DATAGRAM_LOST = (errno.EMSGSIZE, errno.ENOBUFS, errno.EAGAIN)
 
 
 class Stream(Protocol):
@@ -190,10 +192,18 @@ class DatagramStream:
         self.sock = sock
 
     def recv(self) -> bytes:
-        return self.sock.recv(RECV_SIZE)
+        while True:
+            data = self.sock.recv(RECV_SIZE)
+            if data:  # (an empty datagram would read as the end of the stream: skipped)
+                return data
 
     def send(self, data: bytes | memoryview) -> None:
-        self.sock.send(data)
+        try:
+            self.sock.send(data)
+        except OSError as exc:
+            if exc.errno not in _DATAGRAM_LOST:
+                raise
+            # Too large, or no buffer space: this datagram is lost, as UDP allows.
 
     def close_write(self) -> None:
         """UDP has no half-close."""

@@ -1,7 +1,12 @@
 """Dokodemo-door inbound: every accepted TCP connection goes to one fixed destination, or with
 ``followRedirect`` to the one it was bound for before a firewall redirected it (its original
 destination for ``sockopt.tproxy`` "redirect", the default; its local address for "tproxy").
-The connection arrives through the inbound's transport (``streamSettings``)."""
+The connection arrives through the inbound's transport (``streamSettings``).
+
+With ``network`` "udp" (or "tcp,udp") the inbound also reads a UDP socket: each source
+address is one session with a "udp" target (``handle_datagrams``; net/udp.py keeps the
+sources apart and ends idle ones), whose stream yields and takes whole datagrams.
+``followRedirect`` applies to TCP only here: UDP goes to the fixed destination."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import struct
 from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
 from revproxy.net.session import Ending, Session, Target
+from revproxy.net.udp import SourceStream
 from revproxy.transport import PLAIN, Transport, wrap
 
 _SO_ORIGINAL_DST = 80
@@ -58,3 +64,13 @@ class DokodemoInbound:
             return
         session = Session(target, self.tag, source=f"{address[0]}:{address[1]}", ending=ending)
         self.dispatcher.handle(session, stream)
+
+    def handle_datagrams(self, stream: SourceStream) -> None:
+        """One source's datagrams: a session to the fixed destination, network "udp"."""
+        host, port = stream.source[:2]
+        if self.address is None:
+            log.warning("dokodemo-door: unable to get destination for %s (UDP)", host)
+            stream.close()
+            return
+        target = Target("udp", self.address, self.port or 0)
+        self.dispatcher.handle(Session(target, self.tag, source=f"{host}:{port}"), stream)

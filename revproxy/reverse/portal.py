@@ -36,6 +36,7 @@ from revproxy.mux.splice import SocketSplice
 from revproxy.net.relay import relay
 from revproxy.net.session import Session, Target
 from revproxy.net.stream import SocketStream, Stream, TunnelStream
+from revproxy.net.udp import SourceStream
 from revproxy.reverse.balance import pick_tunnel
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, STATE_DRAIN, encode_control
 from revproxy.reverse.directory import Role, SiblingTunnel, TunnelDirectory
@@ -302,7 +303,8 @@ class PortalOutbound:
         avoided and the next one tried, as V2Ray's dispatcher does; with none left the
         visitor is reset."""
         ending = session.ending
-        can_hand_off = isinstance(stream, SocketStream) and not local_only
+        # A UDP source moves to a sibling as a socket of its own (net/udp.py).
+        can_hand_off = isinstance(stream, SocketStream | SourceStream) and not local_only
         deadline = time.monotonic() + wait
         avoid = set() if avoid is None else avoid
         gone: set[int] = set()
@@ -312,9 +314,19 @@ class PortalOutbound:
             if choice is None:
                 break
             if isinstance(choice, SiblingTunnel):
-                assert self.directory is not None and isinstance(stream, SocketStream)
+                assert self.directory is not None
                 session.first_payload = first or b""
-                if self.directory.hand_off(choice, session, stream.sock):
+                try:
+                    if isinstance(stream, SocketStream):
+                        visitor = stream.sock
+                    else:
+                        assert isinstance(stream, SourceStream)
+                        visitor = stream.connected_socket()
+                except OSError as exc:
+                    log.warning("portal %s: cannot move %s to a sibling: %s", self.tag,
+                                session.describe(), exc)
+                    break
+                if self.directory.hand_off(choice, session, visitor):
                     ending.end()  # closes our copy: the sibling received its own descriptor
                     return
                 # That sibling went away or cannot take it: choose again among what is left.

@@ -400,7 +400,7 @@ class Receiver:
             reason = self.refusal(handoff)
             if reason is not None:
                 raise _Refused(reason)
-            visitor = _visitor_socket(fds)
+            visitor = _visitor_socket(fds, udp=handoff.network == "udp")
             self.serve(handoff.session(), visitor)
             visitor = None  # served: no longer ours to close
             self.taken += 1
@@ -475,10 +475,11 @@ def _descriptor_to_spare(fd: int) -> bool:
     return True
 
 
-def _visitor_socket(fds: list[int]) -> socket.socket:
+def _visitor_socket(fds: list[int], udp: bool = False) -> socket.socket:
     """The one received descriptor as a visitor's socket: a connected TCP socket, no longer
-    reset on close. Raises _Refused if it is something else (the descriptor then stays in
-    ``fds``, for the caller to close); on success it leaves ``fds``."""
+    reset on close (``udp``: a UDP socket connected to one source, net/udp.py). Raises
+    _Refused if it is something else (the descriptor then stays in ``fds``, for the caller
+    to close); on success it leaves ``fds``."""
     fd = fds[0]
     try:
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
@@ -488,6 +489,13 @@ def _visitor_socket(fds: list[int]) -> socket.socket:
         raise _Refused(f"an unusable descriptor: {exc}") from None
     fds.remove(fd)  # the socket object owns it now
     try:
+        if udp:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6) \
+                    or sock.type != socket.SOCK_DGRAM:
+                raise _Refused("not a UDP socket")
+            sock.getpeername()  # connected to its source, else OSError
+            sock.setblocking(False)
+            return sock
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
         if sock.family not in (socket.AF_INET, socket.AF_INET6) \
                 or sock.type != socket.SOCK_STREAM or listening:

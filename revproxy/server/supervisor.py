@@ -60,9 +60,10 @@ from setproctitle import setproctitle
 
 from revproxy import log as logging_setup
 from revproxy.config import Config, ConfigError, load_config
+from revproxy.config.model import DokodemoSettings
 from revproxy.config.sections import MAX_WORKERS
 from revproxy.log import log
-from revproxy.net.listen import bind_listener
+from revproxy.net.listen import bind_datagram, bind_listener, udp_listener_key
 from revproxy.server import handoff
 from revproxy.server.notify import Notifier
 from revproxy.server.spec import (
@@ -138,6 +139,18 @@ def _listen_key(config: Config, index: int) -> tuple[str, int]:
     return inbound.listen, inbound.port
 
 
+def _serves_tcp(config: Config, index: int) -> bool:
+    """Whether inbound ``index`` listens on TCP (all but a dokodemo-door with "udp" alone)."""
+    settings = config.inbounds[index].settings
+    return not isinstance(settings, DokodemoSettings) or "tcp" in settings.network
+
+
+def _serves_udp(config: Config, index: int) -> bool:
+    """Whether inbound ``index`` also needs a UDP socket (dokodemo-door with "udp")."""
+    settings = config.inbounds[index].settings
+    return isinstance(settings, DokodemoSettings) and "udp" in settings.network
+
+
 class Supervisor:
     """The master of one server; ``run()`` returns its exit status.
 
@@ -163,7 +176,8 @@ class Supervisor:
             raise ValueError(f"workers must be between 1 and {MAX_WORKERS}, got {workers}")
         self.workers_override = workers
         self.target = workers or config.server.workers or min(_cpus(), MAX_WORKERS)
-        self.sockets: dict[tuple[str, int], socket.socket] = {}
+        # (listen, port) -> TCP listener; ("udp", listen, port) -> UDP socket
+        self.sockets: dict[tuple[str | int, ...], socket.socket] = {}
         self.workers: dict[int, Child] = {}
         self.generations: dict[int, Generation] = {}
         self.generation = 0  # the current one: the newest not abandoned
@@ -745,12 +759,23 @@ class Supervisor:
         try:
             for index in range(len(config.inbounds)):
                 key = _listen_key(config, index)
-                sock = self.sockets.get(key)
-                if sock is None:
-                    sock = bind_listener(*key)
-                    fresh.append(sock)
-                    self.sockets[key] = sock
-                listeners[index] = sock
+                if _serves_tcp(config, index):
+                    sock = self.sockets.get(key)
+                    if sock is None:
+                        sock = bind_listener(*key)
+                        fresh.append(sock)
+                        self.sockets[key] = sock
+                    listeners[index] = sock
+                if _serves_udp(config, index):
+                    # Bound once here and shared: the worker with the lowest index reads it
+                    # (instance.py), so that one source's datagrams stay in one worker.
+                    udp_key = ("udp", *key)
+                    sock = self.sockets.get(udp_key)
+                    if sock is None:
+                        sock = bind_datagram(*key)
+                        fresh.append(sock)
+                        self.sockets[udp_key] = sock
+                    listeners[udp_listener_key(index)] = sock
         except OSError:
             for sock in fresh:
                 self.sockets = {k: s for k, s in self.sockets.items() if s is not sock}

@@ -21,7 +21,7 @@ from revproxy import log as logging_setup
 from revproxy.instance import Instance
 from revproxy.log import log
 from revproxy.net.session import Session, Target
-from revproxy.net.stream import SocketStream
+from revproxy.net.stream import DatagramStream, SocketStream, Stream
 from revproxy.net.tasks import Tasks
 from revproxy.net.traffic import HANDOFFS_SENT, Traffic
 from revproxy.proxy.vmess.replay import REPLAY_WINDOW
@@ -78,7 +78,8 @@ class Worker:
             self.instance = Instance(config, spec.listeners,
                                      replay=spec.table.replay_filter(REPLAY_WINDOW),
                                      directory=cluster, workers=spec.count,
-                                     traffic=self.traffic, api_socket=spec.api_socket)
+                                     traffic=self.traffic, api_socket=spec.api_socket,
+                                     udp_reader=spec.index == 1)  # (indexes start at 1)
             self.instance.start()
             self.receiver = handoff.Receiver(
                 endpoint, handoff.endpoint_path(spec.handoff_dir, self.pid),
@@ -205,7 +206,10 @@ class Worker:
     def _serve_handed_over(self, session: Session, visitor: socket.socket) -> None:
         """A sibling's visitor goes through the dispatcher like one accepted here."""
         assert self.instance is not None and self.instance.dispatcher is not None
-        self._tasks.spawn(self.instance.dispatcher.handle, session, SocketStream(visitor))
+        stream: Stream = SocketStream(visitor)
+        if visitor.type == socket.SOCK_DGRAM:  # one UDP source's own socket (net/udp.py)
+            stream = DatagramStream(gevent.socket.socket(fileno=visitor.detach()))
+        self._tasks.spawn(self.instance.dispatcher.handle, session, stream)
 
     def _receiver_ended(self, greenlet: gevent.Greenlet) -> None:
         """The receiving loop must not end while the worker runs: siblings would hand it

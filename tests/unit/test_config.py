@@ -309,8 +309,6 @@ def test_json_comments_outside_strings_only(tmp_path: Path) -> None:
     (PORTAL, "inbounds.0.allocate", {},
      'inbounds[0].allocate: unknown allocation strategy "" (V2Ray refuses it too; "always" is '
      "the default)"),
-    (PORTAL, "inbounds.0.settings.network", "udp",
-     'inbounds[0].settings.network: network "udp" is not supported by revproxy: include "tcp"'),
     (PORTAL, "inbounds.0.settings.network", "icmp",
      'inbounds[0].settings.network: unknown network "icmp" (expected "tcp" or "udp")'),
     (PORTAL, "inbounds.0.settings.address", DELETE,

@@ -1,0 +1,234 @@
+"""UDP sessions: net/udp.py's per-source sessions over one socket, the dokodemo-door's UDP
+side, datagram boundaries through the relay and a mux UDP session, oversized datagrams."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+
+from revproxy.mux.client import MuxClient
+from revproxy.mux.connection import MAX_UDP_PAYLOAD
+from revproxy.mux.frame import NETWORK_UDP
+from revproxy.net.listen import bind_datagram
+from revproxy.net.relay import relay
+from revproxy.net.session import Session
+from revproxy.net.stream import DatagramStream, SocketStream
+from revproxy.net.udp import PacketSessions, SourceStream
+from revproxy.proxy.dokodemo import DokodemoInbound
+
+
+def _bound() -> socket.socket:
+    return bind_datagram("127.0.0.1", 0)  # (SO_REUSEADDR: connected_socket binds it again)
+
+
+def _client() -> gsocket.socket:
+    sock = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(3)
+    return sock
+
+
+def _echo(stream: SourceStream) -> None:
+    """Answer each datagram with its upper-case self, until the stream ends."""
+    stream.settimeout(5)
+    try:
+        while True:
+            stream.send(stream.recv().upper())
+    except (OSError, TimeoutError):
+        stream.close()
+
+
+def test_each_source_is_a_session_and_boundaries_are_kept() -> None:
+    seen: list[tuple] = []
+
+    def serve(stream: SourceStream) -> None:
+        seen.append(stream.source)
+        _echo(stream)
+
+    server = PacketSessions(_bound(), serve)
+    server.start()
+    address = server.sock.getsockname()
+    a, b = _client(), _client()
+    try:
+        for word in (b"one", b"two", b"three"):
+            a.sendto(word, address)
+            b.sendto(word + b"!", address)
+        assert [a.recv(100) for _ in range(3)] == [b"ONE", b"TWO", b"THREE"]
+        assert [b.recv(100) for _ in range(3)] == [b"ONE!", b"TWO!", b"THREE!"]
+        assert sorted(seen) == sorted([a.getsockname(), b.getsockname()])
+    finally:
+        a.close()
+        b.close()
+        server.close()
+
+
+def test_idle_sources_end_and_come_back_as_new_sessions() -> None:
+    opened: list[SourceStream] = []
+
+    def serve(stream: SourceStream) -> None:
+        opened.append(stream)
+        try:
+            while True:
+                stream.send(stream.recv())
+        except OSError:
+            pass  # ended by the sweep
+
+    server = PacketSessions(_bound(), serve, idle=0.2)
+    server.start()
+    client = _client()
+    try:
+        client.sendto(b"x", server.sock.getsockname())
+        assert client.recv(10) == b"x"
+        deadline = time.monotonic() + 3
+        while server.sessions and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        assert not server.sessions and opened[0].closed
+        client.sendto(b"y", server.sock.getsockname())
+        assert client.recv(10) == b"y"
+        assert len(opened) == 2
+    finally:
+        client.close()
+        server.close()
+
+
+def test_the_table_of_sources_is_bounded() -> None:
+    server = PacketSessions(_bound(), _echo, max_sources=2)
+    server.start()
+    clients = [_client() for _ in range(3)]
+    try:
+        for client in clients:
+            client.sendto(b"hi", server.sock.getsockname())
+            gevent.sleep(0.05)
+        assert clients[0].recv(10) == b"HI" and clients[1].recv(10) == b"HI"
+        clients[2].settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            clients[2].recv(10)
+        assert server.dropped == 1 and len(server.sessions) == 2
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
+
+
+def test_a_full_queue_drops_and_garbage_is_just_data() -> None:
+    server = PacketSessions(_bound(), lambda stream: None)  # nobody reads
+    stream = SourceStream(server, ("127.0.0.1", 9))
+    for _ in range(100):
+        stream.deliver(b"\x00" * 1000)
+    assert len(stream._items) == 16  # 16 KiB: the rest was dropped
+    stream.close()
+    with pytest.raises(ConnectionAbortedError):
+        stream.recv()
+    server.close()
+
+
+def test_a_source_gets_a_socket_of_its_own_for_a_sibling() -> None:
+    server = PacketSessions(_bound(), lambda stream: None)
+    server.start()
+    client = _client()
+    try:
+        stream = SourceStream(server, client.getsockname())
+        own = stream.connected_socket()
+        own.settimeout(2)
+        client.sendto(b"to the sibling", server.sock.getsockname())
+        assert own.recv(100) == b"to the sibling"  # the connected socket matches first
+        own.send(b"answer")
+        data, sender = client.recvfrom(100)
+        assert data == b"answer" and sender == server.sock.getsockname()
+        stream.close()
+        assert own.fileno() == -1
+    finally:
+        client.close()
+        server.close()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.sessions: list[tuple[Session, object]] = []
+
+    def handle(self, session: Session, stream: object) -> None:
+        self.sessions.append((session, stream))
+
+
+def test_dokodemo_dispatches_a_udp_session_per_source() -> None:
+    recorder = _Recorder()
+    inbound = DokodemoInbound("dns-in", "10.0.0.53", 53, False, recorder)  # type: ignore[arg-type]
+    server = PacketSessions(_bound(), inbound.handle_datagrams)
+    stream = SourceStream(server, ("127.0.0.1", 4444))
+    inbound.handle_datagrams(stream)
+    session, given = recorder.sessions[0]
+    assert (session.target.network, session.target.address, session.target.port) == \
+        ("udp", "10.0.0.53", 53)
+    assert session.inbound_tag == "dns-in" and session.source == "127.0.0.1:4444"
+    assert given is stream
+    server.close()
+
+
+def test_relay_keeps_datagram_boundaries_through_a_mux_udp_session() -> None:
+    """Freedom's side: a mux UDP session ⇄ a connected UDP socket, one frame per datagram;
+    oversized datagrams are dropped, the session goes on."""
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.setblocking(False)
+    tunnel = SocketStream(left)
+    mux = MuxClient(tunnel, "t")
+    gevent.spawn(mux.run)
+    session = mux.open_session(NETWORK_UDP, "127.0.0.1", 9, b"first")
+    written = []
+
+    def collect() -> None:
+        peer = SocketStream(right)
+        while data := peer.recv():
+            written.append(data)
+
+    collector = gevent.spawn(collect)
+    session.send(b"a" * 10)
+    session.send(b"b" * (MAX_UDP_PAYLOAD + 1))  # dropped
+    session.send(b"c" * MAX_UDP_PAYLOAD)
+    gevent.sleep(0.2)
+    wire = b"".join(written)
+    # New frame with b"first", then two Keep frames: 10 and 2048 B; nothing of 2049 B.
+    assert b"first" in wire and b"a" * 10 in wire and b"c" * MAX_UDP_PAYLOAD in wire
+    assert b"b" * 100 not in wire
+    session._deliver(b"x" * (MAX_UDP_PAYLOAD + 1))  # from the peer: dropped too
+    session._deliver(b"y" * 3)
+    session.settimeout(1)
+    assert session.recv() == b"yyy"
+    collector.kill()
+    mux.close()
+
+
+def test_datagram_stream_relay_keeps_boundaries() -> None:
+    """A source's stream ⇄ a connected UDP socket (freedom's), by the relay's pumps."""
+    echo = _bound()
+    echo_address = echo.getsockname()
+
+    def echo_server() -> None:
+        sock = gsocket.socket(fileno=echo.detach())
+        while True:
+            data, source = sock.recvfrom(65535)
+            sock.sendto(data + b"/" + str(len(data)).encode(), source)
+
+    echoer = gevent.spawn(echo_server)
+
+    def serve(stream: SourceStream) -> None:
+        upstream = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        upstream.connect(echo_address)
+        relay(stream, DatagramStream(upstream))
+
+    server = PacketSessions(_bound(), serve)
+    server.start()
+    client = _client()
+    try:
+        for size in (1, 100, 3000):
+            client.sendto(b"z" * size, server.sock.getsockname())
+        answers = sorted(client.recv(65535) for _ in range(3))
+        assert answers == sorted(b"z" * n + b"/" + str(n).encode() for n in (1, 100, 3000))
+    finally:
+        client.close()
+        server.close()
+        echoer.kill()
