@@ -17,7 +17,9 @@ a reader with ``ConnectionAbortedError``, which ends the relay both ways.
 A session that must be served by another worker (its tunnel is there) moves as a socket of
 its own: ``connected_socket`` binds a second socket to the same address, connected to the
 source, and the kernel delivers that source's datagrams to it (a connected socket matches
-before the unconnected one); the other worker reads and answers through it.
+before the unconnected one); the other worker reads and answers through it, with a
+``PacketSessions`` of its own (``once``: it serves that one source, ``open`` starts its
+session at once, and it closes the socket when the session ends, idle or not).
 """
 
 from __future__ import annotations
@@ -135,13 +137,16 @@ class PacketSessions:
 
     def __init__(self, sock: socket.socket, on_session: Callable[[SourceStream], None], *,
                  idle: float = SOURCE_IDLE, max_sources: int = MAX_SOURCES,
-                 name: str = "udp") -> None:
+                 name: str = "udp", once: bool = False) -> None:
+        """``once``: close the socket as soon as no session is left (a socket connected to
+        one source, see the module's docstring)."""
         sock.setblocking(False)
         self.sock = sock
         self.on_session = on_session
         self.idle = idle
         self.max_sources = max_sources
         self.name = name
+        self.once = once
         self.sessions: dict[tuple, SourceStream] = {}
         self.dropped = 0  # datagrams from new sources while the table was full
         self.closed = False
@@ -154,9 +159,17 @@ class PacketSessions:
     def start(self) -> None:
         self._greenlets = [gevent.spawn(self._read), gevent.spawn(self._sweep)]
 
+    def open(self, source: tuple) -> SourceStream:
+        """Start the session of ``source`` before any datagram of it arrives here."""
+        stream = self.sessions[source] = SourceStream(self, source)
+        gevent.spawn(self._serve, stream)
+        return stream
+
     def forget(self, stream: SourceStream) -> None:
         if self.sessions.get(stream.source) is stream:
             del self.sessions[stream.source]
+        if self.once and not self.sessions:
+            self.close()
 
     def close(self) -> None:
         """Stop reading, end every session, close the socket."""

@@ -21,9 +21,10 @@ from revproxy import log as logging_setup
 from revproxy.instance import Instance
 from revproxy.log import log
 from revproxy.net.session import Session, Target
-from revproxy.net.stream import DatagramStream, SocketStream, Stream
+from revproxy.net.stream import SocketStream
 from revproxy.net.tasks import Tasks
 from revproxy.net.traffic import HANDOFFS_SENT, Traffic
+from revproxy.net.udp import PacketSessions
 from revproxy.proxy.vmess.replay import REPLAY_WINDOW
 from revproxy.server import handoff
 from revproxy.server.cluster import Cluster
@@ -206,10 +207,16 @@ class Worker:
     def _serve_handed_over(self, session: Session, visitor: socket.socket) -> None:
         """A sibling's visitor goes through the dispatcher like one accepted here."""
         assert self.instance is not None and self.instance.dispatcher is not None
-        stream: Stream = SocketStream(visitor)
-        if visitor.type == socket.SOCK_DGRAM:  # one UDP source's own socket (net/udp.py)
-            stream = DatagramStream(gevent.socket.socket(fileno=visitor.detach()))
-        self._tasks.spawn(self.instance.dispatcher.handle, session, stream)
+        if visitor.type == socket.SOCK_DGRAM:
+            # One UDP source's own socket (net/udp.py): its session ends when idle, as it
+            # would have in the sibling, and the socket with it.
+            dispatcher = self.instance.dispatcher
+            packets = PacketSessions(visitor, lambda stream: dispatcher.handle(session, stream),
+                                     name=f"UDP {session.source}", once=True)
+            packets.start()
+            packets.open(visitor.getpeername())
+            return
+        self._tasks.spawn(self.instance.dispatcher.handle, session, SocketStream(visitor))
 
     def _receiver_ended(self, greenlet: gevent.Greenlet) -> None:
         """The receiving loop must not end while the worker runs: siblings would hand it

@@ -232,3 +232,36 @@ def test_datagram_stream_relay_keeps_boundaries() -> None:
         client.close()
         server.close()
         echoer.kill()
+
+
+def test_a_handed_over_source_is_served_once_and_its_socket_closed() -> None:
+    """The sibling's side: the source's own socket, one session started at once, closed
+    with the session when it is idle."""
+    listener = _bound()
+    client = _client()
+    got: list[bytes] = []
+
+    def serve(stream: SourceStream) -> None:
+        try:
+            while True:
+                data = stream.recv()
+                got.append(data)
+                stream.send(data[::-1])
+        except OSError:
+            pass
+
+    try:
+        own = SourceStream(PacketSessions(listener, _echo), client.getsockname()) \
+            .connected_socket()
+        sibling = PacketSessions(own, serve, idle=0.2, once=True)
+        sibling.start()
+        sibling.open(own.getpeername())
+        client.sendto(b"abc", listener.getsockname())
+        assert client.recv(10) == b"cba"
+        deadline = time.monotonic() + 3
+        while not sibling.closed and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        assert sibling.closed and own.fileno() == -1 and got == [b"abc"]
+    finally:
+        client.close()
+        listener.close()
