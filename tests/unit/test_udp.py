@@ -265,3 +265,42 @@ def test_a_handed_over_source_is_served_once_and_its_socket_closed() -> None:
     finally:
         client.close()
         listener.close()
+
+
+def test_instance_serves_dokodemo_udp_through_freedom() -> None:
+    """A whole configuration, no tunnel: dokodemo-door "udp" alone -> freedom -> a UDP
+    echo server; no TCP listener for that inbound."""
+    from revproxy.config import parse_config
+    from revproxy.instance import Instance
+
+    echo = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+
+    def echo_server() -> None:
+        while True:
+            data, source = echo.recvfrom(65535)
+            echo.sendto(b"echo:" + data, source)
+
+    echoer = gevent.spawn(echo_server)
+    port = bind_datagram("127.0.0.1", 0)
+    public = port.getsockname()[1]
+    port.close()
+    config = parse_config({
+        "inbounds": [{"tag": "in", "listen": "127.0.0.1", "port": public,
+                      "protocol": "dokodemo-door",
+                      "settings": {"address": "127.0.0.1", "port": echo.getsockname()[1],
+                                   "network": "udp"}}],
+        "outbounds": [{"protocol": "freedom"}]}, "udp-test")
+    instance = Instance(config)
+    instance.start()
+    client = _client()
+    try:
+        assert not instance.servers and len(instance.packet_servers) == 1
+        for word in (b"a", b"bb"):
+            client.sendto(word, ("127.0.0.1", public))
+            assert client.recv(100) == b"echo:" + word
+    finally:
+        client.close()
+        instance.stop_accepting()
+        echoer.kill()
+        echo.close()
