@@ -154,7 +154,8 @@ class Instance:
             self.bridges.append(bridge)
 
     def _serve_udp(self, index: int, inbound: InboundConfig, handler: object) -> None:
-        """Read a dokodemo-door's UDP socket, if it has one and this worker is its reader.
+        """Read an inbound's UDP socket (dokodemo-door, SOCKS with ``udp``), if it has one and
+        this worker is its reader.
 
         The master binds the socket and every worker inherits it, but only one reads it
         (``udp_reader``: the worker with the lowest index), so that all the datagrams of one
@@ -164,13 +165,17 @@ class Instance:
         changes, as on a reload.)"""
         doko = getattr(handler, "__self__", None)
         settings = inbound.settings
-        if (not isinstance(doko, DokodemoInbound) or not isinstance(settings, DokodemoSettings)
-                or "udp" not in settings.network or not self.udp_reader):
+        socks_udp = isinstance(doko, SocksInbound) and isinstance(settings, SocksInboundSettings) \
+            and settings.udp
+        if not self.udp_reader or not (socks_udp or (
+                isinstance(doko, DokodemoInbound) and isinstance(settings, DokodemoSettings)
+                and "udp" in settings.network)):
             return
+        assert isinstance(doko, DokodemoInbound | SocksInbound)
         key = udp_listener_key(index)
         sock = self.listeners.get(key) or bind_datagram(inbound.listen, inbound.port)
         self.listeners[key] = sock
-        name = f"dokodemo-door {inbound.tag or f'inbounds[{index}]'} (UDP)"
+        name = f"{inbound.protocol} {inbound.tag or f'inbounds[{index}]'} (UDP)"
         server = PacketSessions(sock, doko.handle_datagrams, name=name)
         server.start()
         self.packet_servers.append(server)

@@ -392,10 +392,7 @@ def _socks_inbound(node: Node, raw: Any) -> SocksInboundSettings:
     accounts = o.nested("accounts", _accounts, ())
     if auth == "password" and not accounts and o.ok:
         node.at("accounts").warn('no accounts with auth "password": every client is refused')
-    udp = o.get("udp", f.boolean, False)
-    if udp:
-        node.at("udp").warn("UDP ASSOCIATE is answered, but revproxy does not relay the "
-                            "datagrams yet")
+    udp = o.get("udp", f.boolean, False)  # UDP ASSOCIATE: relayed (proxy/socks/udp.py)
     return SocksInboundSettings(
         auth=auth, accounts=accounts, udp=udp, ip=o.get("ip", f.host, None),
         timeout=o.get("timeout", f.integer(0, 2**32 - 1), 0),

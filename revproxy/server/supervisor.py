@@ -60,7 +60,7 @@ from setproctitle import setproctitle
 
 from revproxy import log as logging_setup
 from revproxy.config import Config, ConfigError, load_config
-from revproxy.config.model import DokodemoSettings
+from revproxy.config.model import DokodemoSettings, SocksInboundSettings
 from revproxy.config.sections import MAX_WORKERS
 from revproxy.log import log
 from revproxy.net.listen import bind_datagram, bind_listener, udp_listener_key
@@ -146,8 +146,11 @@ def _serves_tcp(config: Config, index: int) -> bool:
 
 
 def _serves_udp(config: Config, index: int) -> bool:
-    """Whether inbound ``index`` also needs a UDP socket (dokodemo-door with "udp")."""
+    """Whether inbound ``index`` also needs a UDP socket (dokodemo-door with "udp", SOCKS
+    with ``udp``)."""
     settings = config.inbounds[index].settings
+    if isinstance(settings, SocksInboundSettings):
+        return settings.udp
     return isinstance(settings, DokodemoSettings) and "udp" in settings.network
 
 

@@ -304,3 +304,44 @@ def test_instance_serves_dokodemo_udp_through_freedom() -> None:
         instance.stop_accepting()
         echoer.kill()
         echo.close()
+
+
+def test_socks_udp_associate_datagrams_are_relayed() -> None:
+    """SOCKS5 UDP: the client's datagrams carry their destination; answers come back with
+    it; bad headers and fragments are dropped and the client goes on."""
+    from revproxy.config import parse_config
+    from revproxy.instance import Instance
+    from revproxy.proxy.socks.codec import decode_udp, encode_udp
+
+    echo = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    echo_port = echo.getsockname()[1]
+
+    def echo_server() -> None:
+        while True:
+            data, source = echo.recvfrom(65535)
+            echo.sendto(b"echo:" + data, source)
+
+    echoer = gevent.spawn(echo_server)
+    port = bind_datagram("127.0.0.1", 0)
+    public = port.getsockname()[1]
+    port.close()
+    config = parse_config({
+        "inbounds": [{"tag": "socks", "listen": "127.0.0.1", "port": public,
+                      "protocol": "socks", "settings": {"udp": True}}],
+        "outbounds": [{"protocol": "freedom"}]}, "socks-udp-test")
+    instance = Instance(config)
+    instance.start()
+    client = _client()
+    try:
+        assert len(instance.packet_servers) == 1
+        client.sendto(b"\x00\x00\x01garbage", ("127.0.0.1", public))  # fragment: dropped
+        client.sendto(b"\x01", ("127.0.0.1", public))  # too short: dropped
+        for word in (b"one", b"two"):
+            client.sendto(encode_udp("127.0.0.1", echo_port, word), ("127.0.0.1", public))
+            assert decode_udp(client.recv(100)) == ("127.0.0.1", echo_port, b"echo:" + word)
+    finally:
+        client.close()
+        instance.stop_accepting()
+        echoer.kill()
+        echo.close()

@@ -3,9 +3,8 @@ V2Ray 4.34 serves them. A CONNECT is answered at once and dispatched; the destin
 dialed by whatever outbound routing picks (a portal's tunnel to a bridge included).
 
 UDP ASSOCIATE is answered as V2Ray answers it (``udp``, ``ip``) and the control connection is
-held until the client closes it, but the datagrams themselves are not relayed yet: the
-inbound's UDP socket belongs to the UDP path still to come (``codec.decode_udp``/``encode_udp``
-are ready for it).
+held until the client closes it. With ``udp`` the inbound also reads a UDP socket on its port
+(instance.py): ``handle_datagrams`` relays the clients' datagrams (proxy/socks/udp.py).
 """
 
 from __future__ import annotations
@@ -18,7 +17,9 @@ from revproxy.log import log
 from revproxy.net.relay import IDLE_TIMEOUT
 from revproxy.net.session import Ending, Session, Target
 from revproxy.net.stream import TunnelStream
+from revproxy.net.udp import SourceStream
 from revproxy.proxy.socks.codec import ServerHandshake, SocksError, SocksRequest
+from revproxy.proxy.socks.udp import SocksUDPRelay
 from revproxy.proxy.streams import IdleLimit, prefixed, read_handshake
 from revproxy.proxy.wire import ProtocolError
 from revproxy.transport import PLAIN, Transport, wrap
@@ -42,6 +43,11 @@ class SocksInbound:
         self.listen = listen
         self.idle = timeout if timeout and timeout != IDLE_TIMEOUT else None
         self.transport = transport
+        self.udp_relay = SocksUDPRelay(tag, dispatcher)
+
+    def handle_datagrams(self, client: SourceStream) -> None:
+        """One client's UDP datagrams (``udp``: the inbound's UDP socket on its port)."""
+        self.udp_relay.handle_datagrams(client)
 
     def handle_connection(self, sock: socket.socket, address: tuple, ending: Ending) -> None:
         try:
@@ -98,7 +104,7 @@ class SocksInbound:
 
     def _hold(self, stream: TunnelStream, source: str) -> None:
         """A UDP ASSOCIATE's control connection: V2Ray keeps it until the client closes it."""
-        log.info("socks: %s: UDP ASSOCIATE answered; UDP relay is not available yet", source)
+        log.info("socks: %s: UDP ASSOCIATE answered", source)
         stream.settimeout(None)
         try:
             while stream.recv():
