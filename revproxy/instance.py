@@ -167,11 +167,14 @@ class Instance:
         settings = inbound.settings
         socks_udp = isinstance(doko, SocksInbound) and isinstance(settings, SocksInboundSettings) \
             and settings.udp
-        if not self.udp_reader or not (socks_udp or (
+        ss_udp = isinstance(doko, ShadowsocksInbound) and \
+            isinstance(settings, ShadowsocksInboundSettings) and \
+            (settings.udp or "udp" in settings.network)
+        if not self.udp_reader or not (socks_udp or ss_udp or (
                 isinstance(doko, DokodemoInbound) and isinstance(settings, DokodemoSettings)
                 and "udp" in settings.network)):
             return
-        assert isinstance(doko, DokodemoInbound | SocksInbound)
+        assert isinstance(doko, DokodemoInbound | SocksInbound | ShadowsocksInbound)
         key = udp_listener_key(index)
         sock = self.listeners.get(key) or bind_datagram(inbound.listen, inbound.port)
         self.listeners[key] = sock

@@ -338,8 +338,6 @@ def _shadowsocks_inbound(node: Node, raw: Any) -> ShadowsocksInboundSettings:
     udp = o.get("udp", f.boolean, False)
     if "tcp" not in network:
         node.at("network").report(f'UDP alone is {NOT_SUPPORTED} yet: include "tcp"')
-    elif udp or "udp" in network:
-        node.warn("UDP is not served by revproxy yet: this inbound serves TCP only")
     return ShadowsocksInboundSettings(
         method=o.get("method", _ss_method, "", required=True),
         password=o.get("password", f.nonempty_string, "", required=True),

@@ -60,7 +60,11 @@ from setproctitle import setproctitle
 
 from revproxy import log as logging_setup
 from revproxy.config import Config, ConfigError, load_config
-from revproxy.config.model import DokodemoSettings, SocksInboundSettings
+from revproxy.config.model import (
+    DokodemoSettings,
+    ShadowsocksInboundSettings,
+    SocksInboundSettings,
+)
 from revproxy.config.sections import MAX_WORKERS
 from revproxy.log import log
 from revproxy.net.listen import bind_datagram, bind_listener, udp_listener_key
@@ -151,6 +155,8 @@ def _serves_udp(config: Config, index: int) -> bool:
     settings = config.inbounds[index].settings
     if isinstance(settings, SocksInboundSettings):
         return settings.udp
+    if isinstance(settings, ShadowsocksInboundSettings):
+        return settings.udp or "udp" in settings.network
     return isinstance(settings, DokodemoSettings) and "udp" in settings.network
 
 

@@ -3,6 +3,7 @@ side, datagram boundaries through the relay and a mux UDP session, oversized dat
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -340,6 +341,54 @@ def test_socks_udp_associate_datagrams_are_relayed() -> None:
         for word in (b"one", b"two"):
             client.sendto(encode_udp("127.0.0.1", echo_port, word), ("127.0.0.1", public))
             assert decode_udp(client.recv(100)) == ("127.0.0.1", echo_port, b"echo:" + word)
+    finally:
+        client.close()
+        instance.stop_accepting()
+        echoer.kill()
+        echo.close()
+
+
+@pytest.mark.parametrize("method", ["aes-128-gcm", "chacha20-poly1305", "none"])
+def test_shadowsocks_udp_packets_are_relayed(method: str) -> None:
+    """Shadowsocks UDP: sealed packets carry their destination; answers come back sealed
+    with it; packets that fail to open are dropped and the client goes on."""
+    from revproxy.config import parse_config
+    from revproxy.instance import Instance
+    from revproxy.proxy.shadowsocks.codec import decode_packet, encode_packet
+    from revproxy.proxy.shadowsocks.crypto import METHODS, password_key
+
+    echo = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    echo_port = echo.getsockname()[1]
+
+    def echo_server() -> None:
+        while True:
+            data, source = echo.recvfrom(65535)
+            echo.sendto(b"echo:" + data, source)
+
+    echoer = gevent.spawn(echo_server)
+    port = bind_datagram("127.0.0.1", 0)
+    public = port.getsockname()[1]
+    port.close()
+    config = parse_config({
+        "inbounds": [{"tag": "ss", "listen": "127.0.0.1", "port": public,
+                      "protocol": "shadowsocks",
+                      "settings": {"method": method, "password": "pw", "udp": True}}],
+        "outbounds": [{"protocol": "freedom"}]}, "ss-udp-test")
+    cipher = METHODS[method]
+    key = password_key("pw", cipher.key_size)
+    instance = Instance(config)
+    instance.start()
+    client = _client()
+    try:
+        assert len(instance.packet_servers) == 1
+        client.sendto(os.urandom(60), ("127.0.0.1", public))  # fails to open: dropped
+        for word in (b"one", b"two"):
+            client.sendto(encode_packet(cipher, key, "127.0.0.1", echo_port, word),
+                          ("127.0.0.1", public))
+            destination, payload = decode_packet(cipher, key, client.recv(200))
+            assert (destination.address, destination.port, payload) == \
+                ("127.0.0.1", echo_port, b"echo:" + word)
     finally:
         client.close()
         instance.stop_accepting()

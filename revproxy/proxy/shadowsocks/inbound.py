@@ -3,8 +3,10 @@ dispatches the session. A stream that fails to decrypt gets no answer: like V2Ra
 reads on for an amount fixed per key (plus a little randomness) before closing, so a prober
 cannot tell from the timing which byte was wrong.
 
-UDP (``udp``, ``network: "udp"``) is not served yet: the inbound's UDP socket belongs to the
-UDP path still to come; ``codec.decode_packet``/``encode_packet`` are ready for it.
+UDP (``udp``, or ``network`` with "udp"): the inbound also reads a UDP socket on its port
+(instance.py); ``handle_datagrams`` relays each client's packets, one session per destination,
+as the SOCKS inbound does (proxy/socks/udp.py), with ``codec.decode_packet``/``encode_packet``.
+A packet that fails to decrypt is dropped.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
 from revproxy.net.session import Ending, Session, Target
 from revproxy.net.stream import TunnelStream
-from revproxy.proxy.shadowsocks.codec import RequestDecoder
+from revproxy.net.udp import SourceStream
+from revproxy.proxy.shadowsocks.codec import RequestDecoder, decode_packet, encode_packet
 from revproxy.proxy.shadowsocks.crypto import Method, Sealer, ShadowsocksError
 from revproxy.proxy.shadowsocks.stream import ShadowsocksStream
+from revproxy.proxy.socks.udp import SocksUDPRelay
 from revproxy.proxy.streams import drain, read_handshake
 from revproxy.transport import PLAIN, Transport, wrap
 
@@ -35,12 +39,25 @@ class ShadowsocksInbound:
         self.dispatcher = dispatcher
         self.transport = transport
         self.email = email
+        self.udp_relay = SocksUDPRelay(tag, dispatcher, decode=self._decode_packet,
+                                       encode=self._encode_packet, email=email)
         # V2Ray's behaviour seed: the drain size depends on the key, so it is the same for
         # every failure at one server (and differs between servers).
         seed = zlib.crc32(hmac.new(b"SSBSKDF", key, hashlib.sha256).digest())
         behaviour = random.Random(seed)
         self._drain_base = behaviour.randrange(3266) + 16 + 38
         self._drain_spread = behaviour.randrange(64) + 1
+
+    def _decode_packet(self, packet: bytes) -> tuple[str, int, bytes]:
+        destination, payload = decode_packet(self.method, self.key, packet)
+        return destination.address, destination.port, payload
+
+    def _encode_packet(self, address: str, port: int, payload: bytes | memoryview) -> bytes:
+        return encode_packet(self.method, self.key, address, port, payload)
+
+    def handle_datagrams(self, client: SourceStream) -> None:
+        """One client's UDP packets (the inbound's UDP socket on its port)."""
+        self.udp_relay.handle_datagrams(client)
 
     def handle_connection(self, sock: socket.socket, address: tuple, ending: Ending) -> None:
         try:

@@ -4,11 +4,15 @@ destination in a SOCKS5 UDP header (``codec.decode_udp``); the client's datagram
 destination form one session with a "udp" target, and what comes back is sent to the client
 with that destination's header (``codec.encode_udp``). Fragments and bad headers are
 dropped. The client's own session (net/udp.py) ends when idle, and its destinations with it.
+
+The Shadowsocks inbound relays its UDP the same way, with its own packet codec (``decode``,
+``encode``: a packet's destination is inside its sealed payload).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
@@ -17,7 +21,8 @@ from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
 from revproxy.net.session import Session, Target
 from revproxy.net.udp import QUEUE_BYTES, SourceStream
-from revproxy.proxy.socks.codec import SocksError, decode_udp, encode_udp
+from revproxy.proxy.socks.codec import decode_udp, encode_udp
+from revproxy.proxy.wire import ProtocolError
 
 MAX_DESTINATIONS = 64  # sessions at once per client; datagrams to more are dropped
 
@@ -57,7 +62,7 @@ class _Destination:
         return data
 
     def send(self, data: bytes | memoryview) -> None:
-        self.client.send(encode_udp(self.key[0], self.key[1], data))
+        self.client.send(self._relay.encode(self.key[0], self.key[1], data))
 
     def close_write(self) -> None:
         """Datagrams have no half-close."""
@@ -74,11 +79,19 @@ class _Destination:
 
 
 class SocksUDPRelay:
-    """Serves one client's datagrams (``handle_datagrams``, a ``PacketSessions`` handler)."""
+    """Serves one client's datagrams (``handle_datagrams``, a ``PacketSessions`` handler).
+    ``decode``: a datagram's (address, port, payload), raising ``ProtocolError`` (or
+    ``ValueError``) for a bad one; ``encode``: an answer from (address, port)."""
 
-    def __init__(self, tag: str | None, dispatcher: Dispatcher) -> None:
+    def __init__(self, tag: str | None, dispatcher: Dispatcher, *,
+                 decode: Callable[[bytes], tuple[str, int, bytes]] = decode_udp,
+                 encode: Callable[[str, int, bytes | memoryview], bytes] = encode_udp,
+                 email: str | None = None) -> None:
         self.tag = tag
         self.dispatcher = dispatcher
+        self.decode = decode
+        self.encode = encode
+        self.email = email
         self._destinations: dict[int, dict[tuple[str, int], _Destination]] = {}
 
     def forget(self, destination: _Destination) -> None:
@@ -95,9 +108,10 @@ class SocksUDPRelay:
         try:
             while True:
                 try:
-                    address, dport, payload = decode_udp(client.recv())
-                except SocksError as exc:
-                    log.debug("socks: %s: UDP datagram dropped: %s", source, exc)
+                    address, dport, payload = self.decode(client.recv())
+                except (ProtocolError, ValueError) as exc:
+                    log.debug("%s: %s: UDP datagram dropped: %s", self.tag or "udp", source,
+                              exc)
                     continue
                 destination = table.get((address, dport))
                 if destination is None:
@@ -105,7 +119,8 @@ class SocksUDPRelay:
                         continue
                     destination = table[(address, dport)] = _Destination(
                         self, client, (address, dport))
-                    session = Session(Target("udp", address, dport), self.tag, source=source)
+                    session = Session(Target("udp", address, dport), self.tag, source=source,
+                                      email=self.email)
                     gevent.spawn(self.dispatcher.handle, session, destination)
                 destination.deliver(payload)
         except (OSError, TimeoutError):
