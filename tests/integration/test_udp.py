@@ -134,3 +134,31 @@ def test_bad_datagrams_do_not_stop_it(udp_port):
     time.sleep(0.5)
     assert all(proc.alive() for proc in procs)
     assert dig(port) == ADDRESS  # the tunnel survived: the next source is served
+
+
+SS_TUNNEL = shutil.which("ss-tunnel")
+
+
+@pytest.mark.skipif(SS_TUNNEL is None, reason="ss-tunnel (shadowsocks-libev) is not installed")
+@pytest.mark.parametrize("method", ["aes-128-gcm", "aes-256-gcm", "chacha20-ietf-poly1305"])
+def test_dig_through_ss_tunnel_to_the_shadowsocks_inbound(method, dns_port, tmp_path):
+    """shadowsocks-libev's ss-tunnel (UDP relay) -> revproxy's Shadowsocks inbound UDP ->
+    freedom -> dnsmasq."""
+    ss_port, local = free_udp_port(), free_udp_port()
+    server = start_end("revproxy", "ss-server", {
+        "log": {"loglevel": "warning"},
+        "inbounds": [{"listen": "127.0.0.1", "port": ss_port, "protocol": "shadowsocks",
+                      "settings": {"method": method, "password": "pw", "udp": True}}],
+        "outbounds": [{"protocol": "freedom"}]}, tmp_path)
+    tunnel = Proc("ss-tunnel", [str(SS_TUNNEL), "-s", "127.0.0.1", "-p", str(ss_port),
+                                "-l", str(local), "-k", "pw", "-m", method,
+                                "-L", f"127.0.0.1:{dns_port}", "-u"], tmp_path)
+    try:
+        deadline = time.monotonic() + 15
+        answer = ""
+        while answer != ADDRESS and time.monotonic() < deadline:
+            answer = dig(local, timeout=1)
+        assert answer == ADDRESS, server.output()[-2000:] + tunnel.output()[-2000:]
+    finally:
+        tunnel.stop()
+        server.stop()
