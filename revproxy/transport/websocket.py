@@ -314,13 +314,14 @@ class WebSocketStream:
             raise ConnectionError(f"websocket: {exc}") from None
         return payloads
 
-    def _control_frame(self, frame: bytes) -> None:
-        """Send a pong or close frame now, or after the running send."""
+    def _control_frame(self, frame: bytes | bytearray) -> None:
+        """Send a pong or close frame now, or after the running send. (wsproto 1.2 makes
+        frames as bytes, 1.3 as bytearray: Debian bookworm has 1.2.)"""
         if self._sending:
             self._control += frame
             return
         try:
-            self.inner.send_nowait(frame)
+            self.inner.send_nowait(bytes(frame))
         except OSError:
             pass
 
@@ -328,7 +329,8 @@ class WebSocketStream:
         if self._closing:
             raise BrokenPipeError("websocket: closed")
         # wsproto frames any buffer (its annotation says bytes): no copy of a memoryview.
-        frame = self._frames.send_data(cast(bytes, data))
+        frame: bytes = self._frames.send_data(  # type: ignore[assignment,unused-ignore]
+            cast(bytes, data))  # (a bytearray from wsproto 1.3, which sockets take as well)
         if self._control:
             frame, self._control = self._control + frame, b""
         return frame
@@ -354,7 +356,7 @@ class WebSocketStream:
         if not self._closing and not self._sending:
             self._closing = True
             try:
-                self.inner.send_nowait(self._frames.close(NORMAL_CLOSURE))
+                self.inner.send_nowait(bytes(self._frames.close(NORMAL_CLOSURE)))
             except OSError:
                 pass
         self.inner.close()
