@@ -17,6 +17,7 @@ from revproxy.mux.frame import NETWORK_TCP, STATUS_KEEP, FrameDecoder, encode_ne
 from revproxy.mux.server import MuxServer
 from revproxy.net.relay import relay
 from revproxy.net.stream import SocketStream
+from revproxy.policy import SessionPolicy
 
 from .sockets import plain
 
@@ -72,7 +73,7 @@ def test_both_directions_and_half_close(sockets):
 def test_idle_connection_is_closed(sockets):
     outer_a, a, b, outer_b = sockets
     started = time.monotonic()
-    runner = gevent.spawn(relay, a, b, idle=0.2)
+    runner = gevent.spawn(relay, a, b, SessionPolicy(conn_idle=0.2))
     assert read_all(outer_a) == b""  # closed, not hung
     assert read_all(outer_b) == b""
     runner.join(TIMEOUT)
@@ -81,7 +82,7 @@ def test_idle_connection_is_closed(sockets):
 
 def test_one_way_transfer_longer_than_the_idle_period_is_not_cut(sockets):
     outer_a, a, b, outer_b = sockets
-    runner = gevent.spawn(relay, a, b, idle=0.2)
+    runner = gevent.spawn(relay, a, b, SessionPolicy(conn_idle=0.2))
     received = gevent.spawn(read_all, outer_b)
     deadline = time.monotonic() + 1.0  # five idle periods, traffic one way only
     sent = 0
@@ -149,7 +150,7 @@ def test_session_reset_closes_the_socket(tunnel):
 
 
 def test_idle_written_through_session_is_closed(tunnel):
-    session, _, _, outer, done = relay_session(tunnel, b"x", idle=0.2)
+    session, _, _, outer, done = relay_session(tunnel, b"x", policy=SessionPolicy(conn_idle=0.2))
     assert outer.recv(1) == b"x"
     assert read_all(outer) == b""  # closed, not hung
     assert done.wait(TIMEOUT)
