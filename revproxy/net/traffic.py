@@ -29,6 +29,7 @@ _UP, _DOWN, _SESSIONS = range(VALUES_PER_KEY)
 # header and the PROXY prefix use ``inner``, VMess ``transport``, the proxy streams ``stream``).
 _WRAPPED = ("inner", "transport", "stream")
 _MAX_DEPTH = 8
+_KEY_CACHE_SIZE = 4096  # tag and user combinations remembered (users may be many)
 
 Key = tuple[int, str]
 
@@ -89,6 +90,10 @@ class Traffic:
         self.events: MutableSequence[int] = (events if events is not None
                                              else [0] * len(EVENTS))
         self._live: set[_Metered] = set()
+        # (inbound tag, e-mail, outbound tag) -> (keys_in, keys_out): looked up once, not
+        # at every session (``keys`` is fixed once the counters are made).
+        self._key_cache: dict[tuple[str | None, str | None, str], tuple[tuple[int, ...],
+                                                                      tuple[int, ...]]] = {}
 
     def __len__(self) -> int:
         """Sessions being counted."""
@@ -113,9 +118,15 @@ class Traffic:
         session's ``upstream`` (set by the outbound) what the outbound opened. The caller
         calls ``end`` once it is over. None (nothing to call) when no key is counted.
         ``new`` False: a session a sibling counted already (a hand-off), bytes only."""
-        keys_in = self._indexes((KIND_INBOUND, inbound_tag or ""),
-                                (KIND_USER, email) if email else None)
-        keys_out = self._indexes((KIND_OUTBOUND, outbound_tag))
+        cache_key = (inbound_tag, email, outbound_tag)
+        cached = self._key_cache.get(cache_key)
+        if cached is None:
+            cached = (self._indexes((KIND_INBOUND, inbound_tag or ""),
+                                    (KIND_USER, email) if email else None),
+                      self._indexes((KIND_OUTBOUND, outbound_tag)))
+            if len(self._key_cache) < _KEY_CACHE_SIZE:
+                self._key_cache[cache_key] = cached
+        keys_in, keys_out = cached
         if not keys_in and not keys_out:
             return None
         if new:

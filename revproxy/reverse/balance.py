@@ -118,6 +118,21 @@ def pick_tunnel(tunnels: Sequence[T], remote: Sequence[T] = (), turn: int = 0) -
     least loaded bridge host. Hosts within ``HOST_TIE`` of the least load take turns
     (``turn``: a counter the caller advances), so that light load, where every host carries
     nothing at the moment of the pick, still spreads over them."""
+    # One host (the usual case): its pick, without grouping (this runs for every visitor).
+    first: str | None = None
+    for group in (tunnels, remote):
+        for tunnel in group:
+            if not tunnel.closed:
+                host = host_of(tunnel.peer)
+                if first is None:
+                    first = host
+                elif host != first:
+                    break
+        else:
+            continue
+        break
+    else:
+        return _pick_in_host(tunnels, remote)
     hosts: dict[str, tuple[list[T], list[T]]] = {}
     for index, group in enumerate((tunnels, remote)):
         for tunnel in group:
