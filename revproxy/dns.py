@@ -28,14 +28,8 @@ import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import dns.edns
-import dns.exception
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdatatype
 import gevent
 from gevent import socket as gsocket
 from gevent.event import AsyncResult
@@ -47,6 +41,12 @@ from revproxy.net.stream import SocketStream, Stream, TunnelStream
 from revproxy.routing import DomainMatcher, IPMatcher
 from revproxy.transport.http1 import HeadError, HeadReader, parse_head
 from revproxy.transport.tls import TLSStream
+
+if TYPE_CHECKING:
+    # dnspython is imported when a DNS server is first asked (it costs a worker some MiB at
+    # start: its importlib.metadata brings zipfile, csv, email), not by every worker.
+    import dns.edns
+    import dns.message
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 OpenStream = Callable[[Target], Stream]
@@ -165,6 +165,10 @@ class _Cache:
 
 def _queries(domain: str, v4: bool, v6: bool, client_ip: str | None
              ) -> list[dns.message.QueryMessage]:
+    import dns.edns
+    import dns.message
+    import dns.rdatatype
+
     options: list[dns.edns.Option] = []
     if client_ip is not None:
         ip = ipaddress.ip_address(client_ip)
@@ -187,6 +191,10 @@ Answer = tuple[list[IPAddress], int, str]
 
 def _answer(query: dns.message.QueryMessage, wire: bytes) -> Answer | None:
     """What a response to ``query`` says; None if it answers another query."""
+    import dns.exception
+    import dns.message
+    import dns.rcode
+
     try:
         response = dns.message.from_wire(wire, ignore_trailing=True)
     except dns.exception.DNSException as exc:
@@ -221,6 +229,8 @@ class _CachingServer:
         self._asking: dict[tuple[str, bool, bool], AsyncResult] = {}
 
     def query(self, domain: str, v4: bool, v6: bool, deadline: float) -> list[IPAddress]:
+        import dns.rdatatype
+
         wanted = [rdtype for flag, rdtype in ((v4, dns.rdatatype.A), (v6, dns.rdatatype.AAAA))
                   if flag]
         cached = [self.cache.get((domain, rdtype)) for rdtype in wanted]
