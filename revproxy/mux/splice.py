@@ -14,8 +14,6 @@ imports this one).
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,12 +22,11 @@ from typing import Any, Protocol
 from gevent import get_hub
 
 from revproxy.net.relay import IdleWatch
-from revproxy.net.stream import RECV_SIZE, SocketStream
+from revproxy.net.stream import RECV_SIZE, SocketStream, reset_on_close
 from revproxy.policy import SessionPolicy
 
 _READ = 1  # libev's EV_READ
 _WRITE = 2  # libev's EV_WRITE
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
 
 
 class SessionReset(ConnectionResetError):
@@ -267,10 +264,7 @@ class SocketSplice:
         if keep_socket:
             return  # rescued: whoever took the socket over closes it
         if reset:
-            try:
-                self.stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            except OSError:
-                pass
+            reset_on_close(self.stream.sock)
         self.stream.close()
         if self.on_done is not None:
             self.on_done()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import gevent
 from gevent import get_hub
 
-from revproxy.net.stream import SocketStream, Stream
+from revproxy.net.stream import SocketStream, Stream, reset_on_close, socket_of
 from revproxy.policy import CONN_IDLE, DEFAULT, HALF_OPEN, SessionPolicy
 
 IDLE_TIMEOUT = CONN_IDLE
@@ -153,9 +153,14 @@ class _Pumps:
                     gevent.sleep(0)
             dst.close_write()
             self.watch.shorten(then)
-        except (OSError, EOFError, ValueError):
+        except (OSError, EOFError, ValueError) as exc:
             # Errors (reset, decode failure, closed by the idle watch) abort the whole
-            # connection.
+            # connection; a cut (the other end reset, a tunnel gone) is passed on as a reset.
+            if isinstance(exc, (ConnectionResetError, ConnectionAbortedError)):
+                for stream in (src, dst):
+                    sock = socket_of(stream)
+                    if sock is not None:
+                        reset_on_close(sock)
             _close_both(src, dst)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -222,3 +223,33 @@ def tune_socket(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     except OSError:
         pass
+
+
+_WRAPPED = ("transport", "inner", "stream")  # where stream wrappers keep what they wrap
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
+
+
+def socket_of(stream: object) -> socket.socket | None:
+    """The TCP socket under ``stream`` and its wrappers (VMess, TLS, WebSocket...), if any."""
+    for _ in range(8):
+        if isinstance(stream, SocketStream):
+            return stream.sock
+        inner = None
+        for name in _WRAPPED:
+            inner = getattr(stream, name, None)
+            if inner is not None and not isinstance(inner, (str, bytes, int)):
+                break
+            inner = None
+        if inner is None:
+            return None
+        stream = inner
+    return None
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make closing ``sock`` send a reset: its peer must see a cut connection as cut, not as
+    an orderly end of stream."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass  # closed already

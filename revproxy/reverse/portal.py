@@ -21,8 +21,6 @@ dead tunnel is reset, so that a cut download looks cut.
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
 from collections.abc import Collection, Sequence
 
@@ -35,7 +33,7 @@ from revproxy.mux.frame import NETWORK_TCP, NETWORK_UDP
 from revproxy.mux.splice import SocketSplice
 from revproxy.net.relay import relay
 from revproxy.net.session import Session, Target
-from revproxy.net.stream import SocketStream, Stream, TunnelStream
+from revproxy.net.stream import SocketStream, Stream, TunnelStream, reset_on_close
 from revproxy.net.udp import SourceStream
 from revproxy.reverse.balance import pick_tunnel
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, STATE_DRAIN, encode_control
@@ -55,7 +53,6 @@ TUNNEL_WAIT = 5.0  # how long a visitor may wait for a tunnel to (re)appear
 PEER_CHECK_INTERVAL = 0.5  # how often a tunnel asks the kernel whether its peer answers
 MAX_ATTEMPTS = 16  # tunnels (or siblings) tried for one visitor, as V2Ray's dispatcher
 MAX_RESCUES = 2  # times one visitor is carried again after its tunnel vanished
-_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
 
 
 class PortalTunnel(Tunnel):
@@ -196,10 +193,7 @@ def _reset(stream: Stream) -> None:
     """A visitor that cannot be served is reset when closed, not closed in good order: it
     learns at once that it was not served."""
     if isinstance(stream, SocketStream):
-        try:
-            stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-        except OSError:
-            pass
+        reset_on_close(stream.sock)
 
 
 class PortalOutbound:

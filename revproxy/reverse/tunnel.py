@@ -18,7 +18,7 @@ import time
 from typing import cast
 
 from revproxy.mux.connection import MuxConnection, MuxSession
-from revproxy.net.stream import SocketStream, Stream, TunnelStream
+from revproxy.net.stream import Stream, TunnelStream, socket_of
 from revproxy.reverse.directory import Listing
 
 RATE_SMOOTHING = 0.5  # weight of the newest sample in the bytes/s average
@@ -35,7 +35,6 @@ SUSPECT_RETRANSMITS = 3
 # struct tcp_info up to tcpi_last_ack_recv: state, ca_state, retransmits, probes, backoff,
 # options, wscale, flags (u8 each), then 13 u32: rto ... last_ack_recv (ms since).
 _TCP_INFO = struct.Struct("=8B13I")
-_WRAPPED = ("transport", "inner", "stream")  # where stream wrappers keep what they wrap
 
 
 class Tunnel:
@@ -132,23 +131,6 @@ def tunnel_stream(stream: Stream) -> TunnelStream:
             and callable(getattr(stream, "flush", None))):
         raise ConnectionError(f"a {type(stream).__name__} cannot carry a tunnel")
     return cast(TunnelStream, stream)
-
-
-def socket_of(stream: object) -> socket.socket | None:
-    """The TCP socket under ``stream`` and its wrappers (VMess, TLS, WebSocket...), if any."""
-    for _ in range(8):
-        if isinstance(stream, SocketStream):
-            return stream.sock
-        inner = None
-        for name in _WRAPPED:
-            inner = getattr(stream, name, None)
-            if inner is not None and not isinstance(inner, (str, bytes, int)):
-                break
-            inner = None
-        if inner is None:
-            return None
-        stream = inner
-    return None
 
 
 class PeerWatch:

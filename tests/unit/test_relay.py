@@ -194,3 +194,49 @@ def test_full_tunnel_queue_pauses_reading_and_loses_nothing():
     reader.join(TIMEOUT)
     assert done.wait(TIMEOUT)  # the tunnel closed: the relay ended
     peer.close()
+
+
+class Wrapped:
+    """A stream that is not a bare socket stream (as a protocol's wrapper is): the relay runs
+    its pumps instead of a splice."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+
+    def recv(self) -> bytes:
+        return self.stream.recv()
+
+    def send(self, data) -> None:
+        self.stream.send(data)
+
+    def close_write(self) -> None:
+        self.stream.close_write()
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def settimeout(self, seconds) -> None:
+        self.stream.settimeout(seconds)
+
+
+def test_a_cut_session_resets_a_wrapped_visitor(tunnel):
+    """The tunnel dies under a session relayed by the pumps: the visitor's TCP connection is
+    reset, not ended in good order (a truncated download must look truncated)."""
+    client, accepted = tunnel
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        visitor = socket.create_connection(listener.getsockname())
+        ours, _ = listener.accept()
+    session = client.open_session(NETWORK_TCP, "example.com", 80, b"GET")
+    far = accepted.get(timeout=TIMEOUT)
+    runner = gevent.spawn(relay, Wrapped(SocketStream(plain(ours))), session)
+    far.send(b"part of the answer")
+    visitor.settimeout(TIMEOUT)
+    assert visitor.recv(100) == b"part of the answer"
+    client.close()  # the tunnel is gone
+    with pytest.raises(ConnectionResetError):
+        while visitor.recv(100):
+            pass
+    runner.join(TIMEOUT)
+    visitor.close()
