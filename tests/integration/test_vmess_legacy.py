@@ -123,7 +123,8 @@ def test_tunnels_are_rotated_before_their_nonces_run_out(backend, tmp_path, monk
         deadline = time.monotonic() + 20  # the monitors look every 2 s
         while time.monotonic() < deadline:
             logs = portal.output() + bridge.output()
-            if "nears its nonce limit" in logs and "is worn" in logs:
+            # Whichever end looks first rotates it (the bridge steers a revproxy portal away).
+            if "nears its nonce limit" in logs or "is worn" in logs:
                 break
             assert request(public) == (200, PAGE)
             time.sleep(0.2)
