@@ -1,7 +1,8 @@
-"""I/O helpers the proxy protocols share: running a sans-IO handshake over a stream under a
-deadline, draining a failed peer, a stream with bytes already read in front (``Prefixed``),
-an in-memory stream pair (``pipe``) for inbounds that speak to the outbound themselves, and
-an idle limit on one stream (``IdleLimit``)."""
+"""I/O helpers the proxy protocols share: serving a session by dialing (``relay_through``),
+running a sans-IO handshake over a stream under a deadline, draining a failed peer, a stream
+with bytes already read in front (``Prefixed``), an in-memory stream pair (``pipe``) for
+inbounds that speak to the outbound themselves, and an idle limit on one stream
+(``IdleLimit``)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,30 @@ from typing import Any, TypeVar
 import gevent
 from gevent.event import Event
 
+from revproxy.log import log
+from revproxy.net.relay import relay
+from revproxy.net.session import Session
 from revproxy.net.stream import Stream, TunnelStream
 
 HANDSHAKE_TIMEOUT = 4.0  # V2Ray's policy: Handshake, for every inbound
 PIPE_LIMIT = 512 * 1024  # V2Ray's pipe buffer per connection direction
 
 T = TypeVar("T")
+
+
+def relay_through(session: Session, stream: Stream,
+                  upstream_for: Callable[[Session], Stream], name: str) -> None:
+    """What a dialing outbound does with a session: open its upstream with ``upstream_for``
+    and relay both ways under the session's policy, the upstream counted as the outbound's
+    traffic; a failed open ends the session with one warning."""
+    try:
+        upstream = upstream_for(session)
+    except OSError as exc:
+        log.warning("%s: cannot open a connection for %s: %s", name, session.describe(), exc)
+        session.ending.end()
+        return
+    session.upstream = upstream  # counted as this outbound's traffic
+    relay(stream, upstream, session.policy, on_done=session.ending.end)
 
 
 def read_handshake(stream: Stream, feed: Callable[[bytes], T | None],

@@ -10,12 +10,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from revproxy.log import log
-from revproxy.net.relay import relay
 from revproxy.net.session import Session
 from revproxy.net.stream import Stream
 from revproxy.proxy.http.codec import HeadReader, connect_request, parse_response
-from revproxy.proxy.streams import HANDSHAKE_TIMEOUT, prefixed, read_handshake
+from revproxy.proxy.streams import HANDSHAKE_TIMEOUT, prefixed, read_handshake, relay_through
 from revproxy.proxy.wire import ProtocolError
 from revproxy.transport import PLAIN, Transport, dial
 
@@ -68,11 +66,4 @@ class HTTPOutbound:
         return prefixed(stream, rest)
 
     def handle(self, session: Session, stream: Stream) -> None:
-        try:
-            upstream = self.open(session)
-        except OSError as exc:
-            log.warning("http: failed to reach %s through a proxy: %s", session.describe(),
-                        exc)
-            session.ending.end()
-            return
-        relay(stream, upstream, session.policy, on_done=session.ending.end)
+        relay_through(session, stream, self.open, "http")

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 
 from gevent import socket as cooperative
 
-from revproxy.log import log
-from revproxy.net.relay import relay
 from revproxy.net.session import Session
 from revproxy.net.stream import Stream
 from revproxy.proxy.shadowsocks.codec import encode_request
 from revproxy.proxy.shadowsocks.crypto import Method, Opener, Sealer
 from revproxy.proxy.shadowsocks.stream import ShadowsocksPacketStream, ShadowsocksStream
+from revproxy.proxy.streams import relay_through
 from revproxy.proxy.wire import AddressError
 from revproxy.transport import PLAIN, Transport, dial
 
@@ -71,11 +70,4 @@ class ShadowsocksOutbound:
                                        session.target.address, session.target.port)
 
     def handle(self, session: Session, stream: Stream) -> None:
-        try:
-            upstream = self.open(session)
-        except OSError as exc:
-            log.warning("shadowsocks: failed to reach a server for %s: %s",
-                        session.describe(), exc)
-            session.ending.end()
-            return
-        relay(stream, upstream, session.policy, on_done=session.ending.end)
+        relay_through(session, stream, self.open, "shadowsocks")

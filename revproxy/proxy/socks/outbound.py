@@ -9,12 +9,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from revproxy.log import log
-from revproxy.net.relay import relay
 from revproxy.net.session import Session
 from revproxy.net.stream import Stream
 from revproxy.proxy.socks.codec import ClientHandshake
-from revproxy.proxy.streams import prefixed, read_handshake
+from revproxy.proxy.streams import prefixed, read_handshake, relay_through
 from revproxy.proxy.wire import ProtocolError
 from revproxy.transport import PLAIN, Transport, dial
 
@@ -64,12 +62,5 @@ class SocksOutbound:
         return prefixed(stream, handshake.rest)
 
     def handle(self, session: Session, stream: Stream) -> None:
-        try:
-            upstream = self.open(session)
-        except OSError as exc:
-            log.warning("socks: failed to reach %s through a server: %s", session.describe(),
-                        exc)
-            session.ending.end()
-            return
-        relay(stream, upstream, session.policy, on_done=session.ending.end)
+        relay_through(session, stream, self.open, "socks")
 

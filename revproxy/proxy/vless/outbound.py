@@ -9,10 +9,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from revproxy.log import log
-from revproxy.net.relay import relay
 from revproxy.net.session import Session
 from revproxy.net.stream import Stream
+from revproxy.proxy.streams import relay_through
 from revproxy.proxy.vless.codec import (
     COMMAND_MUX,
     COMMAND_TCP,
@@ -66,10 +65,4 @@ class VLESSOutbound:
         return VLESSClientStream(transport, udp)
 
     def handle(self, session: Session, stream: Stream) -> None:
-        try:
-            upstream = self.open(session)
-        except OSError as exc:
-            log.warning("vless: failed to reach a server for %s: %s", session.describe(), exc)
-            session.ending.end()
-            return
-        relay(stream, upstream, session.policy, on_done=session.ending.end)
+        relay_through(session, stream, self.open, "vless")

@@ -8,10 +8,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from revproxy.log import log
-from revproxy.net.relay import relay
 from revproxy.net.session import Session
 from revproxy.net.stream import Stream
+from revproxy.proxy.streams import relay_through
 from revproxy.proxy.vmess.crypto import User
 from revproxy.proxy.vmess.header import (
     COMMAND_TCP,
@@ -56,11 +55,4 @@ class VMessOutbound:
         return VMessClientStream(transport, header)
 
     def handle(self, session: Session, stream: Stream) -> None:
-        try:
-            upstream = self.open(session)
-        except OSError as exc:
-            log.warning("vmess: failed to reach a server for %s: %s", session.describe(), exc)
-            session.ending.end()
-            return
-        session.upstream = upstream  # counted as this outbound's traffic
-        relay(stream, upstream, session.policy, on_done=session.ending.end)
+        relay_through(session, stream, self.open, "vmess")
