@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 
-from gevent import socket as cooperative
+import gevent.socket
 
 from revproxy.log import log
 from revproxy.net.relay import relay
@@ -22,7 +22,7 @@ class CommanderOutbound:
         self.path = path
 
     def open(self, session: Session) -> Stream:
-        sock = cooperative.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(self.path)

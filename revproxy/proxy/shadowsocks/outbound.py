@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gevent import socket as cooperative
+import gevent.socket
 
 from revproxy.net.session import Session
 from revproxy.net.stream import Stream
@@ -58,9 +58,9 @@ class ShadowsocksOutbound:
         return ShadowsocksStream(transport, Opener(server.method, server.key), sealer)
 
     def _open_udp(self, server: ShadowsocksServer, session: Session) -> Stream:
-        family, kind, proto, _, address = cooperative.getaddrinfo(
-            server.address, server.port, 0, cooperative.SOCK_DGRAM)[0]
-        sock = cooperative.socket(family, kind, proto)
+        family, kind, proto, _, address = gevent.socket.getaddrinfo(
+            server.address, server.port, 0, gevent.socket.SOCK_DGRAM)[0]
+        sock = gevent.socket.socket(family, kind, proto)
         try:
             sock.connect(address)
         except BaseException:

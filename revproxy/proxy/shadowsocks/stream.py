@@ -4,7 +4,7 @@ Codec errors surface as ``ConnectionError``."""
 
 from __future__ import annotations
 
-from gevent import socket as cooperative
+import gevent.socket
 
 from revproxy.net.stream import RECV_SIZE, TunnelStream
 from revproxy.proxy.shadowsocks.codec import decode_packet, encode_packet
@@ -71,7 +71,7 @@ class ShadowsocksPacketStream:
 
     __slots__ = ("sock", "method", "key", "address", "port")
 
-    def __init__(self, sock: cooperative.socket, method: Method, key: bytes, address: str,
+    def __init__(self, sock: gevent.socket.socket, method: Method, key: bytes, address: str,
                  port: int) -> None:
         self.sock = sock
         self.method = method

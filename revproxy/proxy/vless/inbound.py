@@ -12,7 +12,7 @@ import socket
 from collections.abc import Sequence
 
 import gevent
-from gevent import socket as cooperative
+import gevent.socket
 
 from revproxy.dispatcher import Dispatcher
 from revproxy.log import log
@@ -155,7 +155,7 @@ def _connect_unix(path: str) -> socket.socket:
         if result in (errno.EINPROGRESS, errno.EAGAIN):
             with gevent.Timeout(FALLBACK_CONNECT_TIMEOUT,
                                 TimeoutError("fallback connect timed out")):
-                cooperative.wait_write(sock.fileno())
+                gevent.socket.wait_write(sock.fileno())
             result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if result:
             raise OSError(result, f"{path.lstrip(chr(0))}: {errno.errorcode.get(result, result)}")
