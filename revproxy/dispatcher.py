@@ -23,7 +23,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,7 +32,7 @@ from gevent.socket import wait_read
 
 from revproxy.log import access_log, log
 from revproxy.net.session import Session
-from revproxy.net.stream import SocketStream, Stream
+from revproxy.net.stream import Prefixed, SocketStream, Stream
 from revproxy.net.traffic import HANDOFFS_RECEIVED, Traffic
 from revproxy.policy import Policy
 from revproxy.routing import Router
@@ -271,47 +271,4 @@ def _sniff_read(stream: Stream) -> tuple[Stream, Sniffed | None]:
                 break
     finally:
         stream.settimeout(None)
-    return (Replayed(stream, data) if data else stream), found
-
-
-class Replayed:
-    """``stream`` with the bytes the sniffer read given out first."""
-
-    __slots__ = ("stream", "_early")
-
-    def __init__(self, stream: Stream, early: bytes) -> None:
-        self.stream = stream
-        self._early = early
-
-    def recv(self) -> bytes:
-        if self._early:
-            early, self._early = self._early, b""
-            return early
-        return self.stream.recv()
-
-    def send(self, data: bytes | memoryview) -> None:
-        self.stream.send(data)
-
-    def send_nowait(self, data: bytes) -> bool:
-        send_nowait: Callable[[bytes], bool] | None = getattr(self.stream, "send_nowait", None)
-        if send_nowait is None:
-            self.stream.send(data)
-            return True
-        return send_nowait(data)
-
-    def flush(self) -> None:
-        flush = getattr(self.stream, "flush", None)
-        if flush is not None:
-            flush()
-
-    def close_write(self) -> None:
-        self.stream.close_write()
-
-    def close(self) -> None:
-        self.stream.close()
-
-    def settimeout(self, seconds: float | None) -> None:
-        self.stream.settimeout(seconds)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)  # byte counts and the like of the stream beneath
+    return (Prefixed(stream, data) if data else stream), found

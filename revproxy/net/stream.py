@@ -253,3 +253,47 @@ def reset_on_close(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     except OSError:
         pass  # closed already
+
+
+class Prefixed:
+    """``stream`` with ``early`` bytes (read by a handshake, a sniffer or a PROXY header
+    parser) given out first; everything else goes to the stream beneath."""
+
+    __slots__ = ("stream", "_early")
+
+    def __init__(self, stream: Stream, early: bytes) -> None:
+        self.stream = stream
+        self._early = early
+
+    def recv(self) -> bytes:
+        if self._early:
+            early, self._early = self._early, b""
+            return early
+        return self.stream.recv()
+
+    def send(self, data: bytes | memoryview) -> None:
+        self.stream.send(data)
+
+    def send_nowait(self, data: bytes) -> bool:
+        send_nowait: Callable[[bytes], bool] | None = getattr(self.stream, "send_nowait", None)
+        if send_nowait is None:
+            self.stream.send(data)
+            return True
+        return send_nowait(data)
+
+    def flush(self) -> None:
+        flush = getattr(self.stream, "flush", None)
+        if flush is not None:
+            flush()
+
+    def close_write(self) -> None:
+        self.stream.close_write()
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.stream.settimeout(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)  # byte counts and the like of the stream beneath

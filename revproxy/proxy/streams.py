@@ -16,7 +16,7 @@ from gevent.event import Event
 from revproxy.log import log
 from revproxy.net.relay import relay
 from revproxy.net.session import Session
-from revproxy.net.stream import Stream, TunnelStream
+from revproxy.net.stream import Prefixed, Stream, TunnelStream
 
 HANDSHAKE_TIMEOUT = 4.0  # V2Ray's policy: Handshake, for every inbound
 PIPE_LIMIT = 512 * 1024  # V2Ray's pipe buffer per connection direction
@@ -69,40 +69,6 @@ def drain(stream: Stream, amount: int, timeout: float | None = None) -> None:
                 amount -= len(data)
     except OSError:
         pass
-
-
-class Prefixed:
-    """``stream`` with ``early`` bytes (read during a handshake) given out first."""
-
-    __slots__ = ("stream", "_early")
-
-    def __init__(self, stream: TunnelStream, early: bytes) -> None:
-        self.stream = stream
-        self._early = early
-
-    def recv(self) -> bytes:
-        if self._early:
-            early, self._early = self._early, b""
-            return early
-        return self.stream.recv()
-
-    def send(self, data: bytes | memoryview) -> None:
-        self.stream.send(data)
-
-    def send_nowait(self, data: bytes) -> bool:
-        return self.stream.send_nowait(data)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def close_write(self) -> None:
-        self.stream.close_write()
-
-    def close(self) -> None:
-        self.stream.close()
-
-    def settimeout(self, seconds: float | None) -> None:
-        self.stream.settimeout(seconds)
 
 
 def prefixed(stream: TunnelStream, early: bytes) -> TunnelStream:

@@ -14,7 +14,7 @@ import socket
 
 from gevent.socket import wait_read
 
-from revproxy.net.stream import SocketStream, TunnelStream
+from revproxy.net.stream import Prefixed, SocketStream, TunnelStream
 from revproxy.transport.base import Address, TransportError
 
 V1_PREFIX = b"PROXY "
@@ -122,38 +122,4 @@ def _read_slowly(stream: SocketStream, peer: Address) -> tuple[TunnelStream, Add
         if result is not None:
             length, address = result
             rest = buffer[length:]
-            return (PrefixedStream(stream, rest) if rest else stream), address or peer
-
-
-class PrefixedStream:
-    """``inner`` with ``prefix`` received first."""
-
-    __slots__ = ("inner", "_prefix")
-
-    def __init__(self, inner: TunnelStream, prefix: bytes) -> None:
-        self.inner = inner
-        self._prefix = prefix
-
-    def recv(self) -> bytes:
-        if self._prefix:
-            prefix, self._prefix = self._prefix, b""
-            return prefix
-        return self.inner.recv()
-
-    def send(self, data: bytes | memoryview) -> None:
-        self.inner.send(data)
-
-    def send_nowait(self, data: bytes) -> bool:
-        return self.inner.send_nowait(data)
-
-    def flush(self) -> None:
-        self.inner.flush()
-
-    def close_write(self) -> None:
-        self.inner.close_write()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def settimeout(self, seconds: float | None) -> None:
-        self.inner.settimeout(seconds)
+            return (Prefixed(stream, rest) if rest else stream), address or peer

@@ -10,11 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from revproxy.net.stream import SocketStream
+from revproxy.net.stream import Prefixed, SocketStream
 from revproxy.transport.base import TransportError
 from revproxy.transport.proxyprotocol import (
     V2_SIGNATURE,
-    PrefixedStream,
     ProxyHeaderError,
     parse,
     read_proxy_header,
@@ -112,7 +111,7 @@ def test_a_header_in_pieces(pair):
     client.send(V1[10:] + b"rest")
     got, peer = task.get(timeout=5)
     assert peer == ("192.0.2.1", 56324)
-    assert isinstance(got, PrefixedStream) and got.recv() == b"rest"
+    assert isinstance(got, Prefixed) and got.recv() == b"rest"
 
 
 def test_a_bad_header_is_refused(pair):
