@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import clients, report
+from bench import clients, report, udp
 from bench.procs import CpuMeter, stop_all
 from bench.systems import ROOT, TRANSPORTS, Backend, Ends
 
-WORKLOADS = ("download", "download4", "rps", "rps-close", "latency", "rss")
+WORKLOADS = ("download", "download4", "rps", "rps-close", "latency", "rss", "udp")
+DEFAULT_WORKLOADS = [w for w in WORKLOADS if w != "udp"]  # udp: only when asked (--only)
 MIB = 2**20
 
 System = Backend | Ends
@@ -60,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "run (default 1)")
     p.add_argument("--repeat", type=int, help="repetitions of every workload (default 3)")
     p.add_argument("--size", type=_size, help="bulk file size (default 1G)")
-    p.add_argument("--only", type=_only, default=list(WORKLOADS),
-                   help="comma-separated workloads: " + ",".join(WORKLOADS))
+    p.add_argument("--only", type=_only, default=DEFAULT_WORKLOADS,
+                   help="comma-separated workloads: " + ",".join(WORKLOADS)
+                        + " (default: all but udp)")
     p.add_argument("--workers", type=int, default=None,
                    help="revproxy processes per side, written as server.workers into both "
                         "revproxy configs (omitted by default; V2Ray is unaffected)")
@@ -114,8 +116,13 @@ def prepare(workload: str, system: System, args: argparse.Namespace) -> None:
         time.sleep(args.settle)
 
 
-def measure(workload: str, system: System, args: argparse.Namespace) -> clients.Measure:
+def measure(workload: str, system: System, args: argparse.Namespace,
+            udp_echo: int = 0) -> clients.Measure:
     port = system.public_port
+    if workload == "udp":  # direct: to the echo server itself
+        port = system.udp_port if isinstance(system, udp.UdpEnds) else udp_echo
+        values, extra, error = udp.measure(port, args.duration, args.warmup)
+        return clients.Measure(values, extra, error)
     if workload == "download":
         m = clients.download(port, args.size, 1)
         return clients.Measure({"download_1": m.values["mbps"]}, m.extra, m.error)
@@ -165,7 +172,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         backend = Backend(tmp, args.size)
         backend.start()
         log(f"nginx backend on 127.0.0.1:{backend.port} ({args.size / MIB:g} MiB file)")
-        ends = [Ends(kind, tmp, backend.port, security=args.security, transport=args.transport,
+        options = {"security": args.security, "transport": args.transport}
+        echo = udp.EchoServer(tmp) if "udp" in args.only else None
+        if echo is not None:
+            log(f"UDP echo server on 127.0.0.1:{echo.port}")
+        ends = [udp.UdpEnds(kind, tmp, backend.port, echo.port, **options,
+                            workers=args.workers if kind == "revproxy" else None)
+                if echo is not None else
+                Ends(kind, tmp, backend.port, **options,
                      workers=args.workers if kind == "revproxy" else None)
                 for kind in ("v2ray", "revproxy")]
         for e in ends:
@@ -188,7 +202,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                     t = time.monotonic()
                     meter = CpuMeter()
                     try:
-                        m = measure(workload, system, args)
+                        m = measure(workload, system, args, echo.port if echo else 0)
                     except (OSError, subprocess.SubprocessError, ValueError) as exc:
                         m = clients.Measure({}, error=f"{type(exc).__name__}: {exc}")
                     cpu = meter.read()
@@ -204,7 +218,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     finally:
         stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
-    figs = report.figures(args.rate, args.hold)
+    figs = report.figures(args.rate, args.hold) + udp.figures()
     other = [r["cpu_cores"]["other"] for r in runs]
     return {"machine": machine, "params": params,
             "elapsed_seconds": round(time.monotonic() - started, 1),
