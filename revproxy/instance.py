@@ -131,9 +131,10 @@ class Instance:
             if isinstance(inbound.settings, DokodemoSettings) and \
                     "tcp" not in inbound.settings.network:
                 continue  # UDP alone: no TCP listener
-            listener = self.listeners.get(index) or bind_listener(inbound.listen,
-                                                                     inbound.port)
-            set_listener_options(inbound, listener)
+            listener = self.listeners.get(index)  # the master's, its sockopt set
+            if listener is None:
+                listener = bind_listener(inbound.listen, inbound.port,
+                                         options=listener_options(inbound.stream))
             self.listeners[index] = listener
             server = Acceptor(listener, handler)
             server.start_accepting()
@@ -419,11 +420,3 @@ def build_inbound(inbound: InboundConfig, dispatcher: Dispatcher,
 
 # Where a bridge's tunnels may arrive (their listeners take part in steer_tunnels).
 _TUNNEL_INBOUNDS = (VMessInboundSettings, VLESSInboundSettings, ShadowsocksInboundSettings)
-
-
-def set_listener_options(inbound: InboundConfig, listener: socket.socket) -> None:
-    """What the inbound's ``sockopt`` does to its listening socket (mark, Fast Open,
-    transparent proxying); raises OSError naming the option it cannot set."""
-    apply = listener_options(inbound.stream)
-    if apply is not None:
-        apply(listener)

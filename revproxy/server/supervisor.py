@@ -67,7 +67,13 @@ from revproxy.config.model import (
 )
 from revproxy.config.sections import MAX_WORKERS
 from revproxy.log import log
-from revproxy.net.listen import bind_datagram, bind_listener, udp_listener_key
+from revproxy.net.listen import (
+    ListenerOptions,
+    bind_datagram,
+    bind_listener,
+    set_listener_options,
+    udp_listener_key,
+)
 from revproxy.server import handoff
 from revproxy.server.notify import Notifier
 from revproxy.server.spec import (
@@ -143,6 +149,12 @@ def _listen_key(config: Config, index: int) -> tuple[str, int]:
     return inbound.listen, inbound.port
 
 
+def _listener_options(config: Config, index: int) -> ListenerOptions | None:
+    """What inbound ``index``'s ``sockopt`` sets on its listener: here, before the workers
+    drop the privileges SO_MARK and IP_TRANSPARENT need."""
+    return ListenerOptions.of(config.inbounds[index].stream.sockopt)
+
+
 def _serves_tcp(config: Config, index: int) -> bool:
     """Whether inbound ``index`` listens on TCP (all but a dokodemo-door with "udp" alone)."""
     settings = config.inbounds[index].settings
@@ -187,6 +199,8 @@ class Supervisor:
         self.target = workers or config.server.workers or min(_cpus(), MAX_WORKERS)
         # (listen, port) -> TCP listener; ("udp", listen, port) -> UDP socket
         self.sockets: dict[tuple[str | int, ...], socket.socket] = {}
+        # What each listener's sockopt set on it (inbounds' listeners only), by key.
+        self.listener_options: dict[tuple[str | int, ...], ListenerOptions | None] = {}
         self.workers: dict[int, Child] = {}
         self.generations: dict[int, Generation] = {}
         self.generation = 0  # the current one: the newest not abandoned
@@ -769,11 +783,15 @@ class Supervisor:
             for index in range(len(config.inbounds)):
                 key = _listen_key(config, index)
                 if _serves_tcp(config, index):
+                    options = _listener_options(config, index)
                     sock = self.sockets.get(key)
                     if sock is None:
-                        sock = bind_listener(*key)
+                        sock = bind_listener(*key, options=options)
                         fresh.append(sock)
                         self.sockets[key] = sock
+                    elif options != self.listener_options.get(key):  # a reload changed them
+                        set_listener_options(sock, options, self.listener_options.get(key))
+                    self.listener_options[key] = options
                     listeners[index] = sock
                 if _serves_udp(config, index):
                     # Bound once here and shared: the worker with the lowest index reads it

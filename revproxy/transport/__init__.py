@@ -16,7 +16,7 @@ transport gives a wrapper, which the portal serves in the worker that accepted i
 
 A ``Transport`` is made once per configuration generation by ``prepare(settings)``: it loads
 certificates (so a reload picks up renewed ones). ``listener_options(settings)`` gives what an
-inbound's ``sockopt`` does to its listening socket. The modules:
+inbound's ``sockopt`` does to its listening socket (set where it is bound). The modules:
 
 ``core``
     ``Transport``, ``prepare``, ``dial``, ``wrap``: the layers stacked bottom up.
@@ -25,7 +25,7 @@ inbound's ``sockopt`` does to its listening socket. The modules:
 ``settings``
     what the transports read from ``streamSettings`` (protocols the configuration meets).
 ``tcp``
-    socket options (``sockopt``: mark, TCP Fast Open, transparent proxying).
+    outgoing socket options (``sockopt``: mark, TCP Fast Open, transparent proxying).
 ``proxyprotocol``
     the PROXY protocol header (v1 and v2) an inbound may accept in front of everything.
 ``tls``

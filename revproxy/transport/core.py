@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from gevent import Timeout
 
 from revproxy.net.dial import CONNECT_TIMEOUT, connect
+from revproxy.net.listen import ListenerOptions
 from revproxy.net.stream import SocketStream, TunnelStream
 from revproxy.transport.base import Address, Layer
 from revproxy.transport.settings import StreamSettings
@@ -74,13 +75,10 @@ def prepare(settings: StreamSettings | None, *, server: bool) -> Transport:
     return Transport(tuple(layers), before_connect, accept_header)
 
 
-def listener_options(settings: StreamSettings | None) -> Callable[[socket.socket], None] | None:
-    """What an inbound's ``sockopt`` does to its listening socket (None: nothing)."""
-    if settings is None:
-        return None
-    from revproxy.transport.tcp import listener_options as options
-
-    return options(settings.sockopt)
+def listener_options(settings: StreamSettings | None) -> ListenerOptions | None:
+    """What an inbound's ``sockopt`` does to its listening socket (None: nothing), for
+    ``revproxy.net.listen.bind_listener``."""
+    return None if settings is None else ListenerOptions.of(settings.sockopt)
 
 
 def dial(transport: Transport, host: str, port: int,

@@ -17,11 +17,18 @@ from revproxy.config.model import (
     WebSocketConfig,
 )
 from revproxy.config.transport import DEFAULT_REQUEST, DEFAULT_RESPONSE
-from revproxy.net.listen import bind_listener
+from revproxy.net.listen import (
+    SO_MARK,
+    TCP_FASTOPEN,
+    ListenerOptions,
+    bind_listener,
+    set_listener_options,
+    set_option,
+)
 from revproxy.net.stream import SocketStream
 from revproxy.transport import PLAIN, TransportError, dial, listener_options, prepare, wrap
 from revproxy.transport.httpheader import HeaderCodec, HeaderLayer
-from revproxy.transport.tcp import TCP_FASTOPEN, TCP_FASTOPEN_CONNECT, _set
+from revproxy.transport.tcp import TCP_FASTOPEN_CONNECT
 from revproxy.transport.tls import TLSLayer
 from revproxy.transport.websocket import WebSocketLayer
 
@@ -85,17 +92,36 @@ def test_dial_sets_the_socket_options(listener):
     assert client.sock.getsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT) == 1
 
 
-def test_listener_options(listener):
-    apply = listener_options(StreamConfig(sockopt=SockoptConfig(tcp_fast_open=True)))
-    assert apply is not None
-    apply(listener)
-    assert listener.getsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN) > 0
+def test_listener_options_are_set_at_bind_time():
+    options = listener_options(StreamConfig(sockopt=SockoptConfig(tcp_fast_open=True)))
+    assert options == ListenerOptions(fast_open=True)
     assert listener_options(StreamConfig()) is None
+    assert listener_options(None) is None
+    sock = bind_listener("127.0.0.1", 0, options=options)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN) > 0
+    finally:
+        sock.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_MARK needs CAP_NET_ADMIN")
+def test_a_reload_changes_the_options_of_a_kept_listener(listener):
+    marked = ListenerOptions(mark=7, transparent=True)
+    set_listener_options(listener, marked)
+    assert listener.getsockopt(socket.SOL_SOCKET, SO_MARK) == 7
+    set_listener_options(listener, None, previous=marked)  # the mark is gone: cleared
+    assert listener.getsockopt(socket.SOL_SOCKET, SO_MARK) == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may set SO_MARK")
+def test_a_listener_mark_without_the_capability_says_so():
+    with pytest.raises(OSError, match="sockopt.mark: cannot set SO_MARK"):
+        bind_listener("127.0.0.1", 0, options=ListenerOptions(mark=7))
 
 
 def test_an_option_that_cannot_be_set_says_which_and_why():
     with socket.socket() as sock, pytest.raises(OSError) as raised:
-        _set(sock, 12345, 1, 1, "mark", "SO_MARK", True)
+        set_option(sock, 12345, 1, 1, "mark", "SO_MARK", True)
     assert str(raised.value).startswith("[Errno 92] sockopt.mark: cannot set SO_MARK (it needs "
                                         "CAP_NET_ADMIN): ")
 
