@@ -4,8 +4,10 @@ The portal is an outbound. A session whose destination is the portal's domain *i
 the portal becomes its Mux.Cool client, opens the UDP control session and sends a Control
 message at once and every 2 s. Any other session is a visitor, carried as a new mux session
 on the tunnel the picker chooses among this worker's tunnels and, through the tunnel
-directory, its siblings'. A visitor bound for a sibling's tunnel is handed to that sibling,
-whose dispatcher brings it back here as a session carrying the chosen ``tunnel_id``. A tunnel
+directory, its siblings'. A visitor bound for a sibling's tunnel is handed to that sibling
+(one that is not a bare socket through a pair of sockets this worker relays to it, see
+net/pairs.py), whose dispatcher brings it back here as a session carrying the chosen
+``tunnel_id``. A tunnel
 that has opened more than 256 sessions is drained.
 
 Bridge hosts that vanish. Every tunnel carries something every 2 s (control messages, or
@@ -31,6 +33,7 @@ from revproxy.log import log
 from revproxy.mux.client import MuxClient
 from revproxy.mux.frame import NETWORK_TCP, NETWORK_UDP
 from revproxy.mux.splice import SocketSplice
+from revproxy.net.pairs import Carrier
 from revproxy.net.relay import relay
 from revproxy.net.session import Session, Target
 from revproxy.net.stream import SocketStream, Stream, TunnelStream, reset_on_close
@@ -297,30 +300,37 @@ class PortalOutbound:
         avoided and the next one tried, as V2Ray's dispatcher does; with none left the
         visitor is reset."""
         ending = session.ending
-        # A UDP source moves to a sibling as a socket of its own (net/udp.py).
-        can_hand_off = isinstance(stream, SocketStream | SourceStream) and not local_only
         deadline = time.monotonic() + wait
         avoid = set() if avoid is None else avoid
         gone: set[int] = set()
+        carrier: Carrier | None = None
         for _ in range(MAX_ATTEMPTS):
             choice = self.pick(wait=max(0.0, deadline - time.monotonic()),
-                               local_only=not can_hand_off, exclude=gone, avoid=avoid)
+                               local_only=local_only, exclude=gone, avoid=avoid)
             if choice is None:
                 break
             if isinstance(choice, SiblingTunnel):
                 assert self.directory is not None
                 session.first_payload = first or b""
+                # A bare socket or a UDP source's own socket (net/udp.py) moves; any other
+                # stream is carried to the sibling through a pair (net/pairs.py).
                 try:
                     if isinstance(stream, SocketStream):
                         visitor = stream.sock
-                    else:
-                        assert isinstance(stream, SourceStream)
+                    elif isinstance(stream, SourceStream):
                         visitor = stream.connected_socket()
+                    else:
+                        if carrier is None:
+                            carrier = Carrier(datagrams=session.target.network == "udp")
+                        visitor = carrier.far
                 except OSError as exc:
                     log.warning("portal %s: cannot move %s to a sibling: %s", self.tag,
                                 session.describe(), exc)
                     break
                 if self.directory.hand_off(choice, session, visitor):
+                    if carrier is not None:
+                        carrier.relay(stream, session.policy, on_done=ending.end)
+                        return
                     ending.end()  # closes our copy: the sibling received its own descriptor
                     return
                 # That sibling went away or cannot take it: choose again among what is left.
@@ -329,6 +339,8 @@ class PortalOutbound:
             if self._carry(choice, session, stream, first, rescues):
                 return
             avoid.add(choice)
+        if carrier is not None:
+            carrier.close()
         if session.tunnel_id is not None:
             log.warning("portal %s: handed-over %s from %s found no tunnel", self.tag,
                         session.describe(), session.source)

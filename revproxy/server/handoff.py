@@ -10,9 +10,12 @@ shows as a sibling.
 
 **A hand-off** is one datagram: the metadata and the visitor's first payload (``Handoff``: a
 versioned binary codec whose ``decode`` validates every field), and the visitor's socket as
-SCM_RIGHTS. The sender sets SO_LINGER 0 on the visitor first, so that a visitor the receiver
-cannot take (it is out of descriptors, refuses the message, or exits with it queued) is reset
-rather than closed in good order; the receiver clears it when it takes the visitor.
+SCM_RIGHTS: its own TCP or UDP socket, or the far end of a pair that the sender relays to a
+visitor that could not move as it is (``carried``, net/pairs.py: a loopback TCP connection
+or, for datagrams, a Unix SOCK_SEQPACKET socket). The sender sets SO_LINGER 0 on the visitor
+first, so that a visitor the receiver cannot take (it is out of descriptors, refuses the
+message, or exits with it queued) is reset rather than closed in good order; the receiver
+clears it when it takes the visitor.
 
 **The receiving loop** (``Receiver``) checks every message, closes every descriptor it does
 not keep, logs every visitor it loses, and leaves messages queued while it has no descriptor
@@ -21,12 +24,14 @@ becomes a ``Session`` that carries the outbound and tunnel chosen by the sibling
 dispatcher to serve like a visitor accepted here. It ends only if its socket fails, which the
 worker must treat as fatal.
 
-Gevent-free (the master imports it to make the directory): the worker passes in its waits.
+Gevent-free (the master imports it to make the directory): the worker passes in its waits,
+and net/pairs.py (which imports gevent) is imported only by the functions workers call.
 """
 
 from __future__ import annotations
 
 import array
+import dataclasses
 import errno
 import os
 import socket
@@ -51,13 +56,16 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 # Metadata: version, network, flags, tunnel id, port; then u16-length-prefixed UTF-8 texts:
 # outbound tag, address, source, inbound tag (if flagged), email (if flagged); then the first
-# payload, to the end of the datagram.
+# payload, to the end of the datagram. Flag ``_CARRIED``: the sender relays the visitor
+# through the descriptor (and counts its traffic).
 _HEAD = struct.Struct("!BBBIH")
 _LENGTH = struct.Struct("!H")
 _NETWORKS = {"tcp": 1, "udp": 2}
 _NETWORK_NAMES = {number: name for name, number in _NETWORKS.items()}
 _HAS_INBOUND_TAG = 0x01
 _HAS_EMAIL = 0x02
+_CARRIED = 0x04
+_FLAGS = _HAS_INBOUND_TAG | _HAS_EMAIL | _CARRIED
 MAX_FIRST_PAYLOAD = MAX_DATAGRAM - _HEAD.size - 5 * (_LENGTH.size + MAX_TEXT)
 
 
@@ -78,6 +86,7 @@ class Handoff:
     inbound_tag: str | None = None
     email: str | None = None
     first_payload: bytes = b""
+    carried: bool = False  # the descriptor is the far end of a pair (net/pairs.py)
 
     @classmethod
     def of_session(cls, session: Session, outbound_tag: str, tunnel_id: int) -> Handoff:
@@ -104,7 +113,8 @@ class Handoff:
         if not self.outbound_tag or not self.address:
             raise HandoffError("empty outbound tag or address")
         flags = ((_HAS_INBOUND_TAG if self.inbound_tag is not None else 0)
-                 | (_HAS_EMAIL if self.email is not None else 0))
+                 | (_HAS_EMAIL if self.email is not None else 0)
+                 | (_CARRIED if self.carried else 0))
         parts = [_HEAD.pack(VERSION, network, flags, self.tunnel_id, self.port)]
         for text in (self.outbound_tag, self.address, self.source, self.inbound_tag,
                      self.email):
@@ -125,7 +135,7 @@ class Handoff:
         name = _NETWORK_NAMES.get(network)
         if name is None:
             raise HandoffError(f"network {network}")
-        if flags & ~(_HAS_INBOUND_TAG | _HAS_EMAIL):
+        if flags & ~_FLAGS:
             raise HandoffError(f"flags {flags:#x}")
         if tunnel_id == 0:
             raise HandoffError("tunnel id 0")
@@ -152,7 +162,7 @@ class Handoff:
         if len(first_payload) > MAX_FIRST_PAYLOAD:
             raise HandoffError(f"first payload of {len(first_payload)} bytes")
         return cls(tunnel_id, outbound_tag, name, address, port, source, inbound_tag, email,
-                   first_payload)
+                   first_payload, bool(flags & _CARRIED))
 
 
 def _raw(text: str) -> bytes:
@@ -269,7 +279,8 @@ def bind_endpoint(directory: str, pid: int) -> socket.socket:
 def send(endpoint: socket.socket, directory: str, pid: int, handoff: Handoff,
          visitor: socket.socket, sleep: Callable[[float], None],
          patience: float = SEND_PATIENCE) -> None:
-    """Send ``visitor`` to worker ``pid``. Raises HandoffError if the hand-off cannot be
+    """Send ``visitor`` to worker ``pid`` (a ``CarriedSocket`` as a carried visitor's end,
+    net/pairs.py). Raises HandoffError if the hand-off cannot be
     encoded, TimeoutError if that worker takes no hand-off within ``patience`` seconds, and
     OSError if it is gone; the caller then still owns the visitor.
 
@@ -277,6 +288,10 @@ def send(endpoint: socket.socket, directory: str, pid: int, handoff: Handoff,
     the sender's socket unwritable, so waiting for writability cannot work: retry with
     growing sleeps instead.
     """
+    from revproxy.net.pairs import CarriedSocket  # (gevent: workers only, see above)
+
+    if isinstance(visitor, CarriedSocket) and not handoff.carried:
+        handoff = dataclasses.replace(handoff, carried=True)
     message = [handoff.encode()]
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [visitor.fileno()]))]
     path = endpoint_path(directory, pid)
@@ -400,7 +415,8 @@ class Receiver:
             reason = self.refusal(handoff)
             if reason is not None:
                 raise _Refused(reason)
-            visitor = _visitor_socket(fds, udp=handoff.network == "udp")
+            visitor = _visitor_socket(fds, udp=handoff.network == "udp",
+                                      carried=handoff.carried)
             self.serve(handoff.session(), visitor)
             visitor = None  # served: no longer ours to close
             self.taken += 1
@@ -475,20 +491,30 @@ def _descriptor_to_spare(fd: int) -> bool:
     return True
 
 
-def _visitor_socket(fds: list[int], udp: bool = False) -> socket.socket:
+def _visitor_socket(fds: list[int], udp: bool = False, carried: bool = False
+                    ) -> socket.socket:
     """The one received descriptor as a visitor's socket: a connected TCP socket, no longer
-    reset on close (``udp``: a UDP socket connected to one source, net/udp.py). Raises
+    reset on close (``udp``: a UDP socket connected to one source, net/udp.py; ``udp`` and
+    ``carried``: a Unix SOCK_SEQPACKET socket; ``carried``: a ``CarriedSocket``). Raises
     _Refused if it is something else (the descriptor then stays in ``fds``, for the caller
     to close); on success it leaves ``fds``."""
+    from revproxy.net.pairs import CarriedSocket  # (gevent: workers only, see the top)
+
     fd = fds[0]
     try:
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
             raise _Refused("not a socket")
-        sock = socket.socket(fileno=fd)
+        sock = CarriedSocket(fileno=fd) if carried else socket.socket(fileno=fd)
     except OSError as exc:
         raise _Refused(f"an unusable descriptor: {exc}") from None
     fds.remove(fd)  # the socket object owns it now
     try:
+        if udp and carried:
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
+                raise _Refused("not a Unix SOCK_SEQPACKET socket")
+            sock.getpeername()  # connected, else OSError
+            sock.setblocking(False)
+            return sock
         if udp:
             if sock.family not in (socket.AF_INET, socket.AF_INET6) \
                     or sock.type != socket.SOCK_DGRAM:

@@ -20,8 +20,8 @@ from setproctitle import setproctitle
 from revproxy import log as logging_setup
 from revproxy.instance import Instance
 from revproxy.log import log
+from revproxy.net.pairs import visitor_stream
 from revproxy.net.session import Session, Target
-from revproxy.net.stream import SocketStream
 from revproxy.net.tasks import Tasks
 from revproxy.net.traffic import HANDOFFS_SENT, Traffic
 from revproxy.net.udp import PacketSessions
@@ -216,7 +216,7 @@ class Worker:
             packets.start()
             packets.open(visitor.getpeername())
             return
-        self._tasks.spawn(self.instance.dispatcher.handle, session, SocketStream(visitor))
+        self._tasks.spawn(self.instance.dispatcher.handle, session, visitor_stream(visitor))
 
     def _receiver_ended(self, greenlet: gevent.Greenlet) -> None:
         """The receiving loop must not end while the worker runs: siblings would hand it

@@ -1,0 +1,156 @@
+"""Visitors that cannot move to another worker as they are (SOCKS5 UDP associations, a TLS
+inbound's connections) are carried to the sibling that holds the tunnels (net/pairs.py).
+
+A 3-worker portal whose bridge holds 2 tunnels, none of them in worker 1, which reads the UDP
+sockets (so every SOCKS UDP association is there) and accepts its share of TCP visitors:
+each must be served through a sibling's tunnel.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from revproxy.demo import bridge_config, portal_config
+from tests.dnsmasq import dnsmasq
+from tests.integration.conftest import USER_ID, free_port, start_end, wait_served
+from tests.integration.test_server import status, wait_for, worker_pids
+from tests.integration.test_transport import SERVER_NAME, make_certs
+
+NAME = "carried.internal"
+ADDRESS = "10.9.8.7"
+TIMEOUT = 60
+TRIES = 15  # bridge restarts until no tunnel is in worker 1 (each: 4/9 at random)
+
+
+def portal_config_with(tmp, public: int, tunnel: int, socks: int, tls: int, certs) -> dict:
+    config = portal_config(USER_ID, public, tunnel, loglevel="info")
+    config["server"] = {"workers": 3, "pidFile": str(tmp / "portal.pid"),
+                        "stateFile": str(tmp / "portal.state")}
+    config["inbounds"] += [
+        {"tag": "socks-in", "listen": "127.0.0.1", "port": socks, "protocol": "socks",
+         "settings": {"auth": "noauth", "udp": True, "ip": "127.0.0.1"}},
+        {"tag": "tls-in", "listen": "127.0.0.1", "port": tls, "protocol": "dokodemo-door",
+         "settings": {"address": "127.0.0.1", "port": 80, "network": "tcp"},
+         "streamSettings": {"security": "tls", "tlsSettings": {"certificates": [
+             {"certificateFile": str(certs.cert), "keyFile": str(certs.key)}]}}},
+    ]
+    config["routing"]["rules"].append(
+        {"type": "field", "inboundTag": ["socks-in", "tls-in"], "outboundTag": "portal"})
+    return config
+
+
+def bridge_config_with(tmp, backend: int, tunnel: int) -> dict:
+    """Two tunnels; UDP goes out through a freedom without redirect (to dnsmasq)."""
+    config = bridge_config(USER_ID, backend, tunnel, loglevel="info")
+    config["reverse"]["bridges"][0].update({"minTunnels": 2, "maxTunnels": 2})
+    config["outbounds"].append({"tag": "direct", "protocol": "freedom", "settings": {}})
+    config["routing"]["rules"].insert(
+        1, {"type": "field", "inboundTag": ["bridge"], "network": "udp",
+            "outboundTag": "direct"})
+    return config
+
+
+def dns_query(name: str, ident: int) -> bytes:
+    labels = b"".join(bytes([len(part)]) + part.encode() for part in name.split("."))
+    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + labels + b"\x00\x00\x01\x00\x01"
+
+
+def socks_udp_lookup(socks: int, dns: int, ident: int, tries: int = 5) -> bytes:
+    """One SOCKS5 UDP association (RFC 1928): an A query for NAME to dnsmasq through it;
+    the answer's DNS message, or b"" if none came."""
+    with socket.create_connection(("127.0.0.1", socks), timeout=10) as control:
+        control.sendall(b"\x05\x01\x00")
+        if control.recv(2) != b"\x05\x00":
+            return b""
+        control.sendall(b"\x05\x03\x00\x01" + bytes(4) + bytes(2))
+        reply = control.recv(10)
+        if len(reply) < 10 or reply[1] != 0 or reply[3] != 1:
+            return b""
+        relay = (socket.inet_ntoa(reply[4:8]), struct.unpack("!H", reply[8:10])[0])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            udp.settimeout(2)
+            header = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", dns)
+            query = dns_query(NAME, ident)
+            for _ in range(tries):  # UDP: a datagram may be lost, or wait for a tunnel
+                udp.sendto(header + query, relay)
+                try:
+                    data = udp.recv(4096)
+                except TimeoutError:
+                    continue
+                if data[:10] == header and data[10:12] == query[:2]:
+                    return data[10:]
+    return b""
+
+
+def tls_get(port: int) -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
+            context.wrap_socket(raw, server_hostname=SERVER_NAME) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: carried\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while data := conn.recv(65536):
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+@pytest.fixture(scope="module")
+def carried(backend, tmp_path_factory):
+    """(socks port, tls port, dns port, portal): a portal whose worker 1 holds no tunnel."""
+    tmp = tmp_path_factory.mktemp("carried")
+    certs = make_certs(tmp / "certs")
+    public, tunnel, socks, tls = free_port(), free_port(), free_port(), free_port()
+    with dnsmasq([(NAME, ADDRESS)], tmp / "dnsmasq.log") as dns:
+        portal = start_end("revproxy", "portal",
+                           portal_config_with(tmp, public, tunnel, socks, tls, certs), tmp)
+        bridge = None
+        try:
+            wait_for(lambda: len(worker_pids(tmp / "portal.pid")) == 3, "3 portal workers")
+            for _ in range(TRIES):
+                bridge = start_end("revproxy", "bridge",
+                                   bridge_config_with(tmp, backend, tunnel), tmp)
+                wait_served(public, procs=(portal, bridge))
+                report = wait_for(lambda: (r := status(tmp / "portal.pid"))
+                                  and len(r["tunnels"]) == 2 and r, "2 tunnels")
+                first = next(w["pid"] for w in report["workers"] if w["index"] == 1
+                             and w["state"] == "running")
+                if all(t["worker_pid"] != first for t in report["tunnels"]):
+                    break
+                bridge.stop()
+                bridge = None
+                wait_for(lambda: not status(tmp / "portal.pid")["tunnels"], "tunnels gone")
+            else:
+                pytest.fail(f"worker 1 held a tunnel {TRIES} times")
+            yield socks, tls, dns, portal
+        finally:
+            if bridge is not None:
+                bridge.stop()
+            portal.stop()
+
+
+def test_socks_udp_associations_served_through_a_siblings_tunnel(carried):
+    socks, _, dns, portal = carried
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: socks_udp_lookup(socks, dns, 0x1000 + i), range(24)))
+    served = [a for a in answers if socket.inet_aton(ADDRESS) in a]
+    assert len(served) == 24, (f"{len(served)}/24 answered in {time.monotonic() - started:.1f}"
+                               f" s\n{portal.output()[-3000:]}")
+    assert "is lost" not in portal.output()
+
+
+def test_tls_visitors_served_through_a_siblings_tunnel(carried):
+    _, tls, _, portal = carried
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: tls_get(tls), range(30)))
+    ok = [a for a in answers if a.startswith(b"HTTP/1.1 200") and b"hello" in a]
+    assert len(ok) == 30, portal.output()[-3000:]
+    assert "no tunnel available" not in portal.output()
