@@ -57,8 +57,13 @@ def inbound(node: Node, raw: Any) -> InboundConfig:
                      required=True)
     stream = o.nested("streamSettings", lambda n, v: stream_settings(n, v, server=True),
                       StreamConfig())
-    return InboundConfig(tag, listen, port, protocol or "",
-                         _settings(o, protocol, _INBOUND_SETTINGS), stream, sniffing)
+    settings = _settings(o, protocol, _INBOUND_SETTINGS)
+    if (isinstance(settings, DokodemoSettings) and settings.follow_redirect
+            and "udp" in settings.network and stream.sockopt.tproxy == "tproxy"):
+        node.at("settings").at("followRedirect").report(
+            'not for UDP with sockopt.tproxy "tproxy": revproxy sends UDP to "address", '
+            "not to each datagram's original destination as V2Ray's TPROXY does")
+    return InboundConfig(tag, listen, port, protocol or "", settings, stream, sniffing)
 
 
 def outbound(node: Node, raw: Any) -> OutboundConfig:
@@ -101,10 +106,15 @@ def _dokodemo(node: Node, raw: Any) -> DokodemoSettings:
     # sends the inbound to the API, whatever its destination).
     if o.ok and not follow_redirect and not o.has("address"):
         node.report('missing required key "address" (needed unless followRedirect is true)')
+    network = o.get("network", f.networks, ("tcp",))  # "udp": served too
+    if o.ok and follow_redirect and "udp" in network and not o.has("address"):
+        node.at("followRedirect").report(
+            'applies to TCP only: "network" has "udp", which needs "address" (the '
+            "destination of every datagram; V2Ray's UDP redirect needs TPROXY)")
     return DokodemoSettings(
         address=o.get("address", f.host, None),
         port=o.get("port", f.port, None),
-        network=o.get("network", f.networks, ("tcp",)),  # "udp": served too
+        network=network,
         follow_redirect=follow_redirect,
         timeout=o.get("timeout", f.integer(0, 2**32 - 1), 0) or 300,
         user_level=o.get("userLevel", f.integer(0, 2**32 - 1), 0),
