@@ -162,3 +162,34 @@ def test_dig_through_ss_tunnel_to_the_shadowsocks_inbound(method, dns_port, tmp_
     finally:
         tunnel.stop()
         server.stop()
+
+
+def test_dig_through_v2ray_to_the_socks_inbound_udp(dns_port, tmp_path):
+    """Stock V2Ray as the client of revproxy's SOCKS5 UDP: V2Ray's dokodemo-door (UDP) ->
+    its socks outbound (UDP ASSOCIATE) -> revproxy's SOCKS inbound (``udp``) -> freedom ->
+    dnsmasq."""
+    socks, local = free_port(), free_udp_port()
+    server = start_end("revproxy", "socks-server", {
+        "log": {"loglevel": "warning"},
+        "inbounds": [{"listen": "127.0.0.1", "port": socks, "protocol": "socks",
+                      "settings": {"auth": "noauth", "udp": True, "ip": "127.0.0.1"}}],
+        "outbounds": [{"protocol": "freedom"}]}, tmp_path)
+    client = start_end("v2ray", "v2ray-client", {
+        "log": {"loglevel": "warning"},
+        "inbounds": [{"listen": "127.0.0.1", "port": local, "protocol": "dokodemo-door",
+                      "settings": {"address": "127.0.0.1", "port": dns_port,
+                                   "network": "udp"}}],
+        "outbounds": [{"protocol": "socks", "settings": {"servers": [
+            {"address": "127.0.0.1", "port": socks}]}}]}, tmp_path)
+    try:
+        deadline = time.monotonic() + 15
+        answer = ""
+        while answer != ADDRESS and time.monotonic() < deadline:
+            answer = dig(local, timeout=1)
+        assert answer == ADDRESS, server.output()[-2000:] + client.output()[-2000:]
+        with ThreadPoolExecutor(4) as pool:  # more sources: one association each
+            answers = list(pool.map(lambda _: dig(local, timeout=3), range(8)))
+        assert answers.count(ADDRESS) >= 7, server.output()[-2000:] + client.output()[-2000:]
+    finally:
+        client.stop()
+        server.stop()
