@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark nginx direct vs V2Ray vs revproxy (portal+bridge) on loopback. "
                     "--micro runs the in-process codec micro-benchmarks instead "
                     "(see bench/micro.py --help); --ha the failure windows when a host "
-                    "vanishes, beside V2Ray's (root; see bench/ha.py --help).")
+                    "vanishes, beside V2Ray's (root; see bench/ha.py --help); --faults "
+                    "stalled and slow visitors, a stalled backend and the fd limit, beside "
+                    "V2Ray's (see bench/faults.py --help).")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: --size 64M --duration 2 --warmup 0 --repeat 1 --hold 200 "
                         "--settle 0.5 (about half a minute)")
@@ -239,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench import ha
 
         return ha.main(argv)
+    if "--faults" in argv:
+        argv.remove("--faults")
+        from bench import faults
+
+        return faults.main(argv)
     args = build_parser().parse_args(argv)
     _defaults(args)
     _raise_nofile()

@@ -53,6 +53,7 @@ class Backend:
     """nginx with its own prefix and config in ``tmp``, serving a 1 KiB page and a big file."""
 
     name = "direct"
+    template = NGINX_CONF  # the config, formatted by start(); a subclass may add locations
 
     def __init__(self, tmp: Path, size: int, workers: str = "auto") -> None:
         self.tmp = tmp / "nginx"
@@ -79,8 +80,8 @@ class Backend:
             path.chmod(0o644)
         self.port = free_port()
         conf = self.tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(workers=self.workers, tmp=self.tmp, port=self.port,
-                                          docroot=docroot))
+        conf.write_text(self.template.format(workers=self.workers, tmp=self.tmp,
+                                             port=self.port, docroot=docroot))
         argv = [nginx, "-p", str(self.tmp), "-c", str(conf), "-e", str(self.tmp / "startup.log")]
         self.child = Child("nginx", argv, log=self.tmp / "nginx.out")
         wait_served(self.port, SMALL, SMALL_SIZE, [self.child])
