@@ -8,27 +8,34 @@ each must be served through a sibling's tunnel.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import signal
 import socket
 import ssl
 import struct
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
 from revproxy.demo import bridge_config, portal_config
 from tests.dnsmasq import dnsmasq
-from tests.integration.conftest import USER_ID, free_port, start_end, wait_served
+from tests.integration.backend import blob_sha256
+from tests.integration.conftest import USER_ID, free_port, needs_v2ray, start_end, wait_served
 from tests.integration.test_server import status, wait_for, worker_pids
 from tests.integration.test_transport import SERVER_NAME, make_certs
 
 NAME = "carried.internal"
 ADDRESS = "10.9.8.7"
 TIMEOUT = 60
-TRIES = 15  # bridge restarts until no tunnel is in worker 1 (each: 4/9 at random)
 
 
-def portal_config_with(tmp, public: int, tunnel: int, socks: int, tls: int, certs) -> dict:
+def portal_config_with(tmp, public: int, tunnel: int, socks: int, tls: int, disguised: int,
+                       certs) -> dict:
     config = portal_config(USER_ID, public, tunnel, loglevel="info")
     config["server"] = {"workers": 3, "pidFile": str(tmp / "portal.pid"),
                         "stateFile": str(tmp / "portal.state")}
@@ -39,9 +46,14 @@ def portal_config_with(tmp, public: int, tunnel: int, socks: int, tls: int, cert
          "settings": {"address": "127.0.0.1", "port": 80, "network": "tcp"},
          "streamSettings": {"security": "tls", "tlsSettings": {"certificates": [
              {"certificateFile": str(certs.cert), "keyFile": str(certs.key)}]}}},
+        {"tag": "disguised-in", "listen": "127.0.0.1", "port": disguised,
+         "protocol": "dokodemo-door",
+         "settings": {"address": "127.0.0.1", "port": 80, "network": "tcp"},
+         "streamSettings": {"network": "tcp", "tcpSettings": {"header": {"type": "http"}}}},
     ]
     config["routing"]["rules"].append(
-        {"type": "field", "inboundTag": ["socks-in", "tls-in"], "outboundTag": "portal"})
+        {"type": "field", "inboundTag": ["socks-in", "tls-in", "disguised-in"],
+         "outboundTag": "portal"})
     return config
 
 
@@ -89,13 +101,18 @@ def socks_udp_lookup(socks: int, dns: int, ident: int, tries: int = 5) -> bytes:
     return b""
 
 
-def tls_get(port: int) -> bytes:
+def tls_connect(port: int) -> ssl.SSLSocket:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
-            context.wrap_socket(raw, server_hostname=SERVER_NAME) as conn:
-        conn.sendall(b"GET / HTTP/1.1\r\nHost: carried\r\nConnection: close\r\n\r\n")
+    raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    return context.wrap_socket(raw, server_hostname=SERVER_NAME)
+
+
+def tls_get(port: int, path: str = "/") -> bytes:
+    with tls_connect(port) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: carried\r\nConnection: close\r\n\r\n"
+                     .encode())
         chunks = []
         while data := conn.recv(65536):
             chunks.append(data)
@@ -107,29 +124,29 @@ def carried(backend, tmp_path_factory):
     """(socks port, tls port, dns port, portal): a portal whose worker 1 holds no tunnel."""
     tmp = tmp_path_factory.mktemp("carried")
     certs = make_certs(tmp / "certs")
-    public, tunnel, socks, tls = free_port(), free_port(), free_port(), free_port()
+    public, tunnel, socks, tls, disguised = (free_port() for _ in range(5))
     with dnsmasq([(NAME, ADDRESS)], tmp / "dnsmasq.log") as dns:
         portal = start_end("revproxy", "portal",
-                           portal_config_with(tmp, public, tunnel, socks, tls, certs), tmp)
+                           portal_config_with(tmp, public, tunnel, socks, tls, disguised,
+                                              certs), tmp)
         bridge = None
         try:
             wait_for(lambda: len(worker_pids(tmp / "portal.pid")) == 3, "3 portal workers")
-            for _ in range(TRIES):
+            first = next(w["pid"] for w in status(tmp / "portal.pid")["workers"]
+                         if w["index"] == 1 and w["state"] == "running")
+            # Worker 1 is stopped while the bridge dials: the other two accept its tunnels.
+            os.kill(first, signal.SIGSTOP)
+            try:
                 bridge = start_end("revproxy", "bridge",
                                    bridge_config_with(tmp, backend, tunnel), tmp)
-                wait_served(public, procs=(portal, bridge))
                 report = wait_for(lambda: (r := status(tmp / "portal.pid"))
                                   and len(r["tunnels"]) == 2 and r, "2 tunnels")
-                first = next(w["pid"] for w in report["workers"] if w["index"] == 1
-                             and w["state"] == "running")
-                if all(t["worker_pid"] != first for t in report["tunnels"]):
-                    break
-                bridge.stop()
-                bridge = None
-                wait_for(lambda: not status(tmp / "portal.pid")["tunnels"], "tunnels gone")
-            else:
-                pytest.fail(f"worker 1 held a tunnel {TRIES} times")
-            yield socks, tls, dns, portal
+            finally:
+                os.kill(first, signal.SIGCONT)
+            assert all(t["worker_pid"] != first for t in report["tunnels"]), report
+            wait_served(public, procs=(portal, bridge))
+            yield SimpleNamespace(socks=socks, tls=tls, disguised=disguised, dns=dns,
+                                  portal=portal, bridge=bridge, tmp=tmp)
         finally:
             if bridge is not None:
                 bridge.stop()
@@ -137,7 +154,7 @@ def carried(backend, tmp_path_factory):
 
 
 def test_socks_udp_associations_served_through_a_siblings_tunnel(carried):
-    socks, _, dns, portal = carried
+    socks, dns, portal = carried.socks, carried.dns, carried.portal
     started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: socks_udp_lookup(socks, dns, 0x1000 + i), range(24)))
@@ -148,9 +165,74 @@ def test_socks_udp_associations_served_through_a_siblings_tunnel(carried):
 
 
 def test_tls_visitors_served_through_a_siblings_tunnel(carried):
-    _, tls, _, portal = carried
+    tls, portal = carried.tls, carried.portal
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: tls_get(tls), range(30)))
     ok = [a for a in answers if a.startswith(b"HTTP/1.1 200") and b"hello" in a]
     assert len(ok) == 30, portal.output()[-3000:]
     assert "no tunnel available" not in portal.output()
+
+
+@needs_v2ray
+def test_v2ray_socks_udp_client_through_the_portal(carried):
+    """Stock V2Ray's socks outbound (UDP ASSOCIATE) as the client of the portal's SOCKS
+    inbound: dig through V2Ray's dokodemo-door gets the answer from every source."""
+    dig = shutil.which("dig")
+    if dig is None:
+        pytest.skip("dig (dnsutils) is not installed")
+    local = free_port()
+    client = start_end("v2ray", "v2ray-client", {
+        "log": {"loglevel": "warning"},
+        "inbounds": [{"listen": "127.0.0.1", "port": local, "protocol": "dokodemo-door",
+                      "settings": {"address": "127.0.0.1", "port": carried.dns,
+                                   "network": "udp"}}],
+        "outbounds": [{"protocol": "socks", "settings": {"servers": [
+            {"address": "127.0.0.1", "port": carried.socks}]}}]}, carried.tmp)
+
+    def lookup(_: int) -> str:
+        result = subprocess.run([dig, "@127.0.0.1", "-p", str(local), NAME, "A", "+short",
+                                 "+notcp", "+tries=3", "+time=3"],
+                                capture_output=True, text=True, timeout=30)
+        return result.stdout.strip()
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lookup, range(12)))
+        assert answers.count(ADDRESS) == 12, (answers, client.output()[-2000:],
+                                              carried.portal.output()[-2000:])
+    finally:
+        client.stop()
+
+
+def test_large_tls_downloads_arrive_whole(carried):
+    size = 8 << 20
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: tls_get(carried.tls, f"/blob/{size}"), range(6)))
+    for answer in answers:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head[:80]
+        assert len(body) == size and hashlib.sha256(body).hexdigest() == blob_sha256(size)
+
+
+def test_a_cut_tunnel_resets_carried_visitors(carried):
+    """Last (it kills the bridge): downloads through the HTTP-disguised inbound (a wrapped
+    stream: carried when its tunnel is in a sibling), cut by the tunnel's death, end in a
+    reset, never in an orderly end of stream. (Not through TLS: its close sends a
+    close_notify, which reads as an orderly end whoever carried the visitor.)"""
+    conns = [socket.create_connection(("127.0.0.1", carried.disguised), timeout=TIMEOUT)
+             for _ in range(9)]
+    for conn in conns:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: disguise\r\n\r\n"  # the disguise
+                     b"GET /blob/1000000000 HTTP/1.1\r\nHost: carried\r\n\r\n")
+        assert conn.recv(65536)  # the download has begun
+    carried.bridge.signal_all(signal.SIGKILL)
+    endings = []
+    for conn in conns:
+        with conn:
+            try:
+                while conn.recv(1 << 20):
+                    pass
+                endings.append("orderly end")
+            except ConnectionResetError as exc:
+                endings.append(type(exc).__name__)
+    assert "orderly end" not in endings, endings
