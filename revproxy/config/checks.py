@@ -67,6 +67,11 @@ def _to_default(config: Config, node: Node, rule: RoutingRule, tags: set[str],
     missing = f"no outbound or portal is tagged {show(rule.outbound_tag)}"
     missing += suggest(rule.outbound_tag, tags)
     first = config.outbounds[0].tag if config.outbounds else None
+    if not (tags or config.inbounds or config.reverse.bridges):
+        # Routing alone, as in a file meant to be merged with others: nothing to check it by.
+        node.warn(f"{missing}, nor any other, and nothing sends traffic here: V2Ray accepts "
+                  "such a file, and so does revproxy")
+        return rule
     if first is None:
         whose = "which has no tag: give it one" if config.outbounds else "and there is none"
         node.report(f"{missing} (V2Ray would send this traffic to the first outbound, {whose})")

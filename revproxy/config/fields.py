@@ -301,6 +301,19 @@ def host(value: Any) -> str:
     return text
 
 
+def server_address(node: Node, value: Any) -> str:
+    """A server's address. V2Ray takes any text that is not an IP address for a domain name,
+    so one that cannot be a host name (a template's "{{ host }}", "") is only warned about."""
+    try:
+        return host(value)
+    except Invalid as exc:
+        if not isinstance(value, str):
+            raise
+        node.warn(f"{exc}: V2Ray takes it for a domain name all the same, and so does "
+                  "revproxy (connections to this server fail)")
+        return value
+
+
 def host_port(value: Any) -> tuple[str, int]:
     """Go's net.SplitHostPort: "host:port" or "[v6]:port"; the host may be empty."""
     text = string(value)

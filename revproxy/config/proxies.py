@@ -42,6 +42,8 @@ from revproxy.config.transport import stream_settings
 
 _V2RAY_ONLY_INBOUNDS = ("trojan", "mtproto")
 _V2RAY_ONLY_OUTBOUNDS = ("trojan", "mtproto", "dns", "loopback")
+# sendThrough values that bind to no address in particular, which is what revproxy does.
+_ANY_ADDRESS = (None, "", "0.0.0.0", "::")
 _SECURITIES = ("auto", "aes-128-gcm", "chacha20-poly1305", "none", "zero")
 
 
@@ -67,8 +69,10 @@ def inbound(node: Node, raw: Any) -> InboundConfig:
 
 
 def outbound(node: Node, raw: Any) -> OutboundConfig:
-    o = Obj(node, raw, ("protocol", "settings", "tag", "streamSettings", "mux"),
-            unsupported=("sendThrough", "proxySettings"))
+    o = Obj(node, raw, ("protocol", "settings", "tag", "streamSettings", "mux", "sendThrough"),
+            unsupported=("proxySettings",))
+    if o.raw("sendThrough") not in _ANY_ADDRESS:
+        node.at("sendThrough").report(NOT_SUPPORTED)
     tag = o.get("tag", f.tag, None)
     protocol = o.get("protocol", _protocol(_OUTBOUND_SETTINGS, _V2RAY_ONLY_OUTBOUNDS), None,
                      required=True)
@@ -126,9 +130,15 @@ def _vmess_inbound(node: Node, raw: Any) -> VMessInboundSettings:
             unsupported=("detour", "features"))
     o.nested("default", _vmess_default, None)
     return VMessInboundSettings(
-        clients=o.nested("clients", _users, (), required=True),
+        clients=o.nested("clients", _users, ()) or _no_clients(o.node),
         disable_insecure_encryption=o.get("disableInsecureEncryption", f.boolean, False),
     )
+
+
+def _no_clients(node: Node) -> tuple[VMessUserConfig, ...]:
+    node.warn('no "clients": this inbound refuses every connection (as in V2Ray, unless a '
+              "dynamic port's detour, which revproxy does not have, gives it users)")
+    return ()
 
 
 def _vmess_default(node: Node, raw: Any) -> None:
@@ -175,7 +185,7 @@ def _vmess_outbound(node: Node, raw: Any) -> VMessOutboundSettings:
 def _vmess_server(node: Node, raw: Any) -> VMessServerConfig:
     o = Obj(node, raw, ("address", "port", "users"))
     return VMessServerConfig(
-        address=o.get("address", f.host, "", required=True),
+        address=o.nested("address", f.server_address, "", required=True),
         port=o.get("port", f.port, 0, required=True),
         users=o.nested("users", _users, (), required=True),
     )
@@ -302,7 +312,7 @@ def _vless_outbound(node: Node, raw: Any) -> VLESSOutboundSettings:
 def _vless_server(node: Node, raw: Any) -> VLESSServerConfig:
     o = Obj(node, raw, ("address", "port", "users"))
     return VLESSServerConfig(
-        address=o.get("address", f.host, "", required=True),
+        address=o.nested("address", f.server_address, "", required=True),
         port=o.get("port", f.port, 0, required=True),
         users=o.nested("users", lambda n, v: f.items(n, v, _vless_outbound_user, nonempty=True),
                        (), required=True),
@@ -369,7 +379,7 @@ def _shadowsocks_server(node: Node, raw: Any) -> ShadowsocksServerConfig:
     o = Obj(node, raw, ("address", "port", "method", "password", "email", "level"),
             ignored=("ota",))
     return ShadowsocksServerConfig(
-        address=o.get("address", f.host, "", required=True),
+        address=o.nested("address", f.server_address, "", required=True),
         port=o.get("port", f.port, 0, required=True),
         method=o.get("method", _ss_method, "", required=True),
         password=o.get("password", f.nonempty_string, "", required=True),
@@ -427,7 +437,7 @@ def _proxy_servers(node: Node, raw: Any) -> tuple[ProxyServerConfig, ...]:
 def _proxy_server(node: Node, raw: Any) -> ProxyServerConfig:
     o = Obj(node, raw, ("address", "port", "users"))
     return ProxyServerConfig(
-        address=o.get("address", f.host, "", required=True),
+        address=o.nested("address", f.server_address, "", required=True),
         port=o.get("port", f.port, 0, required=True),
         users=o.nested("users", _accounts, ()),
     )
