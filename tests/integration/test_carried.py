@@ -26,6 +26,7 @@ from revproxy.demo import bridge_config, portal_config
 from tests.dnsmasq import dnsmasq
 from tests.integration.backend import blob_sha256
 from tests.integration.conftest import USER_ID, free_port, needs_v2ray, start_end, wait_served
+from tests.integration.test_operations import POLICY, V2CTL, query
 from tests.integration.test_server import status, wait_for, worker_pids
 from tests.integration.test_transport import SERVER_NAME, make_certs
 
@@ -35,7 +36,7 @@ TIMEOUT = 60
 
 
 def portal_config_with(tmp, public: int, tunnel: int, socks: int, tls: int, disguised: int,
-                       certs) -> dict:
+                       api: int, certs) -> dict:
     config = portal_config(USER_ID, public, tunnel, loglevel="info")
     config["server"] = {"workers": 3, "pidFile": str(tmp / "portal.pid"),
                         "stateFile": str(tmp / "portal.state")}
@@ -54,6 +55,11 @@ def portal_config_with(tmp, public: int, tunnel: int, socks: int, tls: int, disg
     config["routing"]["rules"].append(
         {"type": "field", "inboundTag": ["socks-in", "tls-in", "disguised-in"],
          "outboundTag": "portal"})
+    config["inbounds"].append({"tag": "api", "listen": "127.0.0.1", "port": api,
+                               "protocol": "dokodemo-door", "settings": {"address": "127.0.0.1"}})
+    config["routing"]["rules"].insert(0, {"type": "field", "inboundTag": ["api"],
+                                          "outboundTag": "api"})
+    config.update(api={"tag": "api", "services": ["StatsService"]}, stats={}, policy=POLICY)
     return config
 
 
@@ -124,11 +130,11 @@ def carried(backend, tmp_path_factory):
     """(socks port, tls port, dns port, portal): a portal whose worker 1 holds no tunnel."""
     tmp = tmp_path_factory.mktemp("carried")
     certs = make_certs(tmp / "certs")
-    public, tunnel, socks, tls, disguised = (free_port() for _ in range(5))
+    public, tunnel, socks, tls, disguised, api = (free_port() for _ in range(6))
     with dnsmasq([(NAME, ADDRESS)], tmp / "dnsmasq.log") as dns:
         portal = start_end("revproxy", "portal",
                            portal_config_with(tmp, public, tunnel, socks, tls, disguised,
-                                              certs), tmp)
+                                              api, certs), tmp)
         bridge = None
         try:
             wait_for(lambda: len(worker_pids(tmp / "portal.pid")) == 3, "3 portal workers")
@@ -145,8 +151,8 @@ def carried(backend, tmp_path_factory):
                 os.kill(first, signal.SIGCONT)
             assert all(t["worker_pid"] != first for t in report["tunnels"]), report
             wait_served(public, procs=(portal, bridge))
-            yield SimpleNamespace(socks=socks, tls=tls, disguised=disguised, dns=dns,
-                                  portal=portal, bridge=bridge, tmp=tmp)
+            yield SimpleNamespace(socks=socks, tls=tls, disguised=disguised, api=api,
+                                  dns=dns, portal=portal, bridge=bridge, tmp=tmp)
         finally:
             if bridge is not None:
                 bridge.stop()
@@ -196,6 +202,11 @@ def test_v2ray_socks_udp_client_through_the_portal(carried):
         return result.stdout.strip()
 
     try:
+        deadline = time.monotonic() + 15
+        while lookup(0) != ADDRESS:  # V2Ray is up (and one source served)
+            if time.monotonic() > deadline:
+                pytest.fail(client.output()[-2000:] + carried.portal.output()[-2000:])
+            time.sleep(0.2)
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lookup, range(12)))
         assert answers.count(ADDRESS) == 12, (answers, client.output()[-2000:],
@@ -212,6 +223,39 @@ def test_large_tls_downloads_arrive_whole(carried):
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head[:80]
         assert len(body) == size and hashlib.sha256(body).hexdigest() == blob_sha256(size)
+
+
+def disguised_get(port: int, path: str) -> bytes:
+    """A GET through the HTTP-disguised inbound: the disguise's request header first, then
+    the request; the whole answer (the disguise's response header first)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+        conn.sendall("GET / HTTP/1.1\r\nHost: disguise\r\n\r\n"
+                     f"GET {path} HTTP/1.1\r\nHost: carried\r\nConnection: close\r\n\r\n"
+                     .encode())
+        chunks = []
+        while data := conn.recv(1 << 20):
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+@pytest.mark.skipif(V2CTL is None, reason="v2ctl (Debian's v2ray) is not installed")
+def test_traffic_of_carried_visitors_is_counted_once(carried):
+    """The worker that accepted a carried visitor counts it, at its connection; the sibling
+    serving the far end of its pair does not count it again."""
+    key = "inbound>>>disguised-in>>>traffic>>>downlink"
+    before = query(carried.api)
+    size = 4 << 20
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: disguised_get(carried.disguised, f"/blob/{size}"),
+                                range(12)))
+    received = sum(len(a) for a in answers)
+    assert received > 12 * size
+    wait_for(lambda: query(carried.api).get(key, 0) - before.get(key, 0) >= received,
+             "the counters", 10)
+    time.sleep(2.5)  # (workers publish their counters every second)
+    stats = query(carried.api)
+    # (Twice as much if the sibling counted the far ends of the pairs too.)
+    assert stats[key] - before.get(key, 0) == received, (stats, before, received)
 
 
 def test_a_cut_tunnel_resets_carried_visitors(carried):
