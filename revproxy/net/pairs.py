@@ -16,7 +16,8 @@ more hop through the kernel, only for visitors whose tunnel is in a sibling.
   cut; the sibling resets ``far`` when its tunnel session is, and the relay here passes that
   reset on to the visitor's socket.
 - Datagram sessions (``datagrams``) ride a Unix SOCK_SEQPACKET pair: each message is one
-  datagram, boundaries kept both ways; closing either end ends the other's session.
+  datagram, boundaries kept both ways. Datagrams have no half-close: the sibling closing its
+  end ends the session here at once, and this end closing ends the sibling's read side.
 
 Traffic is counted once, here, on the visitor's own connection: the sibling serves a carried
 visitor's end through ``UncountedStream`` (the hand-off says it is carried).
@@ -113,11 +114,23 @@ def _tcp_pair() -> tuple[socket.socket, socket.socket]:
         listener.close()
 
 
+class _PacketEnd(SocketStream):
+    """The near end of a datagram pair: its end of stream is the end of the session."""
+
+    __slots__ = ()
+
+    def recv(self) -> bytes:
+        data = SocketStream.recv(self)
+        if not data:
+            raise ConnectionAbortedError("the carried session ended")
+        return data
+
+
 class Carrier:
     """The pair of one carried visitor (see the module docstring). ``far`` goes to the
     sibling; once it is there, ``relay`` serves the visitor. ``close`` if it never is."""
 
-    __slots__ = ("near", "far")
+    __slots__ = ("near", "far", "datagrams")
 
     def __init__(self, datagrams: bool) -> None:
         if datagrams:
@@ -126,6 +139,7 @@ class Carrier:
             near.setblocking(False)
         else:
             near, far = _tcp_pair()
+        self.datagrams = datagrams
         self.near: socket.socket = near
         # (a CarriedSocket: the hand-off tells the sibling that it is carried)
         self.far: socket.socket = CarriedSocket(fileno=far.detach())
@@ -136,7 +150,8 @@ class Carrier:
         """The sibling holds ``far``: close our copy and relay ``stream`` ⇄ ``near`` until
         done (returns then), then call ``on_done``."""
         self.far.close()
-        relay(stream, SocketStream(self.near), policy, on_done=on_done)
+        near = _PacketEnd(self.near) if self.datagrams else SocketStream(self.near)
+        relay(stream, near, policy, on_done=on_done)
 
     def close(self) -> None:
         self.far.close()
