@@ -25,7 +25,14 @@ import pytest
 from revproxy.demo import bridge_config, portal_config
 from tests.dnsmasq import dnsmasq
 from tests.integration.backend import blob_sha256
-from tests.integration.conftest import USER_ID, free_port, needs_v2ray, start_end, wait_served
+from tests.integration.conftest import (
+    USER_ID,
+    Proc,
+    free_port,
+    needs_v2ray,
+    start_end,
+    wait_served,
+)
 from tests.integration.test_operations import POLICY, V2CTL, query
 from tests.integration.test_server import status, wait_for, worker_pids
 from tests.integration.test_transport import SERVER_NAME, make_certs
@@ -33,10 +40,13 @@ from tests.integration.test_transport import SERVER_NAME, make_certs
 NAME = "carried.internal"
 ADDRESS = "10.9.8.7"
 TIMEOUT = 60
+SS_PASSWORD = "carried"
+DIG = shutil.which("dig")
+SS_TUNNEL = shutil.which("ss-tunnel")
 
 
 def portal_config_with(tmp, public: int, tunnel: int, socks: int, tls: int, disguised: int,
-                       api: int, certs) -> dict:
+                       api: int, ss: int, certs) -> dict:
     config = portal_config(USER_ID, public, tunnel, loglevel="info")
     config["server"] = {"workers": 3, "pidFile": str(tmp / "portal.pid"),
                         "stateFile": str(tmp / "portal.state")}
@@ -51,9 +61,11 @@ def portal_config_with(tmp, public: int, tunnel: int, socks: int, tls: int, disg
          "protocol": "dokodemo-door",
          "settings": {"address": "127.0.0.1", "port": 80, "network": "tcp"},
          "streamSettings": {"network": "tcp", "tcpSettings": {"header": {"type": "http"}}}},
+        {"tag": "ss-in", "listen": "127.0.0.1", "port": ss, "protocol": "shadowsocks",
+         "settings": {"method": "aes-128-gcm", "password": SS_PASSWORD, "udp": True}},
     ]
     config["routing"]["rules"].append(
-        {"type": "field", "inboundTag": ["socks-in", "tls-in", "disguised-in"],
+        {"type": "field", "inboundTag": ["socks-in", "tls-in", "disguised-in", "ss-in"],
          "outboundTag": "portal"})
     config["inbounds"].append({"tag": "api", "listen": "127.0.0.1", "port": api,
                                "protocol": "dokodemo-door", "settings": {"address": "127.0.0.1"}})
@@ -130,11 +142,11 @@ def carried(backend, tmp_path_factory):
     """(socks port, tls port, dns port, portal): a portal whose worker 1 holds no tunnel."""
     tmp = tmp_path_factory.mktemp("carried")
     certs = make_certs(tmp / "certs")
-    public, tunnel, socks, tls, disguised, api = (free_port() for _ in range(6))
+    public, tunnel, socks, tls, disguised, api, ss = (free_port() for _ in range(7))
     with dnsmasq([(NAME, ADDRESS)], tmp / "dnsmasq.log") as dns:
         portal = start_end("revproxy", "portal",
                            portal_config_with(tmp, public, tunnel, socks, tls, disguised,
-                                              api, certs), tmp)
+                                              api, ss, certs), tmp)
         bridge = None
         try:
             wait_for(lambda: len(worker_pids(tmp / "portal.pid")) == 3, "3 portal workers")
@@ -151,7 +163,7 @@ def carried(backend, tmp_path_factory):
                 os.kill(first, signal.SIGCONT)
             assert all(t["worker_pid"] != first for t in report["tunnels"]), report
             wait_served(public, procs=(portal, bridge))
-            yield SimpleNamespace(socks=socks, tls=tls, disguised=disguised, api=api,
+            yield SimpleNamespace(socks=socks, tls=tls, disguised=disguised, api=api, ss=ss,
                                   dns=dns, portal=portal, bridge=bridge, tmp=tmp)
         finally:
             if bridge is not None:
@@ -180,12 +192,10 @@ def test_tls_visitors_served_through_a_siblings_tunnel(carried):
 
 
 @needs_v2ray
+@pytest.mark.skipif(DIG is None, reason="dig (dnsutils) is not installed")
 def test_v2ray_socks_udp_client_through_the_portal(carried):
     """Stock V2Ray's socks outbound (UDP ASSOCIATE) as the client of the portal's SOCKS
     inbound: dig through V2Ray's dokodemo-door gets the answer from every source."""
-    dig = shutil.which("dig")
-    if dig is None:
-        pytest.skip("dig (dnsutils) is not installed")
     local = free_port()
     client = start_end("v2ray", "v2ray-client", {
         "log": {"loglevel": "warning"},
@@ -194,25 +204,50 @@ def test_v2ray_socks_udp_client_through_the_portal(carried):
                                    "network": "udp"}}],
         "outbounds": [{"protocol": "socks", "settings": {"servers": [
             {"address": "127.0.0.1", "port": carried.socks}]}}]}, carried.tmp)
-
-    def lookup(_: int) -> str:
-        result = subprocess.run([dig, "@127.0.0.1", "-p", str(local), NAME, "A", "+short",
-                                 "+notcp", "+tries=3", "+time=3"],
-                                capture_output=True, text=True, timeout=30)
-        return result.stdout.strip()
-
     try:
-        deadline = time.monotonic() + 15
-        while lookup(0) != ADDRESS:  # V2Ray is up (and one source served)
-            if time.monotonic() > deadline:
-                pytest.fail(client.output()[-2000:] + carried.portal.output()[-2000:])
-            time.sleep(0.2)
+        dig_until(local, client, "V2Ray")
         with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lookup, range(12)))
+            answers = list(pool.map(lambda _: dig(local), range(12)))
         assert answers.count(ADDRESS) == 12, (answers, client.output()[-2000:],
                                               carried.portal.output()[-2000:])
     finally:
         client.stop()
+
+
+def dig_until(port: int, proc, what: str) -> None:
+    """Ask through ``port`` until the answer comes (``proc``, the client, is up)."""
+    deadline = time.monotonic() + 15
+    while dig(port) != ADDRESS:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: no answer\n{proc.output()[-2000:]}")
+        time.sleep(0.2)
+
+
+def dig(port: int) -> str:
+    assert DIG is not None
+    result = subprocess.run([DIG, "@127.0.0.1", "-p", str(port), NAME, "A", "+short",
+                             "+notcp", "+tries=3", "+time=3"],
+                            capture_output=True, text=True, timeout=30)
+    return result.stdout.strip()
+
+
+@pytest.mark.skipif(SS_TUNNEL is None or DIG is None,
+                    reason="ss-tunnel (shadowsocks-libev) and dig are needed")
+def test_shadowsocks_udp_through_the_portal(carried):
+    """shadowsocks-libev's ss-tunnel (UDP relay, one session per source) -> the portal's
+    Shadowsocks inbound -> a sibling's tunnel -> dnsmasq: every source is answered."""
+    assert SS_TUNNEL is not None
+    local = free_port()
+    tunnel = Proc("ss-tunnel", [SS_TUNNEL, "-s", "127.0.0.1", "-p", str(carried.ss),
+                                "-l", str(local), "-k", SS_PASSWORD, "-m", "aes-128-gcm",
+                                "-L", f"127.0.0.1:{carried.dns}", "-u"], carried.tmp)
+    try:
+        dig_until(local, tunnel, "ss-tunnel")
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: dig(local), range(12)))
+        assert answers.count(ADDRESS) == 12, (answers, carried.portal.output()[-2000:])
+    finally:
+        tunnel.stop()
 
 
 def test_large_tls_downloads_arrive_whole(carried):
