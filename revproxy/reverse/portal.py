@@ -336,6 +336,9 @@ class PortalOutbound:
                 # That sibling went away or cannot take it: choose again among what is left.
                 gone.add(choice.pid)
                 continue
+            if carrier is not None:  # no sibling took it: served here after all
+                carrier.close()
+                carrier = None
             if self._carry(choice, session, stream, first, rescues):
                 return
             avoid.add(choice)
