@@ -1,6 +1,6 @@
 """Carried visitors (net/pairs.py) over real sockets: bytes and datagrams both ways through a
-``Carrier``, resets passed on both ways, the far end counted by nobody, and the hand-off that
-says a descriptor is carried."""
+``Carrier``, resets passed on both ways, the far end counted by nobody, the hand-off that says
+a descriptor is carried, and the portal carrying a wrapped visitor to a sibling."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ from gevent.event import Event
 from gevent.socket import wait_read
 
 from revproxy.net.pairs import CarriedSocket, Carrier, UncountedStream, visitor_stream
-from revproxy.net.stream import SocketStream
+from revproxy.net.session import Session, Target
+from revproxy.net.stream import Prefixed, SocketStream
 from revproxy.policy import DEFAULT
+from revproxy.reverse.directory import SiblingTunnel
+from revproxy.reverse.portal import PortalOutbound
 from revproxy.server import handoff
 from revproxy.server.handoff import Handoff
 from tests.unit.test_handoff import EXAMPLE, Loop
+from tests.unit.test_portal_handoff import FakeDirectory
 
 WAIT = 5.0
 _RESET = struct.pack("ii", 1, 0)
@@ -230,3 +234,60 @@ def test_an_uncarried_unix_socket_is_refused(tmp_path) -> None:
         sender.close()
         a.close()
         b.close()
+
+
+class Sibling(FakeDirectory):
+    """A directory whose sibling takes every hand-off, keeping its copy of the descriptor."""
+
+    def __init__(self) -> None:
+        super().__init__([SiblingTunnel(101, 5, "portal", 0, 0.0, False)], takes={101})
+        self.received: list[socket.socket] = []
+
+    def hand_off(self, tunnel: SiblingTunnel, session: Session,
+                 visitor: socket.socket) -> bool:
+        copy = visitor.dup()
+        copy.setblocking(False)
+        self.received.append(copy)
+        return super().hand_off(tunnel, session, visitor)
+
+
+@pytest.mark.parametrize("network", ["tcp", "udp"])
+def test_a_wrapped_visitor_is_carried_to_the_sibling(network: str) -> None:
+    directory = Sibling()
+    portal = PortalOutbound("portal", "reverse.example", directory)
+    session = Session(Target(network, "backend", 53), "public", source="192.0.2.1:1")
+    ended = Event()
+    session.ending.add(ended.set)
+    if network == "udp":
+        visitor = Datagrams()
+        stream: object = visitor
+        visitor.put(b"first datagram")
+    else:
+        client, served = tcp_visitor()
+        stream = Prefixed(SocketStream(served), b"GET /")  # as a sniffer leaves it
+    serving = gevent.spawn(portal.serve_visitor, session, stream)
+    try:
+        with gevent.Timeout(WAIT):
+            while not directory.received:
+                gevent.sleep(0.01)
+        [far] = directory.received
+        [(pid, offered, first)] = directory.offers
+        assert pid == 101 and offered is session
+        assert first == (b"first datagram" if network == "udp" else b"GET /")
+        if network == "udp":
+            visitor.put(b"second")
+            assert recv(far) == b"second"
+            far.send(b"answer")
+            assert visitor.arrived.wait(WAIT) and visitor.sent == [b"answer"]
+        else:
+            client.sendall(b" HTTP/1.1")
+            assert recv(far) == b" HTTP/1.1"
+            far.sendall(b"200")
+            assert recv(client) == b"200"
+        far.close()  # the sibling is done with it
+        if network == "tcp":
+            assert recv(client) == b""
+            client.close()
+        assert ended.wait(WAIT)
+    finally:
+        serving.kill()
