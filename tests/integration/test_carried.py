@@ -157,8 +157,9 @@ def carried(backend, tmp_path_factory):
             try:
                 bridge = start_end("revproxy", "bridge",
                                    bridge_config_with(tmp, backend, tunnel), tmp)
+                # (within the master's 10 s heartbeat limit, which a stopped worker misses)
                 report = wait_for(lambda: (r := status(tmp / "portal.pid"))
-                                  and len(r["tunnels"]) == 2 and r, "2 tunnels")
+                                  and len(r["tunnels"]) == 2 and r, "2 tunnels", 8)
             finally:
                 os.kill(first, signal.SIGCONT)
             assert all(t["worker_pid"] != first for t in report["tunnels"]), report
