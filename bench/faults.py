@@ -467,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="revproxy server.workers per end (default 1; 0: its default)")
     p.add_argument("--tunnels", type=int, default=1,
                    help="revproxy bridge min/maxTunnels (default 1; 0: its default pool)")
+    p.add_argument("--systems", default=",".join(SYSTEMS),
+                   help="comma-separated: v2ray,revproxy (default both)")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results-faults.json")
     return p
 
@@ -485,6 +487,9 @@ def _defaults(args: argparse.Namespace) -> None:
     if args.scenarios and "baseline" not in args.scenarios:
         args.scenarios.insert(0, "baseline")  # the ratios need it
     args.emfile = "emfile" in names
+    args.systems = [s for s in SYSTEMS if s in args.systems.split(",")]
+    if not args.systems:
+        raise SystemExit("scripts/bench --faults: --systems takes v2ray, revproxy or both")
 
 
 def _fresh(ends: FaultEnds) -> None:
@@ -506,7 +511,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         pairs = [FaultEnds(kind, tmp, backend.port,
                            workers=(args.workers or None) if kind == "revproxy" else None,
                            tunnels=args.tunnels)
-                 for kind in SYSTEMS]
+                 for kind in args.systems]
         for scenario in args.scenarios:
             for rep in range(1, args.repeat + 1):
                 for ends in pairs:
