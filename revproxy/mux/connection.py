@@ -11,9 +11,13 @@ as one session's buffer is full, so one visitor that stops reading stalls its wh
 Here each session holds what its consumer has not taken yet (``recv``'s queue, or what its
 socket would not accept), counted against ``FlowLimits.buffer_size`` (V2Ray's ``bufferSize``
 policy); a session holding that much is *full*. The reader waits for a full session only while
-its consumer keeps taking bytes (a slower reader than the tunnel, a consumer descheduled for a
-moment: the only back-pressure Mux.Cool has is the tunnel's own), and at most ``stall_wait``
-without progress; after that the session is no longer waited for, and the tunnel moves on.
+it makes progress (a visitor slower than the tunnel: the only back-pressure Mux.Cool has is the
+tunnel's own, and resetting every download slower than the tunnel would be worse), and at most
+``stall_wait`` without progress, counted once per read for all the sessions that filled in it;
+after that the session is no longer waited for, and the tunnel moves on. Progress of a spliced
+socket is what its peer acknowledged (the kernel's unsent queue shrinking), not what the kernel
+took into a send buffer that may hold megabytes: a visitor that stopped reading is told from a
+slow one within ``stall_wait``.
 Such a session is reset alone (End with the error flag; a spliced socket is closed with a
 reset) when it comes to hold ``hold_factor`` buffers (keeping more would not bound memory),
 when it stays full for ``full_timeout`` (V2Ray's ``downlinkOnly``-style deadline), or when its
@@ -81,7 +85,7 @@ class FlowLimits:
     """Per-session flow control of a mux connection (see the module docstring)."""
 
     buffer_size: int = 512 * 1024  # V2Ray's bufferSize policy: a session holding this is full
-    stall_wait: float = 1.0  # the reader waits this long at most for a full session to move
+    stall_wait: float = 0.25  # the reader waits this long at most for full sessions to move
     hold_factor: int = 4  # a session holding this many buffers is reset at once
     full_timeout: float = 5.0  # a session full this long is reset (V2Ray's downlinkOnly: 5 s)
     write_timeout: float = 30.0  # a spliced socket that takes nothing this long is reset
@@ -96,8 +100,8 @@ DEFAULT_LIMITS = FlowLimits()
 class MuxSession:
     """One session of a mux connection, usable as a stream."""
 
-    __slots__ = ("conn", "id", "network", "buffer_size", "sink", "on_end", "_end",
-                 "_items", "_buffered", "_full_since", "_stalled_since", "_unwaited",
+    __slots__ = ("conn", "id", "network", "buffer_size", "sink", "on_end", "unsent", "_end",
+                 "_items", "_buffered", "_taken", "_full_since", "_stalled_since", "_unwaited",
                  "_space", "_readable", "_timeout", "_ended_local", "_ended_remote", "closed",
                  "bytes_in", "bytes_out")
 
@@ -112,13 +116,17 @@ class MuxSession:
         # error when it failed (reset by the peer or by flow control, tunnel gone, sink failed).
         # After a clean end it may be called once more with an error.
         self.on_end: Callable[[Exception | None], None] | None = None
+        # What the consumer's socket has taken but its peer not yet acknowledged (a splice
+        # sets it): progress while full is judged by acknowledged bytes.
+        self.unsent: Callable[[], int] | None = None
         self._end: bytes | Exception | None = None
         # Payloads, then possibly one end marker (b"" or an exception), in arrival order.
         self._items: deque[bytes | Exception] = deque()
         self._buffered = 0  # bytes held for the consumer: in _items, or a splice's pending
+        self._taken = 0  # bytes the consumer took, in all
         self._full_since = 0.0  # when the session last became full; 0.0: not full
         self._stalled_since = 0.0  # last progress of a blocked socket; 0.0: not blocked
-        self._unwaited = False  # full and took nothing for stall_wait: the reader goes on
+        self._unwaited = False  # full, no progress for stall_wait: the reader goes on
         self._space: Event | None = None  # set when the consumer takes bytes (made on demand)
         self._readable = Event()
         self._timeout: float | None = None
@@ -148,17 +156,29 @@ class MuxSession:
             self._readable.set()
             self.hold(len(payload))
 
-    def wait_for_room(self, stall: float) -> None:
-        """The session became full: the reader waits while its consumer keeps taking bytes,
-        but no longer than ``stall`` seconds without progress."""
+    def progress(self) -> int:
+        """A count that grows while the consumer makes progress: the bytes it took, less those
+        its socket still holds unacknowledged."""
+        unsent = self.unsent
+        return self._taken - (unsent() if unsent is not None else 0)
+
+    def wait_for_room(self, mark: int, deadline: float, stall: float) -> None:
+        """The session became full: the reader waits while it makes progress (``progress``
+        moves on from ``mark``), and gives up at ``deadline`` or ``stall`` seconds after the
+        last progress, whichever is later."""
         space = self._space
         if space is None:
             space = self._space = Event()
         while self._buffered >= self.buffer_size and self._end is None and not self.closed:
             space.clear()
-            if not space.wait(stall):
-                self._unwaited = True  # until it takes enough to be under its buffer again
-                return
+            now = time.monotonic()
+            if now >= deadline:
+                now_mark = self.progress()
+                if now_mark == mark:
+                    self._unwaited = True  # until it takes enough to be under its buffer
+                    return
+                mark, deadline = now_mark, now + stall
+            space.wait(deadline - now)  # (bytes taken wake it early; acknowledgements do not)
 
     # -- flow control; a splice calls these for the bytes its socket has not taken
     def hold(self, size: int) -> None:
@@ -184,6 +204,7 @@ class MuxSession:
         if self.closed:
             return  # the counts were dropped at close
         self._buffered -= size
+        self._taken += size
         self.conn.buffered -= size
         if self._full_since:
             if self._buffered < self.buffer_size:
@@ -538,12 +559,16 @@ class MuxConnection:
             self.close()
 
     def _wait_for_room(self) -> None:
-        """Wait for the sessions that became full, one by one (see ``wait_for_room``):
-        once per read, after its frames, so the check costs nothing per payload."""
+        """Wait for the sessions that became full (see ``wait_for_room``): once per read, after
+        its frames, so the check costs nothing per payload. The allowance without progress is
+        one ``stall_wait`` for them all, so ten stalled visitors cost the others no more than
+        one."""
         filled, self.filled = self.filled, []
         stall = self.limits.stall_wait
-        for session in filled:
-            session.wait_for_room(stall)
+        marks = [session.progress() for session in filled]
+        deadline = time.monotonic() + stall
+        for session, mark in zip(filled, marks):
+            session.wait_for_room(mark, deadline, stall)
 
     # -- reading
     def run(self) -> None:

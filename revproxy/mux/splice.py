@@ -14,6 +14,9 @@ imports this one).
 
 from __future__ import annotations
 
+import fcntl
+import struct
+import termios
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +29,8 @@ from revproxy.net.stream import RECV_SIZE, SocketStream, reset_on_close
 from revproxy.policy import SessionPolicy
 
 _READ = 1  # libev's EV_READ
+_OUTQ = struct.Struct("i")
+_OUTQ_ZERO = bytes(_OUTQ.size)
 _WRITE = 2  # libev's EV_WRITE
 
 
@@ -55,6 +60,7 @@ class SplicedSession(Protocol):
 
     on_end: Callable[[Exception | None], None] | None
     sink: Callable[[bytes], None] | None
+    unsent: Callable[[], int] | None
 
     def attach_sink(self, sink: Callable[[bytes], None]) -> None: ...
 
@@ -121,6 +127,7 @@ class SocketSplice:
             self._finish()
             return
         session.watch_end(self._session_ended)
+        session.unsent = self._unsent
         if self._reader is None:  # the socket was closed already
             self._finish()
         elif not self._finished:
@@ -128,6 +135,15 @@ class SocketSplice:
 
     def _progress(self) -> int:
         return self.session.bytes_in + self.session.bytes_out
+
+    def _unsent(self) -> int:
+        """Bytes the socket took that its peer has not acknowledged (SIOCOUTQ); asked only
+        while the session is full."""
+        try:
+            return _OUTQ.unpack(fcntl.ioctl(self.stream.sock.fileno(), termios.TIOCOUTQ,
+                                            _OUTQ_ZERO))[0]
+        except (OSError, ValueError):  # closed meanwhile
+            return 0
 
     # -- session → socket
     def _write(self, payload: bytes) -> None:

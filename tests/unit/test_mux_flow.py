@@ -8,6 +8,7 @@ bounded too. No timing is asserted: timeouts only keep a broken build from hangi
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket as stdsocket
 
 import gevent
@@ -40,6 +41,7 @@ from .sockets import plain
 TIMEOUT = 20
 BUFFER = 256 * 1024
 NEVER = 3600.0  # a deadline no test reaches
+SO_SNDBUFFORCE = 32  # (Linux; not in Python's socket module)
 # What one tunnel read can deliver to one session at once, beyond a bound it was under: the
 # read, plus the rest of a frame the previous read began.
 ONE_DELIVERY = RECV_SIZE + MAX_STREAM_PAYLOAD
@@ -52,11 +54,13 @@ def limits(**changes: float) -> FlowLimits:
     return dataclasses.replace(base, **changes)
 
 
-def tcp_pair(rcvbuf: int | None = None) -> tuple[socket.socket, stdsocket.socket]:
+def tcp_pair(rcvbuf: int | None = None,
+             sndbuf: int | None = None) -> tuple[socket.socket, stdsocket.socket]:
     """A loopback TCP connection: (outer, a gevent socket the test drives; inner, the plain
     non-blocking end a SocketStream takes). ``rcvbuf`` shrinks the outer end's receive buffer
     (set before connecting, so the window is small from the start) and the inner end's send
-    buffer: the kernel then takes little of what the inner end sends while nobody reads."""
+    buffer: the kernel then takes little of what the inner end sends while nobody reads.
+    ``sndbuf`` sets the inner end's send buffer instead (beyond the sysctl limit, as root)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -66,7 +70,9 @@ def tcp_pair(rcvbuf: int | None = None) -> tuple[socket.socket, stdsocket.socket
     outer.connect(listener.getsockname())
     inner, _ = listener.accept()
     listener.close()
-    if rcvbuf is not None:
+    if sndbuf is not None:
+        inner.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, sndbuf)
+    elif rcvbuf is not None:
         inner.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
     return outer, plain(inner)
 
@@ -91,9 +97,9 @@ class Tunnel:
         relay(session, SocketStream(inner))
         self.backends.put(outer)
 
-    def visit(self, rcvbuf: int | None = None):
+    def visit(self, rcvbuf: int | None = None, sndbuf: int | None = None):
         """(visitor socket, backend socket, the client's session)."""
-        outer, inner = tcp_pair(rcvbuf)
+        outer, inner = tcp_pair(rcvbuf, sndbuf)
         self.sockets += [outer, inner]
         session = self.client.open_session(NETWORK_TCP, "backend.example", 80)
         relay(SocketStream(inner), session)
@@ -215,6 +221,27 @@ def test_a_slow_reader_gets_everything_and_the_tunnel_waits_for_it(make_tunnel):
     sender.get(timeout=TIMEOUT)
     assert not session.closed
     assert peak.stop() < BUFFER + ONE_DELIVERY  # the reader waited at the buffer size
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_SNDBUFFORCE needs root")
+def test_a_slow_reader_behind_a_big_send_buffer_is_not_taken_for_a_stalled_one(make_tunnel):
+    """The kernel reports a socket writable again only when a third of its send buffer has
+    drained: behind a 2 MiB buffer, a visitor reading 0.5 MB/s takes nothing, as far as
+    writes can tell, for longer than ``stall_wait``. What its peer acknowledges shows that it
+    moves on, so the reader waits for it instead of resetting it."""
+    small = 64 * 1024
+    tunnel = make_tunnel(limits(buffer_size=small, stall_wait=0.3))
+    slow, backend, session = tunnel.visit(rcvbuf=4096, sndbuf=1024 * 1024)
+    data = bytes(range(256)) * ((2 * 1024 * 1024 + 6 * small) // 256)
+    sender = gevent.spawn(backend.sendall, data)
+    received = bytearray()
+    with gevent.Timeout(TIMEOUT):
+        while len(received) < len(data):
+            received += slow.recv(4096)
+            gevent.sleep(0.008)
+    assert received == data
+    sender.get(timeout=TIMEOUT)
+    assert not session.closed
 
 
 def test_a_session_full_past_its_deadline_is_reset_alone(make_tunnel):
