@@ -63,7 +63,7 @@ from revproxy.mux.frame import (
     encode_keepalive,
 )
 from revproxy.mux.splice import SessionReset, SocketSplice
-from revproxy.net.stream import SocketStream, TunnelStream
+from revproxy.net.stream import RECV_SIZE, SocketStream, TunnelStream
 from revproxy.policy import SessionPolicy
 
 WRITE_BUFFER = 1024 * 1024  # data bytes queued for the tunnel before senders wait
@@ -75,9 +75,17 @@ CONTROL_LIMIT = 64 * 1024
 REPLY_LIMIT = 16 * 1024
 
 _EOF = b""
+_KEEP_OVERHEAD = len(encode_keep(0, b"\0")) - 1  # the header of a Keep frame with data
 # A UDP session carries one datagram per frame; V2Ray's packet reader (common/mux/reader.go)
 # fails the whole tunnel on a larger one, so larger datagrams are dropped both ways.
 MAX_UDP_PAYLOAD = 2048
+
+
+def stream_bytes_within(framed: int) -> int:
+    """The most stream bytes whose Keep frames (``MAX_STREAM_PAYLOAD`` each) take at most
+    ``framed`` bytes."""
+    full, rest = divmod(framed, MAX_STREAM_PAYLOAD + _KEEP_OVERHEAD)
+    return full * MAX_STREAM_PAYLOAD + max(rest - _KEEP_OVERHEAD, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +361,12 @@ class MuxConnection:
         self.tunnel = tunnel
         self.name = name
         self.limits = limits
+        # What a splice reads from its socket at most: a tunnel that seals its writes in chunks
+        # (VMess) names the largest, and a read that fills one, framed, goes out as one chunk.
+        # (Reading RECV_SIZE made every such read a full chunk and a 144-byte one: twice the
+        # nonces, and a VMess writer has 2**16 of them.)
+        seal_size = getattr(tunnel, "seal_size", 0)
+        self.read_size = stream_bytes_within(seal_size) if seal_size else RECV_SIZE
         self.sessions: dict[int, MuxSession] = {}
         self.total_sessions = 0
         self.closed = False

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from gevent import get_hub
 
 from revproxy.net.relay import IdleWatch
-from revproxy.net.stream import RECV_SIZE, SocketStream, reset_on_close
+from revproxy.net.stream import SocketStream, reset_on_close
 from revproxy.policy import SessionPolicy
 
 _READ = 1  # libev's EV_READ
@@ -42,6 +42,9 @@ class SessionReset(ConnectionResetError):
 class _Tunnel(Protocol):
     @property
     def congested(self) -> bool: ...
+
+    @property
+    def read_size(self) -> int: ...
 
     def when_uncongested(self, callback: Callable[[], None]) -> None: ...
 
@@ -235,7 +238,7 @@ class SocketSplice:
             conn.when_uncongested(self._resume)
             return
         try:
-            data = self._recv(RECV_SIZE)
+            data = self._recv(conn.read_size)  # (as much as one sealed chunk carries)
         except BlockingIOError:
             return
         except OSError:

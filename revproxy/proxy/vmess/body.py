@@ -40,6 +40,7 @@ _PAD_POOL = 4096  # random padding bytes fetched at once
 # never reuses one, so a connection ends after 2**16 chunks (4 GiB at this size).
 MAX_WRITE_PAYLOAD = MAX_CHUNK_SIZE - _TAG - _MAX_PADDING
 NONCE_COUNT = 1 << 16  # the nonce's counter is a u16
+_READER_NONCES = 1 << 62  # a reader counts on past 2**16 (V2Ray's writers wrap the counter)
 _AUTH_LEN_SALT = b"auth_len"
 _U16 = struct.Struct(">H")
 
@@ -53,7 +54,8 @@ class BodyError(Exception):
 
 
 class NonceExhausted(ConnectionAbortedError):
-    """A writer sealed 2**16 chunks: one more would reuse a nonce, so the connection ends."""
+    """A writer sealed 2**16 chunks (or its lower ``nonce_limit``): one more would reuse a
+    nonce, so the connection ends."""
 
 
 _Aead = AESGCM | ChaCha20Poly1305
@@ -77,11 +79,11 @@ class _ChunkCodec:
         packet: bool,
         request_key: bytes | None,
         request_iv: bytes | None,
-        wraps: bool,
+        nonce_limit: int,
     ) -> None:
         # A writer never wraps its nonce counter. A reader follows V2Ray's writers, which
         # wrap it (so interop with a long-lived V2Ray tunnel keeps working).
-        self.nonce_limit = 1 << 62 if wraps else NONCE_COUNT
+        self.nonce_limit = nonce_limit
         if security == SECURITY_ZERO:
             security = SECURITY_NONE
         if security not in (SECURITY_AES128_GCM, SECURITY_CHACHA20_POLY1305, SECURITY_NONE):
@@ -122,14 +124,14 @@ class _ChunkCodec:
         """The next chunk's nonce; ``counter`` counts every chunk (it is not wrapped)."""
         counter = self.counter
         if counter >= self.nonce_limit:
-            raise NonceExhausted("VMess: 2**16 chunks sealed, the nonce would repeat")
+            raise NonceExhausted(f"VMess: {counter} chunks sealed, no unused nonce left")
         self.counter = counter + 1
         return (counter & 0xFFFF).to_bytes(2, "big") + self.iv_tail
 
     def next_length_nonce(self) -> bytes:
         counter = self.length_counter
         if counter >= self.nonce_limit:
-            raise NonceExhausted("VMess: 2**16 lengths sealed, the nonce would repeat")
+            raise NonceExhausted(f"VMess: {counter} lengths sealed, no unused nonce left")
         self.length_counter = counter + 1
         return (counter & 0xFFFF).to_bytes(2, "big") + self.length_iv_tail
 
@@ -141,6 +143,8 @@ class BodyWriter:
     `request_key`/`request_iv` are the request-direction body key/IV, from which v5 derives the
     AuthenticatedLength cipher in both directions; they default to key/iv, which is right for
     the request direction (use the response_body_writer() helper for the response direction).
+    ``nonce_limit`` (at most NONCE_COUNT) lowers the number of chunks it seals before
+    refusing more, for tests.
     """
 
     def __init__(
@@ -154,9 +158,12 @@ class BodyWriter:
         packet: bool = False,
         request_key: bytes | None = None,
         request_iv: bytes | None = None,
+        nonce_limit: int = NONCE_COUNT,
     ) -> None:
+        if not 0 < nonce_limit <= NONCE_COUNT:
+            raise ValueError(f"nonce_limit must be in 1..{NONCE_COUNT}")
         self._c = _ChunkCodec(security, key, iv, option, packet, request_key, request_iv,
-                              wraps=False)
+                              nonce_limit)
         limit = MAX_CHUNK_SIZE - self._c.overhead - (_MAX_PADDING if self._c.padding else 0)
         if not 0 < max_payload <= limit:
             raise ValueError(f"max_payload must be in 1..{limit}")
@@ -212,8 +219,13 @@ class BodyWriter:
         return b"".join([self._chunk(bytes(view[i : i + step])) for i in range(0, n, step)])
 
     @property
+    def max_payload(self) -> int:
+        """The most bytes one chunk carries: a seal() of this many is one chunk."""
+        return self._max
+
+    @property
     def chunks(self) -> int:
-        """Chunks sealed so far (nonces used); at NONCE_COUNT the writer refuses more."""
+        """Chunks sealed so far (nonces used); at its nonce limit the writer refuses more."""
         return self._c.counter
 
     def end(self) -> bytes:
@@ -240,7 +252,7 @@ class BodyReader:
         request_iv: bytes | None = None,
     ) -> None:
         self._c = _ChunkCodec(security, key, iv, option, packet, request_key, request_iv,
-                              wraps=True)
+                              _READER_NONCES)
         self._buf = bytearray()
         self._size = -1  # size of the chunk being read (after its size field), -1 = none yet
         self._pad = 0
@@ -333,8 +345,8 @@ class BodyReader:
         return out
 
 
-def request_body_writer(header: RequestHeader, *,
-                        max_payload: int = MAX_WRITE_PAYLOAD) -> BodyWriter:
+def request_body_writer(header: RequestHeader, *, max_payload: int = MAX_WRITE_PAYLOAD,
+                        nonce_limit: int = NONCE_COUNT) -> BodyWriter:
     """Client: writer for the request body described by header."""
     return BodyWriter(
         header.security,
@@ -343,6 +355,7 @@ def request_body_writer(header: RequestHeader, *,
         header.option,
         max_payload=max_payload,
         packet=header.command == COMMAND_UDP,
+        nonce_limit=nonce_limit,
     )
 
 
@@ -357,8 +370,8 @@ def request_body_reader(header: RequestHeader) -> BodyReader:
     )
 
 
-def response_body_writer(header: RequestHeader, *,
-                         max_payload: int = MAX_WRITE_PAYLOAD) -> BodyWriter:
+def response_body_writer(header: RequestHeader, *, max_payload: int = MAX_WRITE_PAYLOAD,
+                         nonce_limit: int = NONCE_COUNT) -> BodyWriter:
     """Server: writer for the response body (SHA256-derived key/IV, v5 length key from the
     request key/IV)."""
     key, iv = response_body_key_iv(header)
@@ -371,6 +384,7 @@ def response_body_writer(header: RequestHeader, *,
         packet=header.command == COMMAND_UDP,
         request_key=header.body_key,
         request_iv=header.body_iv,
+        nonce_limit=nonce_limit,
     )
 
 

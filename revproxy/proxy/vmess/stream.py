@@ -24,10 +24,13 @@ from revproxy.proxy.vmess.header import (
     seal_response,
 )
 
+# The chunks a writer seals before it refuses more (a nonce would repeat) and its connection
+# ends: 2**16; REVPROXY_NONCE_LIMIT lowers it for tests.
+NONCE_LIMIT = min(int(os.environ.get("REVPROXY_NONCE_LIMIT", NONCE_COUNT)), NONCE_COUNT)
 # A stream that has sealed or opened this many chunks should be replaced (a tunnel is drained
-# and redialled) well before its writer's 2**16 nonces run out and the connection must end.
+# and redialled) well before its writer's nonces run out and the connection must end.
 # REVPROXY_ROTATE_CHUNKS lowers it for tests.
-ROTATE_AT = int(os.environ.get("REVPROXY_ROTATE_CHUNKS", NONCE_COUNT - 4096))
+ROTATE_AT = int(os.environ.get("REVPROXY_ROTATE_CHUNKS", NONCE_LIMIT - NONCE_LIMIT // 16))
 
 
 class _VMessStream:
@@ -39,6 +42,9 @@ class _VMessStream:
         self._reader = reader
         self._writer = writer
         self._preamble = preamble  # sent in front of the first body bytes
+        # The most bytes one send seals into a single chunk: a mux connection reads its
+        # sessions' sockets in such pieces (see mux/connection.py).
+        self.seal_size = writer.max_payload
         self._write_ended = False
 
     def _feed(self, data: bytes) -> bytes | None:
@@ -113,7 +119,8 @@ class VMessServerStream(_VMessStream):
     """Server end: decodes the request body, encodes the response (header sent lazily)."""
 
     def __init__(self, transport: TunnelStream, header: RequestHeader, rest: bytes) -> None:
-        super().__init__(transport, request_body_reader(header), response_body_writer(header),
+        super().__init__(transport, request_body_reader(header),
+                         response_body_writer(header, nonce_limit=NONCE_LIMIT),
                          seal_response(header))
         self._early = rest
 
@@ -130,7 +137,8 @@ class VMessClientStream(_VMessStream):
     """Client end: the request header went out on connect; the response header comes first."""
 
     def __init__(self, transport: TunnelStream, header: RequestHeader) -> None:
-        super().__init__(transport, None, request_body_writer(header), b"")
+        super().__init__(transport, None, request_body_writer(header, nonce_limit=NONCE_LIMIT),
+                         b"")
         self._header = header
         self._response = ResponseDecoder(header)
 
