@@ -7,6 +7,8 @@ import socket
 
 import gevent
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
@@ -208,3 +210,127 @@ def test_a_dialer_refused_with_a_404_fails(pair):
         WebSocketLayer(WebSocketConfig(path="/ws"), secure=False).client(client_end, "a", 80)
     server_end.close()
     server_task.join(timeout=5)
+
+
+class Chunks:
+    """An in-memory stream under a ``WebSocketStream``: gives ``data`` in the chunks asked,
+    keeps what is sent."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self.pieces = []
+        at = 0
+        for size in sizes:
+            if at >= len(data):
+                break
+            self.pieces.append(data[at:at + size])
+            at += size
+        if at < len(data):
+            self.pieces.append(data[at:])
+        self.sent = b""
+
+    def recv(self) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+    def send(self, data) -> None:
+        self.sent += bytes(data)
+
+    def send_nowait(self, data) -> bool:
+        self.sent += bytes(data)
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def read_all(stream: WebSocketStream) -> bytes:
+    received = b""
+    while data := stream.recv():
+        received += data
+    return received
+
+
+SIZES = [0, 1, 3, 125, 126, 127, 1000, 65535, 65536, 70000]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(SIZES), st.sampled_from(["bytes", "split", "text",
+                                                                   "ping"])),
+                max_size=6),
+       st.lists(st.integers(1, 70000), max_size=40))
+def test_what_a_wsproto_client_sends_reads_in_any_chunks(messages, chunking):
+    """Binary messages (whole or in fragments), text and pings, cut anywhere."""
+    peer = Connection(ConnectionType.CLIENT)
+    wire, expected, pings = b"", b"", 0
+    for index, (size, kind) in enumerate(messages):
+        payload = bytes((index + i) % 251 for i in range(size))
+        if kind == "bytes":
+            wire += peer.send(BytesMessage(payload))
+        elif kind == "split":
+            wire += peer.send(BytesMessage(payload[:size // 2], message_finished=False))
+            wire += peer.send(Ping(b"mid"))
+            wire += peer.send(BytesMessage(payload[size // 2:], message_finished=True))
+            pings += 1
+        elif kind == "text":
+            payload = b"t" * size
+            wire += peer.send(TextMessage(payload.decode()))
+        else:
+            wire += peer.send(Ping(b"p"))
+            pings += 1
+            payload = b""
+        expected += payload
+    wire += peer.send(CloseConnection(1000))
+    inner = Chunks(wire, chunking)
+    stream = WebSocketStream(inner, False, inner.recv() if chunking else b"")  # type: ignore
+    assert read_all(stream) == expected
+    peer.receive_data(inner.sent)
+    events = list(peer.events())
+    assert [type(e) for e in events] == [Pong] * pings + [CloseConnection]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_what_the_client_sends_a_wsproto_server_reads(size):
+    inner = Chunks(b"", [])
+    stream = WebSocketStream(inner, True, b"")  # type: ignore[arg-type]
+    payload = bytes(i % 253 for i in range(size))
+    stream.send(payload)
+    assert stream.send_nowait(memoryview(payload))  # type: ignore[arg-type]
+    server = Connection(ConnectionType.SERVER)
+    server.receive_data(inner.sent)
+    events = list(server.events())
+    assert all(isinstance(e, BytesMessage) for e in events)
+    assert b"".join(e.data for e in events) == payload * 2
+    assert size < 8 or payload[:8] not in inner.sent  # masked
+
+
+def test_what_the_server_sends_a_wsproto_client_reads():
+    inner = Chunks(b"", [])
+    stream = WebSocketStream(inner, False, b"")  # type: ignore[arg-type]
+    for size in SIZES:
+        stream.send(b"s" * size)
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(inner.sent)
+    assert b"".join(e.data for e in client.events()) == b"".join(b"s" * n for n in SIZES)
+
+
+def test_a_length_not_in_its_shortest_form_is_refused_with_a_close():
+    frame = bytes((0x82, 0x80 | 126)) + (5).to_bytes(2, "big") + b"\0\0\0\0" + b"hello"
+    inner = Chunks(frame, [len(frame)])
+    stream = WebSocketStream(inner, False, b"")  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        stream.recv()
+    peer = Connection(ConnectionType.CLIENT)
+    peer.receive_data(inner.sent)
+    (close,) = peer.events()
+    assert isinstance(close, CloseConnection) and close.code == 1002
+
+
+def test_data_frames_amid_a_fragmented_message_are_refused():
+    peer = Connection(ConnectionType.CLIENT)
+    wire = (peer.send(BytesMessage(b"start", message_finished=False))
+            + Connection(ConnectionType.CLIENT).send(BytesMessage(b"whole")))
+    stream = WebSocketStream(Chunks(wire, [len(wire)]), False, b"")  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        read_all(stream)
