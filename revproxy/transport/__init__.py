@@ -31,7 +31,8 @@ inbound's ``sockopt`` does to its listening socket (set where it is bound). The 
 ``tls``
     TLS through Python's ``ssl`` on memory buffers over the socket stream.
 ``websocket``
-    the HTTP/1.1 upgrade (answering bad requests as V2Ray does) and ``wsproto`` framing.
+    the HTTP/1.1 upgrade (answering bad requests as V2Ray does); binary data frames read and
+    written whole, any other frame through ``wsproto``.
 ``httpheader``
     V2Ray's HTTP request/response disguise for TCP.
 ``http1``

@@ -12,9 +12,11 @@ gorilla/websocket):
   malformed request or one with too long a head gets Go's ``400``/``431`` and is closed. The
   first ``X-Forwarded-For`` address (a proxy in front, such as nginx) becomes the peer's.
 
-Data travels in binary messages, masked from the client as RFC 6455 requires (``wsproto``
-frames and unframes; messages are joined, so a peer's fragmentation does not matter). A ping
-is answered, a close frame answered and read as the end. WebSocket has no half-close: like
+Data travels in binary messages, masked from the client as RFC 6455 requires. The common
+frame (a whole binary message) is read and written here, its payload masked in one pass;
+every other frame goes to ``wsproto``, which checks and reads it (messages are joined, so a
+peer's fragmentation does not matter). A ping is answered, a close frame answered and read
+as the end. WebSocket has no half-close: like
 V2Ray, ``close_write`` sends nothing and the protocol above (VMess) says where its data ends.
 """
 
