@@ -123,7 +123,8 @@ def measure(workload: str, system: System, args: argparse.Namespace,
     port = system.public_port
     if workload == "udp":  # direct: to the echo server itself
         port = system.udp_port if isinstance(system, udp.UdpEnds) else udp_echo
-        values, extra, error = udp.measure(port, args.duration, args.warmup)
+        values, extra, error = udp.measure(port, args.duration, args.warmup,
+                                           system.children() if isinstance(system, Ends) else None)
         return clients.Measure(values, extra, error)
     if workload == "download":
         m = clients.download(port, args.size, 1)

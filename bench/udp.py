@@ -216,9 +216,13 @@ def load(port: int, sources: int, size: int, duration: float, warmup: float,
             "loss": 100.0 * lost / max(1, answered + lost)}
 
 
-def measure(port: int, duration: float, warmup: float) -> tuple[dict, dict, str | None]:
-    """Every case against ``port``, one client process each: (values, extra, error)."""
-    from bench.procs import run_tool
+def measure(port: int, duration: float, warmup: float,
+            ends: list[Child] | None = None) -> tuple[dict, dict, str | None]:
+    """Every case against ``port``, one client process each: (values, extra, error).
+    ``extra`` keeps each client's output and, given the portal and bridge (``ends``), the
+    CPU time of their process trees per answer (``cpu_us_per_answer``, warm-up included:
+    a figure less sensitive to other load than the rates)."""
+    from bench.procs import _tree_cpu, run_tool
 
     warmup = max(warmup, MIN_WARMUP)
     values: dict[str, float | None] = {}
@@ -229,7 +233,9 @@ def measure(port: int, duration: float, warmup: float) -> tuple[dict, dict, str 
         argv = [sys.executable, "-m", "bench.udp", "client", "--port", str(port),
                 "--sources", str(sources), "--size", str(size), "--duration", str(duration),
                 "--warmup", str(warmup)]
+        cpu = sum(_tree_cpu(c.pid) for c in ends or ())
         out = run_tool("udp-client", argv, timeout=duration + warmup + 30)
+        cpu = sum(_tree_cpu(c.pid) for c in ends or ()) - cpu
         try:
             result = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -237,6 +243,8 @@ def measure(port: int, duration: float, warmup: float) -> tuple[dict, dict, str 
             result = {}
         for name in ("rate", "p50", "p99", "loss"):
             values[f"{k}_{name}"] = result.get(name)
+        if ends and result.get("answers"):
+            result["cpu_us_per_answer"] = round(cpu / result["answers"] * 1e6, 1)
         extra[k] = result
         if result and result.get("rate") is None:
             errors.append(f"{k}: no answer")

@@ -494,8 +494,11 @@ class MuxConnection:
 
     def send_payload(self, session: MuxSession, data: bytes | memoryview) -> None:
         if session.network == NETWORK_UDP:
-            if len(data) <= MAX_UDP_PAYLOAD:  # one datagram, one frame; larger: dropped
-                self.write(encode_keep(session.id, data))
+            # One datagram, one frame; larger ones are dropped, and so are datagrams while the
+            # tunnel is congested: this never waits (a datagram splice sends from hub
+            # callbacks, net/udp.py).
+            if len(data) <= MAX_UDP_PAYLOAD and self._out_size < WRITE_BUFFER:
+                self._queue(encode_keep(session.id, data))
         elif len(data) <= MAX_STREAM_PAYLOAD:
             self.write(encode_keep(session.id, data))
         else:

@@ -9,7 +9,8 @@ once the downlink has ended ``policy.uplink_only`` (0: close at once, as V2Ray d
 timeout on every read would cut a long one-way download and cost a timer per wait.)
 
 A stream that can relay a socket by itself (``Splicer``, net/stream.py: a mux session runs it
-in hub callbacks, without a greenlet) is asked to; other pairs get a greenlet per direction.
+in hub callbacks, without a greenlet) is asked to, and so is a datagram stream that can relay
+another by itself (``splice_datagrams``, net/udp.py); other pairs get a greenlet per direction.
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def relay(a: Stream, b: Stream, policy: SessionPolicy = DEFAULT,
     if _spliced(a, b, policy, on_done, uplink=True) or \
             _spliced(b, a, policy, on_done, uplink=False):
         return
+    for one, other in ((a, b), (b, a)):
+        splice_datagrams = getattr(one, "splice_datagrams", None)
+        if splice_datagrams is not None and splice_datagrams(other, policy, on_done):
+            return
     _Pumps(a, b, policy).run()
     if on_done is not None:
         on_done()

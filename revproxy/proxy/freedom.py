@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import socket as _socket
 from typing import Protocol
 
 from gevent import socket
@@ -19,7 +20,8 @@ from gevent import socket
 from revproxy.log import log
 from revproxy.net.relay import relay
 from revproxy.net.session import Session
-from revproxy.net.stream import DatagramStream, Stream
+from revproxy.net.stream import Stream
+from revproxy.net.udp import DatagramSocket
 from revproxy.policy import DEFAULT, SessionPolicy
 from revproxy.transport import PLAIN, Transport, dial
 
@@ -69,14 +71,20 @@ class FreedomOutbound:
     def _open_udp(self, session: Session) -> Stream:
         host, port = self.destination(session)
         host = self.dial_address(host)
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
-        sock = socket.socket(family, kind, proto)
+        if _is_ip(host):  # no resolver (a thread pool) for a literal
+            host = host.strip("[]")
+            family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+            kind, proto, address = _socket.SOCK_DGRAM, 0, (host, port)
+        else:
+            family, kind, proto, _, address = socket.getaddrinfo(host, port, 0,
+                                                                 socket.SOCK_DGRAM)[0]
+        sock = _socket.socket(family, kind, proto)  # a plain one: DatagramSocket drives it
         try:
-            sock.connect(address)
+            sock.connect(address)  # (UDP: no wait)
         except OSError:
             sock.close()
             raise
-        return DatagramStream(sock)
+        return DatagramSocket(sock)
 
     def handle(self, session: Session, stream: Stream) -> None:
         try:

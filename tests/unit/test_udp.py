@@ -17,8 +17,8 @@ from revproxy.mux.frame import NETWORK_UDP
 from revproxy.net.listen import bind_datagram
 from revproxy.net.relay import relay
 from revproxy.net.session import Session
-from revproxy.net.stream import DatagramStream, SocketStream
-from revproxy.net.udp import PacketSessions, SourceStream
+from revproxy.net.stream import SocketStream
+from revproxy.net.udp import DatagramSocket, PacketSessions, SourceStream
 from revproxy.proxy.dokodemo import DokodemoInbound
 
 
@@ -204,7 +204,7 @@ def test_relay_keeps_datagram_boundaries_through_a_mux_udp_session() -> None:
 
 
 def test_datagram_stream_relay_keeps_boundaries() -> None:
-    """A source's stream ⇄ a connected UDP socket (freedom's), by the relay's pumps."""
+    """A source's stream ⇄ a connected UDP socket (freedom's), spliced by the relay."""
     echo = _bound()
     echo_address = echo.getsockname()
 
@@ -217,9 +217,9 @@ def test_datagram_stream_relay_keeps_boundaries() -> None:
     echoer = gevent.spawn(echo_server)
 
     def serve(stream: SourceStream) -> None:
-        upstream = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         upstream.connect(echo_address)
-        relay(stream, DatagramStream(upstream))
+        relay(stream, DatagramSocket(upstream))
 
     server = PacketSessions(_bound(), serve)
     server.start()
@@ -233,6 +233,99 @@ def test_datagram_stream_relay_keeps_boundaries() -> None:
         client.close()
         server.close()
         echoer.kill()
+
+
+class _Pulled:
+    """A datagram stream without sinks (as SOCKS' and Shadowsocks' UDP streams are): the
+    relay gives it its pumps."""
+
+    def __init__(self, stream: SourceStream) -> None:
+        self.stream = stream
+
+    def recv(self) -> bytes:
+        return self.stream.recv()
+
+    def send(self, data: bytes | memoryview) -> None:
+        self.stream.send(bytes(data).upper())
+
+    def close_write(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.stream.settimeout(seconds)
+
+
+@pytest.mark.parametrize("pulled", [False, True], ids=["spliced", "pumped"])
+def test_a_source_and_its_socket_end_together(pulled: bool) -> None:
+    """Relayed to a connected UDP socket, spliced (no greenlet) or by the pumps: datagrams
+    go both ways, and when the source is idle its session ends, the socket is closed and
+    ``on_done`` runs."""
+    echo = _bound()
+    echo_address = echo.getsockname()
+    done: list[DatagramSocket] = []
+
+    def echo_server() -> None:
+        sock = gsocket.socket(fileno=echo.detach())
+        while True:
+            data, source = sock.recvfrom(65535)
+            sock.sendto(data[::-1], source)
+
+    echoer = gevent.spawn(echo_server)
+
+    def serve(stream: SourceStream) -> None:
+        plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        plain.connect(echo_address)
+        upstream = DatagramSocket(plain)
+        relay(_Pulled(stream) if pulled else stream, upstream,
+              on_done=lambda: done.append(upstream))
+
+    server = PacketSessions(_bound(), serve, idle=0.2)
+    server.start()
+    client = _client()
+    try:
+        for word in (b"ab", b"cde"):
+            client.sendto(word, server.sock.getsockname())
+            assert client.recv(100) == (word[::-1].upper() if pulled else word[::-1])
+        deadline = time.monotonic() + 3
+        while not done and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        assert done and done[0].closed and done[0].sock.fileno() == -1
+        assert not server.sessions
+    finally:
+        client.close()
+        server.close()
+        echoer.kill()
+
+
+def test_a_refused_datagram_ends_the_spliced_session() -> None:
+    """Nothing listens where freedom sends: the ICMP error ends the session (the source's
+    next datagram opens a new one)."""
+    nobody = _bound()
+    refused = nobody.getsockname()
+    nobody.close()
+    sessions: list[SourceStream] = []
+
+    def serve(stream: SourceStream) -> None:
+        sessions.append(stream)
+        plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        plain.connect(refused)
+        relay(stream, DatagramSocket(plain))
+
+    server = PacketSessions(_bound(), serve)
+    server.start()
+    client = _client()
+    try:
+        client.sendto(b"anyone?", server.sock.getsockname())
+        deadline = time.monotonic() + 3
+        while not (sessions and sessions[0].closed) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        assert sessions and sessions[0].closed and not server.sessions
+    finally:
+        client.close()
+        server.close()
 
 
 def test_a_handed_over_source_is_served_once_and_its_socket_closed() -> None:
