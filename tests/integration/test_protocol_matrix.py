@@ -35,7 +35,7 @@ from tests.integration.conftest import (
     start_end,
     wait_served,
 )
-from tests.integration.test_protocols import SERVER, inbound, outbound, v2ray_json
+from tests.integration.test_protocols import inbound, outbound, v2ray_json
 from tests.integration.test_transport import Certs, make_certs, stream_settings
 
 pytestmark = needs_v2ray
@@ -54,6 +54,9 @@ PAIRINGS = {  # id -> (bridge, portal)
 DOWNLOAD = 5 * 2**20
 UPLOAD = 2 * 2**20
 CONCURRENT = 20
+# Two workers, so that a visitor and the tunnel serving it may be on different workers; a short
+# graceful stop for the teardown.
+SERVER = {"workers": 2, "gracefulTimeout": 1}
 
 
 def portal_json(protocol: str, transport: str, certs: Certs, public: int, tunnel: int) -> dict:
