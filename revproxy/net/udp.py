@@ -320,7 +320,7 @@ class PacketSessions:
     def _readable(self) -> None:
         """Hub callback: read what waits, ``READ_BATCH`` datagrams at most (the watcher
         calls again while more wait: a flood does not starve the sessions)."""
-        recvfrom = self.sock.recvfrom
+        recvfrom, sessions = self.sock.recvfrom, self.sessions
         for _ in range(READ_BATCH):
             if self.closed:
                 return
@@ -335,11 +335,16 @@ class PacketSessions:
                 continue
             if data:  # (an empty datagram would read as the end of the stream)
                 try:
-                    self._arrived(data, source)
+                    stream = sessions.get(source)
+                    if stream is not None:
+                        stream.deliver(data)
+                    else:
+                        self._arrived(data, source)
                 except Exception:  # one session must never stop the socket
                     log.exception("%s: datagram from %s", self.name, self.describe(source))
 
     def _arrived(self, data: bytes, source: tuple) -> None:
+        """A datagram, maybe from a new source."""
         stream = self.sessions.get(source)
         if stream is None:
             if len(self.sessions) >= self.max_sources:
@@ -441,25 +446,25 @@ class DatagramSocket:
         self._watcher.start(self._readable)
 
     def _readable(self) -> None:
-        recv, sink = self.sock.recv, self._sink
-        assert sink is not None
-        for _ in range(READ_BATCH):
+        """Hub callback: one datagram. (A socket of one session mostly holds one; reading
+        on until EAGAIN would cost a system call and an exception per datagram, while one
+        left waiting is read in the loop's next turn: its poll is level-triggered.)"""
+        sink = self._sink
+        if sink is None:
+            return
+        try:
+            data = self.sock.recv(MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # (refused: nothing listens there) the session fails
+            self._end(exc)
+            return
+        if data:
+            self.bytes_received += len(data)
             try:
-                data = recv(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # (refused: nothing listens there) the session fails
+                sink(data)
+            except OSError as exc:  # the other side is gone
                 self._end(exc)
-                return
-            if data:
-                self.bytes_received += len(data)
-                try:
-                    sink(data)
-                except OSError as exc:  # the other side is gone
-                    self._end(exc)
-                    return
-            if self.closed:
-                return
 
     def _end(self, error: Exception | None) -> None:
         on_end, self._on_end = self._on_end, None
