@@ -345,6 +345,18 @@ class _Rule:
     def needs_ips(self) -> bool:
         return self._ips is not None
 
+    def admits(self, inbound_tag: str | None) -> bool:
+        """Whether the rule's inbound condition lets a session of ``inbound_tag`` through."""
+        return self._inbound is None or inbound_tag in self._inbound
+
+    @property
+    def inbound_only(self) -> bool:
+        """Whether the inbound tag is all the rule looks at."""
+        return (self._networks is None and self._ports is None and self._domains is None
+                and self._ips is None and self._source_ips is None
+                and self._source_ports is None and self._users is None
+                and self._protocols is None and self._attrs is None)
+
     def matches(self, ctx: _Context) -> bool:
         target = ctx.target
         if self._inbound is not None and ctx.inbound_tag not in self._inbound:
@@ -380,6 +392,7 @@ class _Rule:
 
 
 STRATEGIES = ("AsIs", "IPIfNonMatch", "IPOnDemand")
+_MAX_PLANS = 1024  # inbound tags remembered (a configuration has a few)
 
 
 class Router:
@@ -390,7 +403,8 @@ class Router:
     ``strategy``: V2Ray's ``domainStrategy`` ("AsIs", "IPIfNonMatch", "IPOnDemand"; V2Ray
     4.34 reads "AlwaysIP" as "AsIs"), with ``resolve`` giving a domain's addresses."""
 
-    __slots__ = ("_rules", "_default", "_balancers", "_strategy", "_resolve", "_choose")
+    __slots__ = ("_rules", "_default", "_balancers", "_strategy", "_resolve", "_choose",
+                 "_plans")
 
     def __init__(self, rules: Sequence[RoutingRule], default_tag: str | None, *,
                  balancers: Mapping[str, Sequence[str]] | None = None,
@@ -406,6 +420,19 @@ class Router:
         self._strategy = strategy if resolve is not None and needs_ips else "AsIs"
         self._resolve = resolve
         self._choose = choose
+        # inbound tag -> the rule that takes all its sessions, or the rules that may take
+        # some (see _plan); made when the tag is first routed.
+        self._plans: dict[str | None, _Rule | tuple[_Rule, ...]] = {}
+
+    def _plan(self, inbound_tag: str | None) -> _Rule | tuple[_Rule, ...]:
+        """The rules a session of ``inbound_tag`` may match, in order; when the first of them
+        looks at nothing but the inbound tag, that rule alone (it takes every session)."""
+        rules = tuple(rule for rule in self._rules if rule.admits(inbound_tag))
+        plan: _Rule | tuple[_Rule, ...] = (
+            rules[0] if rules and rules[0].inbound_only else rules)
+        if len(self._plans) < _MAX_PLANS:
+            self._plans[inbound_tag] = plan
+        return plan
 
     def pick(self, inbound_tag: str | None, target: Target) -> str | None:
         """The tag for a connection known only by its inbound and target."""
@@ -417,13 +444,20 @@ class Router:
 
     def _pick(self, inbound_tag: str | None, target: Target, session: Session | None
               ) -> str | None:
-        strategy = self._strategy
-        ctx = _Context(inbound_tag, target, session,
-                       self._resolve if strategy == "IPOnDemand" else None)
-        rule = self._first(ctx)
-        if rule is None and strategy == "IPIfNonMatch" and ctx.ip is None and target.address:
-            ctx.resolve = self._resolve
-            rule = self._first(ctx)
+        plan = self._plans.get(inbound_tag)
+        if plan is None:
+            plan = self._plan(inbound_tag)
+        if isinstance(plan, _Rule):  # decided by the inbound tag: nothing else to look at
+            rule: _Rule | None = plan
+        else:
+            strategy = self._strategy
+            ctx = _Context(inbound_tag, target, session,
+                           self._resolve if strategy == "IPOnDemand" else None)
+            rule = self._first(plan, ctx)
+            if (rule is None and strategy == "IPIfNonMatch" and ctx.ip is None
+                    and target.address):
+                ctx.resolve = self._resolve
+                rule = self._first(plan, ctx)
         if rule is None:
             return self._default
         if not rule.balancer:
@@ -434,8 +468,9 @@ class Router:
             return self._default
         return self._choose(candidates)
 
-    def _first(self, ctx: _Context) -> _Rule | None:
-        for rule in self._rules:
+    @staticmethod
+    def _first(rules: Sequence[_Rule], ctx: _Context) -> _Rule | None:
+        for rule in rules:
             if rule.matches(ctx):
                 return rule
         return None
