@@ -41,13 +41,31 @@ class Counted(Protocol):
     bytes_sent: int
 
 
+# Stream types seen to count their own bytes, and types that neither count nor wrap (a mux
+# session): a session's streams are looked up by type, not by several attribute probes.
+_COUNTING: set[type] = set()
+_OPAQUE: set[type] = set()
+
+
 def counted(stream: object) -> Counted | None:
     """The counting stream under ``stream`` (itself, or the one it wraps, and so on)."""
+    kind = type(stream)
+    if kind in _COUNTING:
+        return stream  # type: ignore[return-value]
+    if kind in _OPAQUE:
+        return None
     for _ in range(_MAX_DEPTH):
         if stream is None:
             return None
+        kind = type(stream)
         if hasattr(stream, "bytes_received") and hasattr(stream, "bytes_sent"):
+            if hasattr(kind, "bytes_received") and hasattr(kind, "bytes_sent"):
+                _COUNTING.add(kind)  # (slots or properties: every instance has them)
             return stream
+        if not hasattr(stream, "__dict__") and not any(hasattr(kind, name)
+                                                       for name in _WRAPPED):
+            _OPAQUE.add(kind)  # slots only, none of them a counter or a wrapped stream
+            return None
         stream = next((inner for name in _WRAPPED
                        if (inner := getattr(stream, name, None)) is not None), None)
     return None
@@ -131,7 +149,9 @@ class Traffic:
             return None
         if new:
             values = self.values
-            for index in keys_in + keys_out:
+            for index in keys_in:
+                values[VALUES_PER_KEY * index + _SESSIONS] += 1
+            for index in keys_out:
                 values[VALUES_PER_KEY * index + _SESSIONS] += 1
         metered = _Metered(counted(stream), keys_in, keys_out, session)
         self._live.add(metered)
@@ -152,23 +172,26 @@ class Traffic:
                 self._live.discard(metered)
 
     def _add(self, metered: _Metered) -> None:
-        if metered.outbound is None:
+        outbound = metered.outbound
+        if outbound is None:
             upstream = getattr(metered.session, "upstream", None)
             if upstream is not None:
-                metered.outbound = counted(upstream)
+                outbound = metered.outbound = counted(upstream)
         seen = metered.seen
-        inbound, outbound = metered.inbound, metered.outbound
-        in_rx, in_tx = ((inbound.bytes_received, inbound.bytes_sent) if inbound is not None
-                        else (seen[0], seen[1]))
-        out_rx, out_tx = ((outbound.bytes_received, outbound.bytes_sent)
-                          if outbound is not None else (seen[2], seen[3]))
-        up_in, down_in = in_rx - seen[0], in_tx - seen[1]
-        down_out, up_out = out_rx - seen[2], out_tx - seen[3]
-        seen[:] = [in_rx, in_tx, out_rx, out_tx]
+        inbound = metered.inbound
+        up_in = down_in = up_out = down_out = 0
+        if inbound is not None:
+            rx, tx = inbound.bytes_received, inbound.bytes_sent
+            up_in, down_in = rx - seen[0], tx - seen[1]
+            seen[0], seen[1] = rx, tx
+        if outbound is not None:
+            rx, tx = outbound.bytes_received, outbound.bytes_sent
+            down_out, up_out = rx - seen[2], tx - seen[3]
+            seen[2], seen[3] = rx, tx
         # A side that counts nothing of its own is credited with what the other moved.
         if inbound is None:
             up_in, down_in = up_out, down_out
-        if outbound is None:
+        elif outbound is None:
             up_out, down_out = up_in, down_in
         values = self.values
         if up_in or down_in:
