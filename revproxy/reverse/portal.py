@@ -23,6 +23,7 @@ dead tunnel is reset, so that a cut download looks cut.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Sequence
 
@@ -264,10 +265,11 @@ class PortalOutbound:
         while True:
             local: Sequence[PortalTunnel | SiblingTunnel] = (
                 [t for t in self.tunnels if t not in avoid] if avoid else self.tunnels)
-            remote: list[PortalTunnel | SiblingTunnel] = []
+            remote: Sequence[PortalTunnel | SiblingTunnel] = ()
             if self.directory is not None and not local_only:
-                remote = [t for t in self.directory.sibling_portal_tunnels(self.tag)
-                          if t.pid not in exclude]
+                remote = self.directory.sibling_portal_tunnels(self.tag)
+                if exclude:
+                    remote = [t for t in remote if t.pid not in exclude]
             self._turn += 1
             tunnel = pick_tunnel(local, remote, self._turn)
             remaining = deadline - time.monotonic()
@@ -393,11 +395,12 @@ class PortalOutbound:
         if session.policy.buffer_size is not None:  # the visitor's level's bufferSize
             mux_session.buffer_size = session.policy.buffer_size
         opened = time.monotonic()
-        log.debug("portal %s: %s carried as session %d of tunnel %s", self.tag,
-                  session.describe(), mux_session.id, tunnel.name)
+        if log.isEnabledFor(logging.DEBUG):  # (describe() costs on every visitor)
+            log.debug("portal %s: %s carried as session %d of tunnel %s", self.tag,
+                      session.describe(), mux_session.id, tunnel.name)
         ending = session.ending
-        tunnel.refresh_listing()
-        ending.add(tunnel.refresh_listing)
+        tunnel.refresh_listing_soon()
+        ending.add(tunnel.refresh_listing_soon)
         if not isinstance(stream, SocketStream):
             relay(stream, mux_session, session.policy, on_done=ending.end)
             return True

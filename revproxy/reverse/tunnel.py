@@ -17,6 +17,8 @@ import struct
 import time
 from typing import cast
 
+from gevent import get_hub
+
 from revproxy.mux.connection import MuxConnection, MuxSession
 from revproxy.net.stream import Stream, TunnelStream, socket_of
 from revproxy.reverse.directory import Listing
@@ -58,6 +60,7 @@ class Tunnel:
         self.control: MuxSession | None = None
         self._rate_bytes = 0
         self._rate_time = time.monotonic()
+        self._refresh_due = False  # a refresh_listing_soon is waiting for the hub
 
     @property
     def closed(self) -> bool:
@@ -105,6 +108,17 @@ class Tunnel:
         listing = self.listing
         if listing is not None:
             listing.refresh()
+
+    def refresh_listing_soon(self) -> None:
+        """``refresh_listing`` at the end of the hub's current turn, once for every session
+        opened or closed meanwhile (siblings read the table at most every few ms anyway)."""
+        if not self._refresh_due and self.listing is not None:
+            self._refresh_due = True
+            get_hub().loop.run_callback(self._refresh_due_listing)
+
+    def _refresh_due_listing(self) -> None:
+        self._refresh_due = False
+        self.refresh_listing()
 
     def withdraw_listing(self) -> None:
         listing, self.listing = self.listing, None
