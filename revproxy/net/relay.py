@@ -40,9 +40,12 @@ class IdleWatch:
         self.on_idle = on_idle
         self._seen = progress()
         # A period of 0 (V2Ray: end at once) still waits for the hub, never calls back here.
-        self._timer = get_hub().loop.timer(period, period) if period > 0 else \
-            get_hub().loop.timer(0.0)
-        self._timer.start(self._check if period > 0 else self._expire)
+        if period > 0:
+            timer = self._timer = get_hub().loop.timer(period, period)
+            timer.start(self._check)
+        else:
+            timer = self._timer = get_hub().loop.timer(0.0)
+            timer.start(self._expire)
 
     def _check(self) -> None:
         progress = self.progress()
@@ -105,9 +108,27 @@ def _spliced(sock: Stream, other: Stream, policy: SessionPolicy,
     if splice is None:
         return False
     if not uplink:  # the socket is the server's side: its end is the downlink's
-        policy = SessionPolicy(policy.handshake, policy.conn_idle, policy.downlink_only,
-                               policy.uplink_only, policy.buffer_size)
+        policy = _swapped(policy)
     return bool(splice(sock, policy, on_done))
+
+
+# Policies with the half-close limits swapped, by the policy's id (kept with the policy, so
+# that the id stays its own): one per level, made once instead of per session.
+_SWAPPED: dict[int, tuple[SessionPolicy, SessionPolicy]] = {}
+_SWAPPED_MAX = 64
+
+
+def _swapped(policy: SessionPolicy) -> SessionPolicy:
+    """``policy`` with ``uplink_only`` and ``downlink_only`` exchanged."""
+    known = _SWAPPED.get(id(policy))
+    if known is not None and known[0] is policy:
+        return known[1]
+    swapped = SessionPolicy(policy.handshake, policy.conn_idle, policy.downlink_only,
+                            policy.uplink_only, policy.buffer_size)
+    if len(_SWAPPED) >= _SWAPPED_MAX:  # (policies of earlier configurations)
+        _SWAPPED.clear()
+    _SWAPPED[id(policy)] = (policy, swapped)
+    return swapped
 
 
 class _Pumps:

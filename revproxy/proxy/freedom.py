@@ -108,7 +108,7 @@ def _is_ip(host: str) -> bool:
 
 
 def _shorter(a: SessionPolicy, b: SessionPolicy) -> SessionPolicy:
-    if a == b:
+    if a is b or a == b:  # (the same level's policy, as usual: no comparison)
         return a
     return SessionPolicy(min(a.handshake, b.handshake), min(a.conn_idle, b.conn_idle),
                          min(a.uplink_only, b.uplink_only),
