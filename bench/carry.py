@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -242,6 +243,7 @@ def bench_e2e(quick: bool) -> dict[str, float]:
                 conn.close()
     finally:
         stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
     return results
 
 
