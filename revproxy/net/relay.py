@@ -2,11 +2,11 @@
 
 Each direction ends on end-of-stream (propagated as a half-close) or an error (both ends are
 then closed). Idleness is judged for the connection as a whole, as V2Ray's activity timer
-does: one timer per relay checks every ``policy.conn_idle`` seconds whether anything moved
-since its last look and closes both ends if not; once the uplink (``a`` to ``b``: ``a`` is
-the side the connection came from) has ended the period becomes ``policy.downlink_only``,
-once the downlink has ended ``policy.uplink_only`` (0: close at once, as V2Ray does). (A
-timeout on every read would cut a long one-way download and cost a timer per wait.)
+does: a relay that moved nothing for ``policy.conn_idle`` seconds closes both ends; once the
+uplink (``a`` to ``b``: ``a`` is the side the connection came from) has ended the period
+becomes ``policy.downlink_only``, once the downlink has ended ``policy.uplink_only`` (0: close
+at once, as V2Ray does). (A timeout on every read would cut a long one-way download and cost
+a timer per wait.)
 
 A stream that can relay a socket by itself (``Splicer``, net/stream.py: a mux session runs it
 in hub callbacks, without a greenlet) is asked to, and so is a datagram stream that can relay
@@ -15,11 +15,14 @@ another by itself (``splice_datagrams``, net/udp.py); other pairs get a greenlet
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 from gevent import get_hub
 
+from revproxy.log import log
 from revproxy.net.stream import SocketStream, Stream, reset_on_close, socket_of
 from revproxy.policy import CONN_IDLE, DEFAULT, HALF_OPEN, SessionPolicy
 
@@ -29,31 +32,45 @@ YIELD_EVERY = 15  # mask: yield to the hub once every 16 transfers
 
 
 class IdleWatch:
-    """Calls ``on_idle`` when a check finds that ``progress()`` did not change since the
-    previous check."""
+    """Calls ``on_idle`` once ``progress()`` has not changed for ``period`` s (give or take
+    a quarter of it), as V2Ray's activity timer does.
 
-    __slots__ = ("progress", "on_idle", "_seen", "_timer")
+    Watches of one period share a repeating timer (``_Clock``): starting and stopping a watch,
+    done for every connection, is a set operation instead of a libev timer of its own."""
+
+    __slots__ = ("progress", "on_idle", "_seen", "_since", "_clock", "_timer")
 
     def __init__(self, progress: Callable[[], int], on_idle: Callable[[], None],
                  period: float) -> None:
         self.progress = progress
         self.on_idle = on_idle
-        self._seen = progress()
-        # A period of 0 (V2Ray: end at once) still waits for the hub, never calls back here.
+        self._clock: _Clock | None = None
+        self._timer: Any = None
+        self._watch(period)
+
+    def _watch(self, period: float) -> None:
         if period > 0:
-            timer = self._timer = get_hub().loop.timer(period, period)
-            timer.start(self._check)
+            self._seen = self.progress()
+            self._since = time.monotonic()
+            clock = _CLOCKS.get(period)
+            if clock is None or clock.loop is not get_hub().loop:
+                clock = _CLOCKS[period] = _Clock(period)
+            self._clock = clock
+            clock.add(self)
         else:
+            # A period of 0 (V2Ray: end at once) still waits for the hub, never calls back
+            # here.
             timer = self._timer = get_hub().loop.timer(0.0)
             timer.start(self._expire)
 
-    def _check(self) -> None:
+    def _check(self, now: float, period: float) -> None:
         progress = self.progress()
         if progress != self._seen:
             self._seen = progress
-            return
-        self.stop()
-        self.on_idle()
+            self._since = now
+        elif now - self._since >= period:
+            self.stop()
+            self.on_idle()
 
     def _expire(self) -> None:
         self.stop()
@@ -61,21 +78,62 @@ class IdleWatch:
 
     def shorten(self, period: float) -> None:
         """One direction is done: the other may stay silent for ``period`` at most."""
-        timer = self._timer
-        if timer.active:
-            timer.stop()
-            timer.close()
-            self._seen = self.progress()
-            if period > 0:
-                self._timer = get_hub().loop.timer(period, period)
-                self._timer.start(self._check)
-            else:
-                self._timer = get_hub().loop.timer(0.0)
-                self._timer.start(self._expire)
+        if self._clock is not None or (self._timer is not None and self._timer.active):
+            self.stop()
+            self._watch(period)
 
     def stop(self) -> None:
-        self._timer.stop()
-        self._timer.close()
+        clock = self._clock
+        if clock is not None:
+            self._clock = None
+            clock.watches.discard(self)
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.stop()
+            timer.close()
+
+
+TICKS_PER_PERIOD = 4
+
+
+class _Clock:
+    """The repeating timer that looks at every ``IdleWatch`` of one period,
+    ``TICKS_PER_PERIOD`` times per period; it runs while it has watches."""
+
+    __slots__ = ("period", "loop", "watches", "_timer")
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.loop = get_hub().loop
+        self.watches: set[IdleWatch] = set()
+        self._timer: Any = None
+
+    def add(self, watch: IdleWatch) -> None:
+        self.watches.add(watch)
+        if self._timer is None:
+            step = self.period / TICKS_PER_PERIOD
+            timer = self._timer = self.loop.timer(step, step)
+            timer.start(self._tick)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        period = self.period
+        for watch in list(self.watches):  # (one going idle may stop others)
+            if watch._clock is self:
+                try:
+                    watch._check(now, period)
+                except Exception:  # one connection's failure must not spare the others
+                    log.exception("idle check of %r failed", watch.on_idle)
+        if not self.watches:
+            timer, self._timer = self._timer, None
+            timer.stop()
+            timer.close()
+
+
+# The clocks by period (a configuration has a few: its levels' connIdle and half-close
+# limits); a clock without watches holds no timer.
+_CLOCKS: dict[float, _Clock] = {}
 
 
 def relay(a: Stream, b: Stream, policy: SessionPolicy = DEFAULT,
