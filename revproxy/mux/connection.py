@@ -13,11 +13,13 @@ socket would not accept), counted against ``FlowLimits.buffer_size`` (V2Ray's ``
 policy); a session holding that much is *full*. The reader waits for a full session only while
 it makes progress (a visitor slower than the tunnel: the only back-pressure Mux.Cool has is the
 tunnel's own, and resetting every download slower than the tunnel would be worse), and at most
-``stall_wait`` without progress, counted once per read for all the sessions that filled in it;
-after that the session is no longer waited for, and the tunnel moves on. Progress of a spliced
-socket is what its peer acknowledged (the kernel's unsent queue shrinking), not what the kernel
-took into a send buffer that may hold megabytes: a visitor that stopped reading is told from a
-slow one within ``stall_wait``.
+an allowance without progress, counted from the same moment for all the sessions that filled
+in one read; after that the session is no longer waited for, and the tunnel moves on. Progress
+of a spliced socket is what its peer acknowledged (the kernel's unsent queue shrinking), not
+what the kernel took into a send buffer that may hold megabytes, and its allowance is four of
+its round trips, at least ``ack_wait``: a visitor that stopped reading is told from a slow one
+within 50 ms on a LAN, yet a far one's acknowledgements are waited for. A consumer that is no
+socket gets ``stall_wait``.
 Such a session is reset alone (End with the error flag; a spliced socket is closed with a
 reset) when it comes to hold ``hold_factor`` buffers (keeping more would not bound memory),
 when it stays full for ``full_timeout`` (V2Ray's ``downlinkOnly``-style deadline), or when its
@@ -62,7 +64,7 @@ from revproxy.mux.frame import (
     encode_keep_chunks,
     encode_keepalive,
 )
-from revproxy.mux.splice import SessionReset, SocketSplice
+from revproxy.mux.splice import Acknowledging, SessionReset, SocketSplice
 from revproxy.net.stream import RECV_SIZE, SocketStream, TunnelStream
 from revproxy.policy import SessionPolicy
 
@@ -93,7 +95,8 @@ class FlowLimits:
     """Per-session flow control of a mux connection (see the module docstring)."""
 
     buffer_size: int = 512 * 1024  # V2Ray's bufferSize policy: a session holding this is full
-    stall_wait: float = 0.25  # the reader waits this long at most for full sessions to move
+    stall_wait: float = 0.25  # the reader waits this long at most for a full session to move
+    ack_wait: float = 0.05  # ... or, for a socket, four round trips and at least this long
     hold_factor: int = 4  # a session holding this many buffers is reset at once
     full_timeout: float = 5.0  # a session full this long is reset (V2Ray's downlinkOnly: 5 s)
     write_timeout: float = 30.0  # a spliced socket that takes nothing this long is reset
@@ -108,7 +111,7 @@ DEFAULT_LIMITS = FlowLimits()
 class MuxSession:
     """One session of a mux connection, usable as a stream."""
 
-    __slots__ = ("conn", "id", "network", "buffer_size", "sink", "on_end", "unsent", "_end",
+    __slots__ = ("conn", "id", "network", "buffer_size", "sink", "on_end", "acks", "_end",
                  "_items", "_buffered", "_taken", "_full_since", "_stalled_since", "_unwaited",
                  "_space", "_readable", "_timeout", "_ended_local", "_ended_remote", "closed",
                  "bytes_in", "bytes_out")
@@ -124,9 +127,9 @@ class MuxSession:
         # error when it failed (reset by the peer or by flow control, tunnel gone, sink failed).
         # After a clean end it may be called once more with an error.
         self.on_end: Callable[[Exception | None], None] | None = None
-        # What the consumer's socket has taken but its peer not yet acknowledged (a splice
-        # sets it): progress while full is judged by acknowledged bytes.
-        self.unsent: Callable[[], int] | None = None
+        # The consumer's socket, if a splice feeds one: progress while full is judged by the
+        # bytes its peer acknowledged, within a few of its round trips.
+        self.acks: Acknowledging | None = None
         self._end: bytes | Exception | None = None
         # Payloads, then possibly one end marker (b"" or an exception), in arrival order.
         self._items: deque[bytes | Exception] = deque()
@@ -167,8 +170,15 @@ class MuxSession:
     def progress(self) -> int:
         """A count that grows while the consumer makes progress: the bytes it took, less those
         its socket still holds unacknowledged."""
-        unsent = self.unsent
-        return self._taken - (unsent() if unsent is not None else 0)
+        acks = self.acks
+        return self._taken - (acks.unsent() if acks is not None else 0)
+
+    def allowance(self, limits: FlowLimits) -> float:
+        """How long the reader waits for this full session without progress."""
+        acks = self.acks
+        if acks is None:
+            return limits.stall_wait
+        return max(limits.ack_wait, 4 * acks.round_trip())
 
     def wait_for_room(self, mark: int, deadline: float, stall: float) -> None:
         """The session became full: the reader waits while it makes progress (``progress``
@@ -577,15 +587,14 @@ class MuxConnection:
 
     def _wait_for_room(self) -> None:
         """Wait for the sessions that became full (see ``wait_for_room``): once per read, after
-        its frames, so the check costs nothing per payload. The allowance without progress is
-        one ``stall_wait`` for them all, so ten stalled visitors cost the others no more than
-        one."""
+        its frames, so the check costs nothing per payload. Their allowances run from the same
+        moment, so ten stalled visitors cost the others no more than one."""
         filled, self.filled = self.filled, []
-        stall = self.limits.stall_wait
-        marks = [session.progress() for session in filled]
-        deadline = time.monotonic() + stall
-        for session, mark in zip(filled, marks):
-            session.wait_for_room(mark, deadline, stall)
+        limits = self.limits
+        allowances = [(session.progress(), session.allowance(limits)) for session in filled]
+        start = time.monotonic()
+        for session, (mark, stall) in zip(filled, allowances, strict=True):
+            session.wait_for_room(mark, start + stall, stall)
 
     # -- reading
     def run(self) -> None:

@@ -15,6 +15,7 @@ imports this one).
 from __future__ import annotations
 
 import fcntl
+import socket
 import struct
 import termios
 import time
@@ -31,6 +32,7 @@ from revproxy.policy import SessionPolicy
 _READ = 1  # libev's EV_READ
 _OUTQ = struct.Struct("i")
 _OUTQ_ZERO = bytes(_OUTQ.size)
+_TCP_INFO = struct.Struct("=8B16I")  # up to tcpi_rttvar; tcpi_rtt (µs) is the 24th field
 _WRITE = 2  # libev's EV_WRITE
 
 
@@ -49,6 +51,15 @@ class _Tunnel(Protocol):
     def when_uncongested(self, callback: Callable[[], None]) -> None: ...
 
 
+class Acknowledging(Protocol):
+    """What a session's socket tells of its peer's progress (flow control asks it only while
+    the session is full)."""
+
+    def unsent(self) -> int: ...
+
+    def round_trip(self) -> float: ...
+
+
 class SplicedSession(Protocol):
     """What the splice uses of a ``MuxSession``."""
 
@@ -63,7 +74,7 @@ class SplicedSession(Protocol):
 
     on_end: Callable[[Exception | None], None] | None
     sink: Callable[[bytes], None] | None
-    unsent: Callable[[], int] | None
+    acks: Acknowledging | None
 
     def attach_sink(self, sink: Callable[[bytes], None]) -> None: ...
 
@@ -130,7 +141,7 @@ class SocketSplice:
             self._finish()
             return
         session.watch_end(self._session_ended)
-        session.unsent = self._unsent
+        session.acks = self
         if self._reader is None:  # the socket was closed already
             self._finish()
         elif not self._finished:
@@ -139,14 +150,25 @@ class SocketSplice:
     def _progress(self) -> int:
         return self.session.bytes_in + self.session.bytes_out
 
-    def _unsent(self) -> int:
-        """Bytes the socket took that its peer has not acknowledged (SIOCOUTQ); asked only
-        while the session is full."""
+    def unsent(self) -> int:
+        """Bytes the socket took that its peer has not acknowledged (SIOCOUTQ)."""
         try:
             return _OUTQ.unpack(fcntl.ioctl(self.stream.sock.fileno(), termios.TIOCOUTQ,
                                             _OUTQ_ZERO))[0]
         except (OSError, ValueError):  # closed meanwhile
             return 0
+
+    def round_trip(self) -> float:
+        """The kernel's smoothed round-trip time to the socket's peer, in seconds (0.0 if it
+        is no TCP socket)."""
+        try:
+            raw = self.stream.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO,
+                                              _TCP_INFO.size)
+        except (OSError, ValueError):
+            return 0.0
+        if len(raw) < _TCP_INFO.size:
+            return 0.0
+        return _TCP_INFO.unpack(raw)[23] / 1e6
 
     # -- session → socket
     def _write(self, payload: bytes) -> None:
