@@ -26,6 +26,21 @@ def _bound() -> socket.socket:
     return bind_datagram("127.0.0.1", 0)  # (SO_REUSEADDR: connected_socket binds it again)
 
 
+def _tcp_and_udp_port() -> int:
+    """A port free for both a TCP listener and a UDP socket. The kernel picks it for TCP, so
+    that no TCP socket holds it, not even one in TIME_WAIT (a port picked for UDP may be the
+    local port of a recent TCP connection, and a listener cannot bind it then)."""
+    while True:
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                bind_datagram("127.0.0.1", port).close()
+            except OSError:
+                continue
+            return port
+
+
 def _client() -> gsocket.socket:
     sock = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -376,9 +391,7 @@ def test_instance_serves_dokodemo_udp_through_freedom() -> None:
             echo.sendto(b"echo:" + data, source)
 
     echoer = gevent.spawn(echo_server)
-    port = bind_datagram("127.0.0.1", 0)
-    public = port.getsockname()[1]
-    port.close()
+    public = _tcp_and_udp_port()
     config = parse_config({
         "inbounds": [{"tag": "in", "listen": "127.0.0.1", "port": public,
                       "protocol": "dokodemo-door",
@@ -417,9 +430,7 @@ def test_socks_udp_associate_datagrams_are_relayed() -> None:
             echo.sendto(b"echo:" + data, source)
 
     echoer = gevent.spawn(echo_server)
-    port = bind_datagram("127.0.0.1", 0)
-    public = port.getsockname()[1]
-    port.close()
+    public = _tcp_and_udp_port()
     config = parse_config({
         "inbounds": [{"tag": "socks", "listen": "127.0.0.1", "port": public,
                       "protocol": "socks", "settings": {"udp": True}}],
@@ -460,9 +471,7 @@ def test_shadowsocks_udp_packets_are_relayed(method: str) -> None:
             echo.sendto(b"echo:" + data, source)
 
     echoer = gevent.spawn(echo_server)
-    port = bind_datagram("127.0.0.1", 0)
-    public = port.getsockname()[1]
-    port.close()
+    public = _tcp_and_udp_port()
     config = parse_config({
         "inbounds": [{"tag": "ss", "listen": "127.0.0.1", "port": public,
                       "protocol": "shadowsocks",
