@@ -13,13 +13,14 @@ socket would not accept), counted against ``FlowLimits.buffer_size`` (V2Ray's ``
 policy); a session holding that much is *full*. The reader waits for a full session only while
 it makes progress (a visitor slower than the tunnel: the only back-pressure Mux.Cool has is the
 tunnel's own, and resetting every download slower than the tunnel would be worse), and at most
-an allowance without progress, counted from the same moment for all the sessions that filled
-in one read; after that the session is no longer waited for, and the tunnel moves on. Progress
-of a spliced socket is what its peer acknowledged (the kernel's unsent queue shrinking), not
-what the kernel took into a send buffer that may hold megabytes, and its allowance is four of
-its round trips, at least ``ack_wait``: a visitor that stopped reading is told from a slow one
-within 50 ms on a LAN, yet a far one's acknowledgements are waited for. A consumer that is no
-socket gets ``stall_wait``.
+``stall_wait`` without progress (for a socket, four of its round trips if that is longer),
+counted from the same moment for all the sessions that filled in one read; after that the
+session is no longer waited for, and the tunnel moves on. Progress of a spliced socket is what
+its peer acknowledged (the kernel's unsent queue shrinking), not what the kernel took into a
+send buffer that may hold megabytes, so a slow reader is not taken for a stalled one. The
+allowance is a second because clients pause that long in normal use (a phone's radio, a busy
+application) and should not lose their download for it; a visitor that stopped reading costs
+the others on its tunnel that second once, however many stall at the same moment.
 Such a session is reset alone (End with the error flag; a spliced socket is closed with a
 reset) when it comes to hold ``hold_factor`` buffers (keeping more would not bound memory),
 when it stays full for ``full_timeout`` (V2Ray's ``downlinkOnly``-style deadline), or when its
@@ -95,8 +96,7 @@ class FlowLimits:
     """Per-session flow control of a mux connection (see the module docstring)."""
 
     buffer_size: int = 512 * 1024  # V2Ray's bufferSize policy: a session holding this is full
-    stall_wait: float = 0.25  # the reader waits this long at most for a full session to move
-    ack_wait: float = 0.05  # ... or, for a socket, four round trips and at least this long
+    stall_wait: float = 1.0  # the reader waits this long (or 4 round trips) for progress
     hold_factor: int = 4  # a session holding this many buffers is reset at once
     full_timeout: float = 5.0  # a session full this long is reset (V2Ray's downlinkOnly: 5 s)
     write_timeout: float = 30.0  # a spliced socket that takes nothing this long is reset
@@ -137,7 +137,7 @@ class MuxSession:
         self._taken = 0  # bytes the consumer took, in all
         self._full_since = 0.0  # when the session last became full; 0.0: not full
         self._stalled_since = 0.0  # last progress of a blocked socket; 0.0: not blocked
-        self._unwaited = False  # full, no progress for stall_wait: the reader goes on
+        self._unwaited = False  # full, no progress in its allowance: the reader goes on
         self._space: Event | None = None  # set when the consumer takes bytes (made on demand)
         self._readable = Event()
         self._timeout: float | None = None
@@ -178,7 +178,7 @@ class MuxSession:
         acks = self.acks
         if acks is None:
             return limits.stall_wait
-        return max(limits.ack_wait, 4 * acks.round_trip())
+        return max(limits.stall_wait, 4 * acks.round_trip())
 
     def wait_for_room(self, mark: int, deadline: float, stall: float) -> None:
         """The session became full: the reader waits while it makes progress (``progress``

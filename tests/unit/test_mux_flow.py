@@ -207,7 +207,7 @@ def test_others_flow_while_one_visitor_does_not_read_and_it_loses_nothing(make_t
 def test_a_slow_reader_gets_everything_and_the_tunnel_waits_for_it(make_tunnel):
     """A visitor slower than the tunnel keeps taking bytes: the reader waits for it (the
     tunnel's back-pressure) instead of resetting it, however much it downloads."""
-    tunnel = make_tunnel(limits(stall_wait=NEVER / 2, ack_wait=NEVER / 2))
+    tunnel = make_tunnel(limits(stall_wait=NEVER / 2))
     peak = Peak(tunnel.client)
     slow, backend, session = tunnel.visit(rcvbuf=4096)
     data = bytes(range(256)) * (8 * BUFFER // 256)  # four hold limits
@@ -227,10 +227,10 @@ def test_a_slow_reader_gets_everything_and_the_tunnel_waits_for_it(make_tunnel):
 def test_a_slow_reader_behind_a_big_send_buffer_is_not_taken_for_a_stalled_one(make_tunnel):
     """The kernel reports a socket writable again only when a third of its send buffer has
     drained: behind a 2 MiB buffer, a visitor reading 0.5 MB/s takes nothing, as far as
-    writes can tell, for longer than ``ack_wait``. What its peer acknowledges shows that it
+    writes can tell, for longer than ``stall_wait``. What its peer acknowledges shows that it
     moves on, so the reader waits for it instead of resetting it."""
     small = 64 * 1024
-    tunnel = make_tunnel(limits(buffer_size=small, ack_wait=0.3))
+    tunnel = make_tunnel(limits(buffer_size=small, stall_wait=0.3))
     slow, backend, session = tunnel.visit(rcvbuf=4096, sndbuf=1024 * 1024)
     data = bytes(range(256)) * ((2 * 1024 * 1024 + 6 * small) // 256)
     sender = gevent.spawn(backend.sendall, data)
@@ -435,12 +435,12 @@ class _Acks:
         return self._round_trip
 
 
-def test_the_allowance_without_progress_is_four_round_trips_of_the_socket(make_tunnel):
-    tunnel = make_tunnel(limits(stall_wait=0.25, ack_wait=0.05))
+def test_the_allowance_without_progress_is_four_round_trips_of_a_far_socket(make_tunnel):
+    tunnel = make_tunnel(limits(stall_wait=0.25))
     session = tunnel.client.open_session(NETWORK_TCP, "backend.example", 80)
     assert session.allowance(tunnel.client.limits) == 0.25  # no socket: stall_wait
     session.acks = _Acks(0.2)  # a visitor 200 ms away
     assert session.allowance(tunnel.client.limits) == pytest.approx(0.8)
-    session.acks = _Acks(0.00005)  # loopback: the floor
-    assert session.allowance(tunnel.client.limits) == 0.05
+    session.acks = _Acks(0.00005)  # loopback: stall_wait
+    assert session.allowance(tunnel.client.limits) == 0.25
     session.close()
