@@ -378,8 +378,11 @@ def build_inbound(inbound: InboundConfig, dispatcher: Dispatcher,
     settings = inbound.settings
     transport = prepare(inbound.stream, server=True)  # loads its certificates
     sniffing = Sniffing(inbound.sniffing) if inbound.sniffing is not None else None
-    dispatcher = dispatcher.for_inbound(inbound_level(settings), sniffing)
-    handshake = (policy or Policy()).for_level(0).handshake  # V2Ray's: level 0's
+    level = inbound_level(settings)
+    dispatcher = dispatcher.for_inbound(level, sniffing)
+    policy = policy or Policy()
+    handshake = policy.for_level(0).handshake  # VMess/VLESS: level 0's, as V2Ray's
+    own_handshake = policy.for_level(level).handshake  # the others': their level's
     if isinstance(settings, DokodemoSettings):
         return DokodemoInbound(inbound.tag, settings.address, settings.port,
                                settings.follow_redirect, dispatcher, transport,
@@ -401,20 +404,21 @@ def build_inbound(inbound: InboundConfig, dispatcher: Dispatcher,
         method = METHODS[settings.method]
         return ShadowsocksInbound(inbound.tag, method,
                                   password_key(settings.password, method.key_size), dispatcher,
-                                  transport, settings.email).handle_connection
+                                  transport, settings.email, level,
+                                  own_handshake).handle_connection
     if isinstance(settings, SocksInboundSettings):
         return SocksInbound(
             inbound.tag, dispatcher, password=settings.auth == "password",
             accounts={a.user: a.password for a in settings.accounts}, udp=settings.udp,
             udp_address=settings.ip, listen=inbound.listen,
-            timeout=settings.timeout if settings.user_level == 0 else 0,
-            transport=transport).handle_connection
+            timeout=settings.timeout if settings.user_level == 0 else 0, level=level,
+            handshake=own_handshake, transport=transport).handle_connection
     if isinstance(settings, HTTPInboundSettings):
         return HTTPInbound(
             inbound.tag, dispatcher, accounts={a.user: a.password for a in settings.accounts},
             allow_transparent=settings.allow_transparent,
-            timeout=settings.timeout if settings.user_level == 0 else 0,
-            transport=transport).handle_connection
+            timeout=settings.timeout if settings.user_level == 0 else 0, level=level,
+            handshake=own_handshake, transport=transport).handle_connection
     raise ValueError(f"unsupported inbound settings {settings!r}")
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from revproxy.log import log
 from revproxy.net.session import Session, Target
 
-VERSION = 1
+VERSION = 2  # 2: the visitor's policy level
 MAX_TEXT = 1024  # bytes of one text field (tags, address, source, email)
 MAX_DATAGRAM = 200_000  # a whole hand-off: metadata and first payload
 MAX_FDS = 4  # room for more descriptors than the one expected, to close them all
@@ -54,11 +54,12 @@ _UCRED = struct.Struct("3i")  # pid, uid, gid
 _NO_LINGER = struct.pack("ii", 0, 0)
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
-# Metadata: version, network, flags, tunnel id, port; then u16-length-prefixed UTF-8 texts:
+# Metadata: version, network, flags, tunnel id, port, policy level; then u16-length-prefixed
+# UTF-8 texts:
 # outbound tag, address, source, inbound tag (if flagged), email (if flagged); then the first
 # payload, to the end of the datagram. Flag ``_CARRIED``: the sender relays the visitor
 # through the descriptor (and counts its traffic).
-_HEAD = struct.Struct("!BBBIH")
+_HEAD = struct.Struct("!BBBIHI")
 _LENGTH = struct.Struct("!H")
 _NETWORKS = {"tcp": 1, "udp": 2}
 _NETWORK_NAMES = {number: name for name, number in _NETWORKS.items()}
@@ -87,18 +88,21 @@ class Handoff:
     email: str | None = None
     first_payload: bytes = b""
     carried: bool = False  # the descriptor is the far end of a pair (net/pairs.py)
+    level: int = 0  # the visitor's policy level, whose limits the receiver applies
 
     @classmethod
     def of_session(cls, session: Session, outbound_tag: str, tunnel_id: int) -> Handoff:
         target = session.target
         return cls(tunnel_id, outbound_tag, target.network, target.address, target.port,
-                   session.source, session.inbound_tag, session.email, session.first_payload)
+                   session.source, session.inbound_tag, session.email, session.first_payload,
+                   level=session.level or 0)
 
     def session(self) -> Session:
         """The session to dispatch on the receiving side: already routed."""
         return Session(Target(self.network, self.address, self.port), self.inbound_tag,
                        source=self.source, email=self.email, outbound_tag=self.outbound_tag,
-                       tunnel_id=self.tunnel_id, first_payload=self.first_payload)
+                       level=self.level, tunnel_id=self.tunnel_id,
+                       first_payload=self.first_payload)
 
     def encode(self) -> bytes:
         """Raises HandoffError if a field does not fit or would not decode (the checks are
@@ -108,6 +112,8 @@ class Handoff:
             raise HandoffError(f"network {self.network!r}")
         if not 0 < self.tunnel_id <= 0xFFFFFFFF or not 0 <= self.port <= 0xFFFF:
             raise HandoffError("tunnel id or port out of range")
+        if not 0 <= self.level <= 0xFFFFFFFF:  # V2Ray's levels are uint32
+            raise HandoffError(f"policy level {self.level} out of range")
         if len(self.first_payload) > MAX_FIRST_PAYLOAD:
             raise HandoffError(f"first payload of {len(self.first_payload)} bytes")
         if not self.outbound_tag or not self.address:
@@ -115,7 +121,7 @@ class Handoff:
         flags = ((_HAS_INBOUND_TAG if self.inbound_tag is not None else 0)
                  | (_HAS_EMAIL if self.email is not None else 0)
                  | (_CARRIED if self.carried else 0))
-        parts = [_HEAD.pack(VERSION, network, flags, self.tunnel_id, self.port)]
+        parts = [_HEAD.pack(VERSION, network, flags, self.tunnel_id, self.port, self.level)]
         for text in (self.outbound_tag, self.address, self.source, self.inbound_tag,
                      self.email):
             if text is not None:
@@ -127,11 +133,11 @@ class Handoff:
     @classmethod
     def decode(cls, data: bytes) -> Handoff:
         """Raises HandoffError on anything malformed."""
+        if data[:1] != bytes((VERSION,)):  # first: another version's head may be shorter
+            raise HandoffError(f"version {data[0]}" if data else "no data")
         if len(data) < _HEAD.size:
             raise HandoffError(f"{len(data)} bytes is too short")
-        version, network, flags, tunnel_id, port = _HEAD.unpack_from(data)
-        if version != VERSION:
-            raise HandoffError(f"version {version}")
+        _version, network, flags, tunnel_id, port, level = _HEAD.unpack_from(data)
         name = _NETWORK_NAMES.get(network)
         if name is None:
             raise HandoffError(f"network {network}")
@@ -162,7 +168,7 @@ class Handoff:
         if len(first_payload) > MAX_FIRST_PAYLOAD:
             raise HandoffError(f"first payload of {len(first_payload)} bytes")
         return cls(tunnel_id, outbound_tag, name, address, port, source, inbound_tag, email,
-                   first_payload, bool(flags & _CARRIED))
+                   first_payload, bool(flags & _CARRIED), level)
 
 
 def _raw(text: str) -> bytes:

@@ -23,7 +23,7 @@ from revproxy.server import handoff
 from revproxy.server.handoff import Handoff, HandoffError, Receiver
 
 EXAMPLE = Handoff(7, "portal", "tcp", "example.com", 80, "192.0.2.1:4242", "public",
-                  "user@example.com", b"GET / HTTP/1.1\r\n\r\n")
+                  "user@example.com", b"GET / HTTP/1.1\r\n\r\n", level=3)
 
 
 # -- the codec
@@ -32,13 +32,13 @@ EXAMPLE = Handoff(7, "portal", "tcp", "example.com", 80, "192.0.2.1:4242", "publ
 def test_a_hand_off_survives_encoding() -> None:
     for example in (EXAMPLE, Handoff(1, "p", "udp", "2001:db8::1", 0, ""),
                     Handoff(0xFFFFFFFF, "порта́л", "tcp", "例え.jp", 65535, "[::1]:1", None,
-                            "é", b"\x00" * 100)):
+                            "é", b"\x00" * 100, level=0xFFFFFFFF)):
         assert Handoff.decode(example.encode()) == example
 
 
 def test_a_session_travels_with_its_routing() -> None:
     session = Session(Target("tcp", "example.com", 80), "public", source="192.0.2.1:4242",
-                      email="user@example.com", first_payload=b"hello")
+                      email="user@example.com", level=2, first_payload=b"hello")
     offer = Handoff.of_session(session, "portal", 3)
     received = Handoff.decode(offer.encode()).session()
     assert received.target == session.target
@@ -46,18 +46,26 @@ def test_a_session_travels_with_its_routing() -> None:
         ("public", "192.0.2.1:4242", "user@example.com")
     assert (received.outbound_tag, received.tunnel_id, received.first_payload) == \
         ("portal", 3, b"hello")
+    assert received.level == 2  # the receiver applies the visitor's level's limits
+
+
+def test_a_session_without_a_level_travels_at_level_0() -> None:
+    session = Session(Target("tcp", "example.com", 80), "public")
+    assert Handoff.decode(Handoff.of_session(session, "portal", 3).encode()).level == 0
 
 
 @pytest.mark.parametrize("change, problem", [
-    (lambda data: b"\x02" + data[1:], "version"),
+    (lambda data: b"\x01" + data[1:], "version 1"),  # before the level
+    (lambda data: b"", "no data"),
     (lambda data: data[:1] + b"\x03" + data[2:], "network"),
     (lambda data: data[:2] + b"\x80" + data[3:], "flags"),
     (lambda data: data[:3] + b"\x00\x00\x00\x00" + data[7:], "tunnel id 0"),
     (lambda data: data[:5], "too short"),
-    (lambda data: data[:10], "cut short"),
-    (lambda data: data[:9] + b"\x04\x01" + data[11:], "a text field of 1025"),
-    (lambda data: data[:11] + b"\xff" + data[12:], "UTF-8"),
-    (lambda data: data[:11] + b"\n" + data[12:], "control characters"),
+    (lambda data: data[:12], "too short"),
+    (lambda data: data[:14], "cut short"),
+    (lambda data: data[:13] + b"\x04\x01" + data[15:], "a text field of 1025"),
+    (lambda data: data[:15] + b"\xff" + data[16:], "UTF-8"),
+    (lambda data: data[:15] + b"\n" + data[16:], "control characters"),
 ])
 def test_malformed_metadata_is_refused(change, problem) -> None:
     with pytest.raises(HandoffError, match=problem):
@@ -74,7 +82,9 @@ def test_what_cannot_be_encoded_says_so() -> None:
                 Handoff(1, "portal", "tcp", "a" * 1025, 1, ""),
                 Handoff(1, "portal", "tcp", "a\nb", 1, ""), Handoff(1, "", "tcp", "a", 1, ""),
                 Handoff(1, "portal", "tcp", "\udcff", 1, ""),
-                Handoff(1, "portal", "tcp", "a", 1, "", first_payload=bytes(200_000))):
+                Handoff(1, "portal", "tcp", "a", 1, "", first_payload=bytes(200_000)),
+                Handoff(1, "portal", "tcp", "a", 1, "", level=-1),
+                Handoff(1, "portal", "tcp", "a", 1, "", level=2**32)):
         with pytest.raises(HandoffError):
             bad.encode()
 
@@ -88,7 +98,7 @@ def _text(max_size: int = 40) -> st.SearchStrategy[str]:
 @given(st.builds(Handoff, st.integers(1, 0xFFFFFFFF), _text().filter(bool),
                  st.sampled_from(["tcp", "udp"]), _text(255).filter(bool),
                  st.integers(0, 0xFFFF), _text(), st.none() | _text(), st.none() | _text(),
-                 st.binary(max_size=2000)))
+                 st.binary(max_size=2000), st.booleans(), st.integers(0, 0xFFFFFFFF)))
 def test_any_valid_hand_off_survives_encoding(offer: Handoff) -> None:
     assert Handoff.decode(offer.encode()) == offer
 

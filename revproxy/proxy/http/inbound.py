@@ -46,12 +46,17 @@ from revproxy.transport import PLAIN, Transport, wrap
 
 class HTTPInbound:
     """``accounts``: user -> password (Basic auth required when any); ``timeout`` (s, 0 = the
-    default) limits a tunnel's idleness as V2Ray's ``timeout`` does at user level 0."""
+    default) limits a tunnel's idleness as V2Ray's ``timeout`` does at user level 0.
+    ``level`` (V2Ray's ``userLevel``) is its sessions' policy level and ``handshake`` (s)
+    that level's ``handshake``: the time a client has to send each request's head."""
 
     def __init__(self, tag: str | None, dispatcher: Dispatcher, *,
                  accounts: Mapping[str, str] | None = None, allow_transparent: bool = False,
-                 timeout: float = 0, transport: Transport = PLAIN) -> None:
+                 timeout: float = 0, level: int = 0, handshake: float = HANDSHAKE_TIMEOUT,
+                 transport: Transport = PLAIN) -> None:
         self.tag = tag
+        self.level = level
+        self.handshake = handshake
         self.dispatcher = dispatcher
         self.accounts = dict(accounts or {})
         self.allow_transparent = allow_transparent
@@ -80,7 +85,7 @@ class HTTPInbound:
         """Whether the connection was handed to the dispatcher (a CONNECT tunnel)."""
         leftover = b""
         while True:
-            received = _read_head(stream, HeadReader(), leftover, HANDSHAKE_TIMEOUT)
+            received = _read_head(stream, HeadReader(), leftover, self.handshake)
             if received is None:
                 return False
             head, leftover = received
@@ -96,7 +101,8 @@ class HTTPInbound:
             target = Target("tcp", address, port)
             if request.connect:
                 stream.send(CONNECT_OK)
-                session = Session(target, self.tag, source=source, email=user, ending=ending)
+                session = Session(target, self.tag, source=source, email=user,
+                                  level=self.level, ending=ending)
                 client = (IdleLimit(stream, leftover, self.idle) if self.idle
                           else prefixed(stream, leftover))
                 self.dispatcher.handle(session, client)
@@ -105,7 +111,7 @@ class HTTPInbound:
                 stream.send(BAD_REQUEST)  # RFC 2068: a proxy wants an absolute URI
                 return False
             # What routing's "protocol" and "attrs" rules see, as V2Ray sets them.
-            session = Session(target, self.tag, source=source, email=user,
+            session = Session(target, self.tag, source=source, email=user, level=self.level,
                               protocol="http/1.1", attributes=request_attributes(request))
             after = self._exchange(stream, request, session, leftover)
             if after is None or not request.proxy_keep_alive:

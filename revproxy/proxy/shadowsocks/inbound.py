@@ -26,14 +26,21 @@ from revproxy.proxy.shadowsocks.codec import RequestDecoder, decode_packet, enco
 from revproxy.proxy.shadowsocks.crypto import Method, Sealer, ShadowsocksError
 from revproxy.proxy.shadowsocks.stream import ShadowsocksStream
 from revproxy.proxy.socks.udp import SocksUDPRelay
-from revproxy.proxy.streams import drain, read_handshake
+from revproxy.proxy.streams import HANDSHAKE_TIMEOUT, drain, read_handshake
 from revproxy.transport import PLAIN, Transport, wrap
 
 
 class ShadowsocksInbound:
+    """``level`` (the user's ``level``) is its sessions' policy level and ``handshake`` (s)
+    that level's ``handshake``: the time a client has to send its request header (and the
+    longest a failed one is drained)."""
+
     def __init__(self, tag: str | None, method: Method, key: bytes, dispatcher: Dispatcher,
-                 transport: Transport = PLAIN, email: str | None = None) -> None:
+                 transport: Transport = PLAIN, email: str | None = None, level: int = 0,
+                 handshake: float = HANDSHAKE_TIMEOUT) -> None:
         self.tag = tag
+        self.level = level
+        self.handshake = handshake
         self.method = method
         self.key = key
         self.dispatcher = dispatcher
@@ -75,11 +82,11 @@ class ShadowsocksInbound:
     def _serve(self, stream: TunnelStream, source: str, ending: Ending) -> bool:
         decoder = RequestDecoder(self.method, self.key)
         try:
-            destination = read_handshake(stream, decoder.feed)
+            destination = read_handshake(stream, decoder.feed, self.handshake)
         except ShadowsocksError as exc:
             log.info("shadowsocks: %s rejected: %s", source, exc)
             drain(stream, self._drain_base + random.randrange(self._drain_spread)
-                  - decoder.received)
+                  - decoder.received, self.handshake)
             return False
         except OSError as exc:
             log.info("shadowsocks: %s: %s", source, exc)
@@ -87,7 +94,7 @@ class ShadowsocksInbound:
         if destination is None:
             return False
         session = Session(Target("tcp", destination.address, destination.port), self.tag,
-                          source=source, email=self.email, ending=ending)
+                          source=source, email=self.email, level=self.level, ending=ending)
         served = ShadowsocksStream(stream, decoder.opener, Sealer(self.method, self.key),
                                    decoder.rest)
         self.dispatcher.handle(session, served)

@@ -20,7 +20,7 @@ from revproxy.net.stream import TunnelStream
 from revproxy.net.udp import SourceStream
 from revproxy.proxy.socks.codec import ServerHandshake, SocksError, SocksRequest
 from revproxy.proxy.socks.udp import SocksUDPRelay
-from revproxy.proxy.streams import IdleLimit, prefixed, read_handshake
+from revproxy.proxy.streams import HANDSHAKE_TIMEOUT, IdleLimit, prefixed, read_handshake
 from revproxy.proxy.wire import ProtocolError
 from revproxy.transport import PLAIN, Transport, wrap
 
@@ -28,13 +28,17 @@ from revproxy.transport import PLAIN, Transport, wrap
 class SocksInbound:
     """``listen`` is the inbound's configured address (V2Ray's "gateway", which its replies
     carry); ``timeout`` (s, 0 = the default) limits idleness as V2Ray's ``timeout`` does at
-    user level 0."""
+    user level 0. ``level`` (V2Ray's ``userLevel``) is its sessions' policy level and
+    ``handshake`` (s) that level's ``handshake``: the time a client has for its handshake."""
 
     def __init__(self, tag: str | None, dispatcher: Dispatcher, *, password: bool = False,
                  accounts: Mapping[str, str] | None = None, udp: bool = False,
                  udp_address: str | None = None, listen: str = "0.0.0.0", timeout: float = 0,
+                 level: int = 0, handshake: float = HANDSHAKE_TIMEOUT,
                  transport: Transport = PLAIN) -> None:
         self.tag = tag
+        self.level = level
+        self.handshake = handshake
         self.dispatcher = dispatcher
         self.password = password
         self.accounts = dict(accounts or {})
@@ -81,7 +85,7 @@ class SocksInbound:
             return handshake.request
 
         try:
-            request = read_handshake(stream, feed)
+            request = read_handshake(stream, feed, self.handshake)
         except SocksError as exc:
             if exc.reply:
                 try:
@@ -96,7 +100,8 @@ class SocksInbound:
             self._hold(stream, source)
             return False
         session = Session(Target("tcp", request.address, request.port), self.tag,
-                          source=source, email=request.user, ending=ending)
+                          source=source, email=request.user, level=self.level,
+                          ending=ending)
         client = (IdleLimit(stream, handshake.rest, self.idle) if self.idle
                   else prefixed(stream, handshake.rest))
         self.dispatcher.handle(session, client)
