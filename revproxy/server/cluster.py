@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from revproxy.log import log
 from revproxy.net.session import Session
@@ -74,15 +74,12 @@ class Cluster:
     """Implements ``revproxy.reverse.directory.TunnelDirectory``."""
 
     def __init__(self, table: StateTable, slot: int, generation: int,
-                 endpoint: socket.socket, handoff_dir: str,
-                 sleep: Callable[[float], None]) -> None:
+                 sender: handoff.Sender) -> None:
         self.table = table
         self.slot = slot
         self.pid = os.getpid()
         self.generation = generation
-        self.endpoint = endpoint  # this worker's end of the hand-off channel
-        self.handoff_dir = handoff_dir
-        self._sleep = sleep
+        self.sender = sender  # this worker's sending side of the hand-off channel
         self._listings: dict[int, TableListing] = {}  # by tunnel row index
         self._remote: dict[str, tuple[float, list[SiblingTunnel]]] = {}  # tag -> (read at, rows)
         self._busy_until: dict[int, float] = {}  # pid -> monotonic time
@@ -199,8 +196,7 @@ class Cluster:
             return False
         try:
             message = handoff.Handoff.of_session(session, tunnel.tag, tunnel.tunnel_id)
-            handoff.send(self.endpoint, self.handoff_dir, tunnel.pid, message, visitor,
-                         self._sleep)
+            self.sender.send(tunnel.pid, message, visitor)
         except handoff.HandoffError as exc:
             log.warning("worker %d: cannot hand %s over: %s", self.pid, session.describe(), exc)
             return False

@@ -6,7 +6,10 @@ the service user when workers drop privileges; ``create_directory``). Each worke
 datagram socket in it named after its pid, with SO_PASSCRED so that the kernel says who sent
 each message. Only the service user (and root) can reach these sockets, no name can be
 squatted, and a message is taken only from our own uid and from a pid that the state table
-shows as a sibling.
+shows as a sibling. A worker sends through one socket per sibling, connected to that
+sibling's endpoint (``Sender``): while the sibling's queue is full (net.unix.max_dgram_qlen
+messages) the kernel holds that socket unwritable, so a sender waits for room instead of
+polling.
 
 **A hand-off** is one datagram: the metadata and the visitor's first payload (``Handoff``: a
 versioned binary codec whose ``decode`` validates every field), and the visitor's socket as
@@ -48,7 +51,8 @@ VERSION = 2  # 2: the visitor's policy level
 MAX_TEXT = 1024  # bytes of one text field (tags, address, source, email)
 MAX_DATAGRAM = 200_000  # a whole hand-off: metadata and first payload
 MAX_FDS = 4  # room for more descriptors than the one expected, to close them all
-SEND_PATIENCE = 2.0  # seconds a sender retries a full queue before it gives up
+SEND_PATIENCE = 2.0  # seconds a sender waits on a full queue before it gives up
+MAX_LINKS = 256  # connected sender sockets a worker keeps (one per sibling)
 _ANCILLARY_SPACE = socket.CMSG_SPACE(struct.calcsize("3i")) + socket.CMSG_SPACE(4 * MAX_FDS)
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _NO_LINGER = struct.pack("ii", 0, 0)
@@ -255,7 +259,7 @@ def endpoint_path(directory: str, pid: int) -> str:
 
 def bind_endpoint(directory: str, pid: int) -> socket.socket:
     """Worker ``pid``'s end of the channel: a non-blocking datagram socket that receives
-    its hand-offs (with the senders' credentials) and sends to its siblings."""
+    its hand-offs (with the senders' credentials)."""
     info = os.lstat(directory)
     if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid()
             or info.st_mode & 0o077):
@@ -269,7 +273,6 @@ def bind_endpoint(directory: str, pid: int) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_DATAGRAM * 4)
         sock.bind(path)
         os.chmod(path, 0o600)
         sock.setblocking(False)
@@ -282,45 +285,124 @@ def bind_endpoint(directory: str, pid: int) -> socket.socket:
 # -- sending
 
 
-def send(endpoint: socket.socket, directory: str, pid: int, handoff: Handoff,
-         visitor: socket.socket, sleep: Callable[[float], None],
-         patience: float = SEND_PATIENCE) -> None:
-    """Send ``visitor`` to worker ``pid`` (a ``CarriedSocket`` as a carried visitor's end,
-    net/pairs.py). Raises HandoffError if the hand-off cannot be
-    encoded, TimeoutError if that worker takes no hand-off within ``patience`` seconds, and
-    OSError if it is gone; the caller then still owns the visitor.
+class _Link:
+    """A datagram socket connected to one sibling's endpoint, and that endpoint's inode (a
+    restarted sibling, or a new worker with a reused pid, binds a new one)."""
 
-    The receiver's queue is short (net.unix.max_dgram_qlen) and a full queue does not make
-    the sender's socket unwritable, so waiting for writability cannot work: retry with
-    growing sleeps instead.
-    """
-    from revproxy.net.pairs import CarriedSocket  # (gevent: workers only, see above)
+    __slots__ = ("sock", "inode", "users", "dropped", "sent")
 
-    if isinstance(visitor, CarriedSocket) and not handoff.carried:
-        handoff = dataclasses.replace(handoff, carried=True)
-    message = [handoff.encode()]
-    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [visitor.fileno()]))]
-    path = endpoint_path(directory, pid)
-    visitor.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-    delay = 0.0005
-    waited = 0.0
-    try:
-        while True:
-            try:
-                endpoint.sendmsg(message, ancillary, socket.MSG_DONTWAIT, path)
-                return
-            except BlockingIOError:
-                if waited >= patience:
-                    raise TimeoutError(f"worker {pid} takes no hand-off") from None
-            sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 0.05)
-    except BaseException:
+    def __init__(self, sock: socket.socket, inode: int) -> None:
+        self.sock = sock
+        self.inode = inode
+        self.users = 0  # sends in progress: the socket is closed only when none is
+        self.dropped = False
+        self.sent = False  # a message went through it
+
+
+class Sender:
+    """This worker's sending side: one datagram socket per sibling, ``connect()``ed to its
+    endpoint. A full queue makes a connected Unix datagram socket unwritable (the kernel
+    wakes it when the receiver dequeues), so a sender waits with ``wait_writable(fd,
+    seconds)`` (the worker's cooperative wait, raising TimeoutError) instead of retrying
+    blindly. The endpoint's path is looked up before every send, so a sibling that went
+    away fails at once, and one replaced (a new socket at that path) is connected anew."""
+
+    def __init__(self, directory: str,
+                 wait_writable: Callable[[int, float], None]) -> None:
+        self.directory = directory
+        self.wait_writable = wait_writable
+        self._links: dict[int, _Link] = {}  # by pid
+
+    def send(self, pid: int, handoff: Handoff, visitor: socket.socket,
+             patience: float = SEND_PATIENCE) -> None:
+        """Send ``visitor`` to worker ``pid`` (a ``CarriedSocket`` as a carried visitor's
+        end, net/pairs.py). Raises HandoffError if the hand-off cannot be encoded,
+        TimeoutError if that worker takes no hand-off within ``patience`` seconds, and
+        OSError if it is gone; the caller then still owns the visitor."""
+        from revproxy.net.pairs import CarriedSocket  # (gevent: workers only, see above)
+
+        if isinstance(visitor, CarriedSocket) and not handoff.carried:
+            handoff = dataclasses.replace(handoff, carried=True)
+        message = [handoff.encode()]
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [visitor.fileno()]))]
+        visitor.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
         try:
-            visitor.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+            link = self._link(pid)
+            try:
+                self._send_on(link, pid, message, ancillary, patience)
+            except ConnectionRefusedError:
+                if not link.sent:
+                    raise
+                # Its socket is closed; a restarted sibling may have bound a new one whose
+                # inode has the old one's number: connect anew, once.
+                self._send_on(self._link(pid), pid, message, ancillary, patience)
+        except BaseException:
+            try:
+                visitor.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+            except OSError:
+                pass
+            raise
+
+    def _send_on(self, link: _Link, pid: int, message: list[bytes],
+                 ancillary: list[tuple[int, int, array.array[int]]], patience: float) -> None:
+        link.users += 1
+        deadline = 0.0
+        try:
+            while True:
+                try:
+                    link.sock.sendmsg(message, ancillary, socket.MSG_DONTWAIT)
+                    link.sent = True
+                    return
+                except BlockingIOError:
+                    now = time.monotonic()
+                    deadline = deadline or now + patience
+                    if now >= deadline:
+                        raise TimeoutError(f"worker {pid} takes no hand-off") from None
+                    self.wait_writable(link.sock.fileno(), deadline - now)
+        except TimeoutError:
+            raise
         except OSError:
-            pass
-        raise
+            self._drop(pid, link)  # gone, or this socket failed: connect anew next time
+            raise
+        finally:
+            link.users -= 1
+            if link.dropped and not link.users:
+                link.sock.close()
+
+    def _link(self, pid: int) -> _Link:
+        """The connection to ``pid``'s endpoint as it is bound now; raises OSError if none
+        is (FileNotFoundError: not bound, ConnectionRefusedError: its socket is closed)."""
+        path = endpoint_path(self.directory, pid)
+        inode = os.stat(path).st_ino  # before connecting: a later rebind is seen next time
+        link = self._links.get(pid)
+        if link is not None:
+            if link.inode == inode:
+                return link
+            self._drop(pid, link)
+        if len(self._links) >= MAX_LINKS:  # (pids of workers long gone)
+            for old_pid, old in list(self._links.items()):
+                self._drop(old_pid, old)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_DATAGRAM * 4)
+            sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        link = self._links[pid] = _Link(sock, inode)
+        return link
+
+    def _drop(self, pid: int, link: _Link) -> None:
+        if self._links.get(pid) is link:
+            del self._links[pid]
+        if not link.dropped:
+            link.dropped = True
+            if not link.users:
+                link.sock.close()
+
+    def close(self) -> None:
+        for pid, link in list(self._links.items()):
+            self._drop(pid, link)
 
 
 # -- receiving

@@ -14,7 +14,7 @@ import time
 
 import gevent
 from gevent.event import Event
-from gevent.socket import wait_read
+from gevent.socket import wait_read, wait_write
 from setproctitle import setproctitle
 
 from revproxy import log as logging_setup
@@ -74,8 +74,8 @@ class Worker:
             if spec.master_pid:
                 die_with_master(spec.master_pid)  # changing ids cleared the parent-death signal
             endpoint = handoff.bind_endpoint(spec.handoff_dir, self.pid)
-            self.cluster = cluster = Cluster(spec.table, spec.slot, spec.generation, endpoint,
-                                             spec.handoff_dir, gevent.sleep)
+            self.cluster = cluster = Cluster(spec.table, spec.slot, spec.generation,
+                                             handoff.Sender(spec.handoff_dir, wait_write))
             self.instance = Instance(config, spec.listeners,
                                      replay=spec.table.replay_filter(REPLAY_WINDOW),
                                      directory=cluster, workers=spec.count,

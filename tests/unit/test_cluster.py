@@ -42,9 +42,15 @@ def cluster(table, tmp_path):
     directory = tmp_path / "handoff"
     directory.mkdir(0o700)
     endpoint = handoff.bind_endpoint(str(directory), os.getpid())
-    made = Cluster(table, 0, 1, endpoint, str(directory), sleep=lambda _: None)
+    made = Cluster(table, 0, 1, handoff.Sender(str(directory), no_room))
     yield made
+    made.sender.close()
     endpoint.close()
+
+
+def no_room(fd: int, timeout: float) -> None:
+    """A sender's wait for room in a full queue, at once out of patience."""
+    raise TimeoutError
 
 
 def tunnel(**changes) -> SimpleNamespace:
@@ -92,7 +98,7 @@ def test_a_sibling_that_takes_nothing_is_offered_nothing_for_a_while(cluster, ta
     table.tunnel_writer(1, 0, TunnelRow(owner_pid=SIBLING, slot=1, tunnel_id=7, role=ROLE_PORTAL,
                                         tag="portal", state=TUNNEL_ACTIVE))
     [target] = cluster.sibling_portal_tunnels("portal")
-    full = handoff.bind_endpoint(cluster.handoff_dir, SIBLING)  # bound, never read
+    full = handoff.bind_endpoint(cluster.sender.directory, SIBLING)  # bound, never read
     session = Session(Target("tcp", "backend", 80), "public")
     with socket.create_server(("127.0.0.1", 0)) as listener, \
             socket.create_connection(listener.getsockname()) as visitor:

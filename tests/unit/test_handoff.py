@@ -10,6 +10,7 @@ import itertools
 import logging
 import os
 import resource
+import select
 import socket
 import stat
 import struct
@@ -197,8 +198,21 @@ class Loop:
         self.receiver.close()
 
 
+def wait_writable(fd: int, timeout: float) -> None:
+    """What gevent's wait_write does, without gevent."""
+    if not select.select([], [fd], [], timeout)[1]:
+        raise TimeoutError
+
+
 @pytest.fixture
-def sender():
+def sender(directory):
+    made = handoff.Sender(directory, wait_writable)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def raw():
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     yield sock
     sock.close()
@@ -241,7 +255,7 @@ def test_a_sibling_hands_a_visitor_over(directory, sender, tcp_pair) -> None:
     client, served = tcp_pair
     loop = Loop(directory, {os.getpid()})
     try:
-        handoff.send(sender, directory, os.getpid(), EXAMPLE, served, sleep=lambda _: None)
+        sender.send(os.getpid(), EXAMPLE, served)
         served.close()  # the sender's copy
         loop.run()
         [(session, visitor)] = loop.served
@@ -262,7 +276,7 @@ def test_a_refused_visitor_is_reset_and_the_loop_goes_on(directory, sender, tcp_
     client, served = tcp_pair
     loop = Loop(directory, {os.getpid()}, refusal=lambda offer: "no such tunnel")
     try:
-        handoff.send(sender, directory, os.getpid(), EXAMPLE, served, sleep=lambda _: None)
+        sender.send(os.getpid(), EXAMPLE, served)
         served.close()
         with caplog.at_level(logging.WARNING, "revproxy"):
             loop.run()
@@ -273,14 +287,14 @@ def test_a_refused_visitor_is_reset_and_the_loop_goes_on(directory, sender, tcp_
         loop.close()
 
 
-def test_a_stranger_with_our_uid_is_refused(directory, sender, tcp_pair, caplog) -> None:
+def test_a_stranger_with_our_uid_is_refused(directory, raw, tcp_pair, caplog) -> None:
     _, served = tcp_pair
     pipe_r, pipe_w = os.pipe()
     loop = Loop(directory, siblings=set())  # our own pid is no sibling of ours
     try:
-        send_raw(sender, directory, EXAMPLE.encode(), [served.fileno()])
-        send_raw(sender, directory, b"garbage", [pipe_r, pipe_w])
-        send_raw(sender, directory, b"", [])
+        send_raw(raw, directory, EXAMPLE.encode(), [served.fileno()])
+        send_raw(raw, directory, b"garbage", [pipe_r, pipe_w])
+        send_raw(raw, directory, b"", [])
         with caplog.at_level(logging.WARNING, "revproxy"):
             loop.run(3)
         assert loop.served == [] and loop.receiver.refused == 3
@@ -293,25 +307,26 @@ def test_a_stranger_with_our_uid_is_refused(directory, sender, tcp_pair, caplog)
         loop.close()
 
 
-def test_a_sibling_sending_garbage_loses_nothing_else(directory, sender, tcp_pair) -> None:
+def test_a_sibling_sending_garbage_loses_nothing_else(directory, sender, raw,
+                                                      tcp_pair) -> None:
     client, served = tcp_pair
     pipe_r, pipe_w = os.pipe()
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     listening = socket.create_server(("127.0.0.1", 0))
     loop = Loop(directory, {os.getpid()})
     try:
-        send_raw(sender, directory, b"\x01garbage", [served.fileno()])
-        send_raw(sender, directory, EXAMPLE.encode(), [pipe_w])
-        send_raw(sender, directory, EXAMPLE.encode(), [udp.fileno()])
-        send_raw(sender, directory, EXAMPLE.encode(), [listening.fileno()])
-        send_raw(sender, directory, EXAMPLE.encode(), [])
-        send_raw(sender, directory, EXAMPLE.encode(), [served.fileno(), pipe_w])
+        send_raw(raw, directory, b"\x01garbage", [served.fileno()])
+        send_raw(raw, directory, EXAMPLE.encode(), [pipe_w])
+        send_raw(raw, directory, EXAMPLE.encode(), [udp.fileno()])
+        send_raw(raw, directory, EXAMPLE.encode(), [listening.fileno()])
+        send_raw(raw, directory, EXAMPLE.encode(), [])
+        send_raw(raw, directory, EXAMPLE.encode(), [served.fileno(), pipe_w])
         before = len(os.listdir("/proc/self/fd"))
         loop.run(6)
         assert len(os.listdir("/proc/self/fd")) == before  # every received copy closed
         assert loop.served == [] and loop.receiver.lost == 6
         # ... and a good one after all that is still served
-        handoff.send(sender, directory, os.getpid(), EXAMPLE, served, sleep=lambda _: None)
+        sender.send(os.getpid(), EXAMPLE, served)
         loop.run()
         assert len(loop.served) == 1 and loop.receiver.taken == 1
     finally:
@@ -332,7 +347,7 @@ def test_a_failing_serve_closes_the_visitor(directory, sender, tcp_pair, caplog)
 
     loop.receiver.serve = broken
     try:
-        handoff.send(sender, directory, os.getpid(), EXAMPLE, served, sleep=lambda _: None)
+        sender.send(os.getpid(), EXAMPLE, served)
         served.close()
         loop.run()
         assert loop.receiver.lost == 1 and "is lost" in caplog.text
@@ -348,7 +363,7 @@ def test_out_of_descriptors_the_hand_offs_wait(directory, sender, tcp_pair,
     monkeypatch.setattr(handoff, "_descriptor_to_spare", lambda fd: next(spare))
     loop = Loop(directory, {os.getpid()})
     try:
-        handoff.send(sender, directory, os.getpid(), EXAMPLE, served, sleep=lambda _: None)
+        sender.send(os.getpid(), EXAMPLE, served)
         loop.run()
         assert loop.sleeps == [0.01, 0.02]  # waited, then took it
         assert len(loop.served) == 1
@@ -360,7 +375,7 @@ def test_a_visitor_lost_for_want_of_descriptors_is_reset_and_logged(directory, s
                                                                    tcp_pair, caplog) -> None:
     client, served = tcp_pair
     loop = Loop(directory, {os.getpid()})
-    handoff.send(sender, directory, os.getpid(), EXAMPLE, served, sleep=lambda _: None)
+    sender.send(os.getpid(), EXAMPLE, served)
     served.close()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
@@ -391,32 +406,87 @@ def test_sending_to_a_gone_worker_fails_and_keeps_the_visitor(directory, sender,
                                                                tcp_pair) -> None:
     client, served = tcp_pair
     with pytest.raises(FileNotFoundError):
-        handoff.send(sender, directory, 999_999, EXAMPLE, served, sleep=lambda _: None)
+        sender.send(999_999, EXAMPLE, served)
     assert served.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) == bytes(8)
     served.sendall(b"still mine")
     assert client.recv(100) == b"still mine"
 
 
-def test_a_worker_that_takes_nothing_times_the_sender_out(directory, sender,
-                                                           tcp_pair) -> None:
+def test_a_worker_that_takes_nothing_times_the_sender_out(directory, tcp_pair) -> None:
     _, served = tcp_pair
     endpoint = handoff.bind_endpoint(directory, os.getpid())  # never read
-    slept: list[float] = []
+    waits: list[float] = []
+
+    def wait(fd: int, timeout: float) -> None:
+        waits.append(timeout)
+        wait_writable(fd, timeout)
+
+    sender = handoff.Sender(directory, wait)
     try:
         with pytest.raises(TimeoutError):
             for _ in range(1000):  # until the queue is full
-                handoff.send(sender, directory, os.getpid(), EXAMPLE, served,
-                             sleep=slept.append, patience=0.01)
-        assert slept and sum(slept) >= 0.01
+                sender.send(os.getpid(), EXAMPLE, served, patience=0.05)
+        assert waits and waits[0] <= 0.05  # it waited for room, within its patience
         assert served.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) == bytes(8)
     finally:
+        sender.close()
         endpoint.close()
+
+
+def test_a_sender_waits_for_room_in_a_full_queue(directory, tcp_pair) -> None:
+    _, served = tcp_pair
+    loop = Loop(directory, {os.getpid()})
+    waits: list[int] = []
+
+    def wait(fd: int, timeout: float) -> None:
+        assert not select.select([], [fd], [], 0)[1]  # full: the kernel says unwritable
+        waits.append(fd)
+        loop.run(0)  # the receiver takes what is queued ...
+        wait_writable(fd, timeout)  # ... which makes room
+
+    sender = handoff.Sender(directory, wait)
+    try:
+        while not waits:
+            sender.send(os.getpid(), EXAMPLE, served, patience=5.0)
+        assert len(loop.served) >= 1 and loop.receiver.lost == 0
+        loop.run(0)
+        assert len(loop.served) == loop.receiver.taken  # the last one too
+    finally:
+        sender.close()
+        loop.close()
+
+
+def test_a_restarted_worker_is_reached_at_its_new_endpoint(directory, sender,
+                                                             tcp_pair) -> None:
+    client, served = tcp_pair
+    first = Loop(directory, {os.getpid()})
+    sender.send(os.getpid(), EXAMPLE, served)
+    first.run(0)
+    first.close()  # unlinks its endpoint
+    with pytest.raises(FileNotFoundError):
+        sender.send(os.getpid(), EXAMPLE, served)
+    # Killed without unlinking: its endpoint is still there, with no socket behind it.
+    dead = handoff.bind_endpoint(directory, os.getpid())
+    sender.send(os.getpid(), EXAMPLE, served)  # connected to it
+    dead.close()
+    with pytest.raises(ConnectionRefusedError):
+        sender.send(os.getpid(), EXAMPLE, served)
+    assert served.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) == bytes(8)
+    second = Loop(directory, {os.getpid()})  # the same pid, a new socket
+    try:
+        sender.send(os.getpid(), EXAMPLE, served)
+        second.run(0)
+        assert len(second.served) == 1
+    finally:
+        second.close()
+    served.sendall(b"still mine")
+    assert client.recv(100).endswith(b"still mine")
 
 
 def test_closing_logs_what_was_still_queued(directory, sender, tcp_pair, caplog) -> None:
     client, served = tcp_pair
     loop = Loop(directory, {os.getpid()})
-    handoff.send(sender, directory, os.getpid(), EXAMPLE, served, sleep=lambda _: None)
+    sender.send(os.getpid(), EXAMPLE, served)
     served.close()
     with caplog.at_level(logging.WARNING, "revproxy"):
         loop.close()

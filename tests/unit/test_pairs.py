@@ -12,7 +12,7 @@ from collections import deque
 import gevent
 import pytest
 from gevent.event import Event
-from gevent.socket import wait_read
+from gevent.socket import wait_read, wait_write
 
 from revproxy.net.pairs import CarriedSocket, Carrier, UncountedStream, visitor_stream
 from revproxy.net.session import Session, Target
@@ -195,7 +195,7 @@ def test_the_far_end_counts_nothing() -> None:
 def test_the_hand_off_says_carried_and_the_receiver_keeps_it(tmp_path) -> None:
     directory = str(tmp_path / "handoff")
     os.mkdir(directory, 0o700)
-    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sender = handoff.Sender(directory, wait_write)
     loop = Loop(directory, {os.getpid()})
     try:
         assert Handoff.decode(Handoff(1, "p", "udp", "a", 1, "", carried=True).encode()).carried
@@ -203,8 +203,7 @@ def test_the_hand_off_says_carried_and_the_receiver_keeps_it(tmp_path) -> None:
             carrier = Carrier(datagrams)
             offer = Handoff(7, "portal", "udp" if datagrams else "tcp", "example.com", 53,
                             "192.0.2.1:4242")
-            handoff.send(sender, directory, os.getpid(), offer, carrier.far,
-                         sleep=lambda _: None)
+            sender.send(os.getpid(), offer, carrier.far)
             carrier.far.close()  # the sender's copy
             loop.run()
             _, visitor = loop.served[-1]
@@ -222,11 +221,11 @@ def test_the_hand_off_says_carried_and_the_receiver_keeps_it(tmp_path) -> None:
 def test_an_uncarried_unix_socket_is_refused(tmp_path) -> None:
     directory = str(tmp_path / "handoff")
     os.mkdir(directory, 0o700)
-    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sender = handoff.Sender(directory, wait_write)
     loop = Loop(directory, {os.getpid()})
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        handoff.send(sender, directory, os.getpid(), EXAMPLE, a, sleep=lambda _: None)
+        sender.send(os.getpid(), EXAMPLE, a)
         loop.run()
         assert not loop.served and loop.receiver.lost == 1
     finally:
