@@ -20,7 +20,9 @@ its peer acknowledged (the kernel's unsent queue shrinking), not what the kernel
 send buffer that may hold megabytes, so a slow reader is not taken for a stalled one. The
 allowance is a second because clients pause that long in normal use (a phone's radio, a busy
 application) and should not lose their download for it; a visitor that stopped reading costs
-the others on its tunnel that second once, however many stall at the same moment.
+the others on its tunnel that second once, however many stall at the same moment; for a while
+after that, sessions that fill get ``stall_after`` (50 ms), so that visitors stalling one after
+another do not cost a second each.
 Such a session is reset alone (End with the error flag; a spliced socket is closed with a
 reset) when it comes to hold ``hold_factor`` buffers (keeping more would not bound memory),
 when it stays full for ``full_timeout`` (V2Ray's ``downlinkOnly``-style deadline), or when its
@@ -97,6 +99,8 @@ class FlowLimits:
 
     buffer_size: int = 512 * 1024  # V2Ray's bufferSize policy: a session holding this is full
     stall_wait: float = 1.0  # the reader waits this long (or 4 round trips) for progress
+    stall_after: float = 0.05  # ... but only this long (or 4 round trips) for a while after
+    stall_memory: float = 10.0  # ... a session gave none: the reader's patience is for one
     hold_factor: int = 4  # a session holding this many buffers is reset at once
     full_timeout: float = 5.0  # a session full this long is reset (V2Ray's downlinkOnly: 5 s)
     write_timeout: float = 30.0  # a spliced socket that takes nothing this long is reset
@@ -173,17 +177,20 @@ class MuxSession:
         acks = self.acks
         return self._taken - (acks.unsent() if acks is not None else 0)
 
-    def allowance(self, limits: FlowLimits) -> float:
-        """How long the reader waits for this full session without progress."""
+    def allowance(self, limits: FlowLimits, patient: bool) -> float:
+        """How long the reader waits for this full session without progress: ``stall_wait``,
+        or ``stall_after`` when the reader is not ``patient``; four round trips of its socket
+        if that is longer."""
+        wait = limits.stall_wait if patient else limits.stall_after
         acks = self.acks
         if acks is None:
-            return limits.stall_wait
-        return max(limits.stall_wait, 4 * acks.round_trip())
+            return wait
+        return max(wait, 4 * acks.round_trip())
 
-    def wait_for_room(self, mark: int, deadline: float, stall: float) -> None:
+    def wait_for_room(self, mark: int, deadline: float, stall: float) -> bool:
         """The session became full: the reader waits while it makes progress (``progress``
         moves on from ``mark``), and gives up at ``deadline`` or ``stall`` seconds after the
-        last progress, whichever is later."""
+        last progress, whichever is later. True if it gave up."""
         space = self._space
         if space is None:
             space = self._space = Event()
@@ -194,9 +201,10 @@ class MuxSession:
                 now_mark = self.progress()
                 if now_mark == mark:
                     self._unwaited = True  # until it takes enough to be under its buffer
-                    return
+                    return True
                 mark, deadline = now_mark, now + stall
             space.wait(deadline - now)  # (bytes taken wake it early; acknowledgements do not)
+        return False
 
     # -- flow control; a splice calls these for the bytes its socket has not taken
     def hold(self, size: int) -> None:
@@ -386,6 +394,7 @@ class MuxConnection:
         self.bytes_sent = 0
         self.buffered = 0  # bytes all sessions hold for their consumers
         self.filled: list[MuxSession] = []  # sessions that became full during this read
+        self._impatient_until = 0.0  # a session gave no progress lately: see _wait_for_room
         self._tracked: set[MuxSession] = set()  # sessions whose deadlines run
         self._timer: Any = None  # checks those deadlines while the reader runs
         self._out: list[bytes] = []  # frames waiting to be sealed and sent
@@ -588,13 +597,18 @@ class MuxConnection:
     def _wait_for_room(self) -> None:
         """Wait for the sessions that became full (see ``wait_for_room``): once per read, after
         its frames, so the check costs nothing per payload. Their allowances run from the same
-        moment, so ten stalled visitors cost the others no more than one."""
+        moment, so ten stalled visitors cost the others no more than one; and for
+        ``stall_memory`` seconds after one gave up, sessions get ``stall_after``, so ten
+        stalling one after the other do not cost ten seconds either."""
         filled, self.filled = self.filled, []
         limits = self.limits
-        allowances = [(session.progress(), session.allowance(limits)) for session in filled]
         start = time.monotonic()
+        patient = start >= self._impatient_until
+        allowances = [(session.progress(), session.allowance(limits, patient))
+                      for session in filled]
         for session, (mark, stall) in zip(filled, allowances, strict=True):
-            session.wait_for_room(mark, start + stall, stall)
+            if session.wait_for_room(mark, start + stall, stall):
+                self._impatient_until = time.monotonic() + limits.stall_memory
 
     # -- reading
     def run(self) -> None:

@@ -438,9 +438,13 @@ class _Acks:
 def test_the_allowance_without_progress_is_four_round_trips_of_a_far_socket(make_tunnel):
     tunnel = make_tunnel(limits(stall_wait=0.25))
     session = tunnel.client.open_session(NETWORK_TCP, "backend.example", 80)
-    assert session.allowance(tunnel.client.limits) == 0.25  # no socket: stall_wait
+    assert session.allowance(tunnel.client.limits, True) == 0.25  # no socket: stall_wait
     session.acks = _Acks(0.2)  # a visitor 200 ms away
-    assert session.allowance(tunnel.client.limits) == pytest.approx(0.8)
+    assert session.allowance(tunnel.client.limits, True) == pytest.approx(0.8)
     session.acks = _Acks(0.00005)  # loopback: stall_wait
-    assert session.allowance(tunnel.client.limits) == 0.25
+    assert session.allowance(tunnel.client.limits, True) == 0.25
+    # Soon after a session gave no progress: stall_after, or four round trips.
+    assert session.allowance(tunnel.client.limits, False) == tunnel.client.limits.stall_after
+    session.acks = _Acks(0.2)
+    assert session.allowance(tunnel.client.limits, False) == pytest.approx(0.8)
     session.close()
