@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from revproxy.net.listen import Sockopt
+
 Headers = tuple[tuple[str, tuple[str, ...]], ...]
 
 
@@ -76,15 +78,6 @@ class TLSSettings(Protocol):
     def certificates(self) -> tuple[CertificateSettings, ...]: ...
 
 
-class SockoptSettings(Protocol):
-    @property
-    def mark(self) -> int: ...
-    @property
-    def tcp_fast_open(self) -> bool | None: ...
-    @property
-    def tproxy(self) -> str: ...
-
-
 class StreamSettings(Protocol):
     @property
     def network(self) -> str: ...
@@ -97,4 +90,4 @@ class StreamSettings(Protocol):
     @property
     def tls(self) -> TLSSettings | None: ...
     @property
-    def sockopt(self) -> SockoptSettings: ...
+    def sockopt(self) -> Sockopt: ...

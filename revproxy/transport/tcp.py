@@ -12,13 +12,12 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from revproxy.net.listen import IP_TRANSPARENT, SO_MARK, set_option
-from revproxy.transport.settings import SockoptSettings
+from revproxy.net.listen import IP_TRANSPARENT, SO_MARK, Sockopt, set_option
 
 TCP_FASTOPEN_CONNECT = 30
 
 
-def outgoing_options(sockopt: SockoptSettings) -> Callable[[socket.socket], None] | None:
+def outgoing_options(sockopt: Sockopt) -> Callable[[socket.socket], None] | None:
     """What to do to an outgoing socket before it connects (None: nothing)."""
     if not sockopt.mark and sockopt.tcp_fast_open is None and sockopt.tproxy == "off":
         return None

@@ -41,6 +41,19 @@ def _tcp_and_udp_port() -> int:
             return port
 
 
+def _echo_server() -> tuple[gsocket.socket, gevent.Greenlet]:
+    """A UDP server on loopback answering each datagram with b"echo:" and the datagram."""
+    echo = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            data, source = echo.recvfrom(65535)
+            echo.sendto(b"echo:" + data, source)
+
+    return echo, gevent.spawn(serve)
+
+
 def _client() -> gsocket.socket:
     sock = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -382,15 +395,7 @@ def test_instance_serves_dokodemo_udp_through_freedom() -> None:
     from revproxy.config import parse_config
     from revproxy.instance import Instance
 
-    echo = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    echo.bind(("127.0.0.1", 0))
-
-    def echo_server() -> None:
-        while True:
-            data, source = echo.recvfrom(65535)
-            echo.sendto(b"echo:" + data, source)
-
-    echoer = gevent.spawn(echo_server)
+    echo, echoer = _echo_server()
     public = _tcp_and_udp_port()
     config = parse_config({
         "inbounds": [{"tag": "in", "listen": "127.0.0.1", "port": public,
@@ -420,16 +425,8 @@ def test_socks_udp_associate_datagrams_are_relayed() -> None:
     from revproxy.instance import Instance
     from revproxy.proxy.socks.codec import decode_udp, encode_udp
 
-    echo = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    echo.bind(("127.0.0.1", 0))
+    echo, echoer = _echo_server()
     echo_port = echo.getsockname()[1]
-
-    def echo_server() -> None:
-        while True:
-            data, source = echo.recvfrom(65535)
-            echo.sendto(b"echo:" + data, source)
-
-    echoer = gevent.spawn(echo_server)
     public = _tcp_and_udp_port()
     config = parse_config({
         "inbounds": [{"tag": "socks", "listen": "127.0.0.1", "port": public,
@@ -461,16 +458,8 @@ def test_shadowsocks_udp_packets_are_relayed(method: str) -> None:
     from revproxy.proxy.shadowsocks.codec import decode_packet, encode_packet
     from revproxy.proxy.shadowsocks.crypto import METHODS, password_key
 
-    echo = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    echo.bind(("127.0.0.1", 0))
+    echo, echoer = _echo_server()
     echo_port = echo.getsockname()[1]
-
-    def echo_server() -> None:
-        while True:
-            data, source = echo.recvfrom(65535)
-            echo.sendto(b"echo:" + data, source)
-
-    echoer = gevent.spawn(echo_server)
     public = _tcp_and_udp_port()
     config = parse_config({
         "inbounds": [{"tag": "ss", "listen": "127.0.0.1", "port": public,
