@@ -10,14 +10,24 @@ Flow control. Mux.Cool has no window and a tunnel has one reader. V2Ray's reader
 as one session's buffer is full, so one visitor that stops reading stalls its whole tunnel.
 Here each session holds what its consumer has not taken yet (``recv``'s queue, or what its
 socket would not accept), counted against ``FlowLimits.buffer_size`` (V2Ray's ``bufferSize``
-policy); a session holding that much is *full*. The reader waits for a full session only while
-it makes progress (a visitor slower than the tunnel: the only back-pressure Mux.Cool has is the
-tunnel's own, and resetting every download slower than the tunnel would be worse), and at most
-``stall_wait`` without progress (for a socket, four of its round trips if that is longer),
-counted from the same moment for all the sessions that filled in one read; after that the
-session is no longer waited for, and the tunnel moves on. Progress of a spliced socket is what
-its peer acknowledged (the kernel's unsent queue shrinking), not what the kernel took into a
-send buffer that may hold megabytes, so a slow reader is not taken for a stalled one. The
+policy); a session holding that much is *full*.
+
+Between two revproxy ends the reader never waits. Each end opens with FLOW_HELLO, a KeepAlive
+frame with data (mux/frame.py), which V2Ray reads and discards. To a peer that said it, a
+session holding half its buffer sends FLOW_PAUSE: the peer stops reading that session's socket
+(or its sender waits), and the session goes on delivering what was in flight; at a quarter it
+sends FLOW_RESUME. A visitor that stops reading, or reads slowly, then costs the others nothing:
+its backend waits, as it would for a direct TCP connection. What a paused session holds beyond
+its buffer was in flight on the tunnel, so the tunnel's bound (``tunnel_buffer``) covers it.
+
+A peer that said no hello (V2Ray) knows no pause: the reader waits for a full session only
+while it makes progress (a visitor slower than the tunnel: the only back-pressure Mux.Cool has
+is the tunnel's own, and resetting every download slower than the tunnel would be worse), and
+at most ``stall_wait`` without progress (for a socket, four of its round trips if that is
+longer), counted from the same moment for all the sessions that filled in one read; after that
+the session is no longer waited for, and the tunnel moves on. Progress of a spliced socket is
+what its peer acknowledged (the kernel's unsent queue shrinking), not what the kernel took into
+a send buffer that may hold megabytes, so a slow reader is not taken for a stalled one. The
 allowance is a second because clients pause that long in normal use (a phone's radio, a busy
 application) and should not lose their download for it; a visitor that stopped reading costs
 the others on its tunnel that second once, however many stall at the same moment; for a while
@@ -25,10 +35,11 @@ after that, sessions that fill get ``stall_after`` (50 ms), so that visitors sta
 another do not cost a second each.
 Such a session is reset alone (End with the error flag; a spliced socket is closed with a
 reset) when it comes to hold ``hold_factor`` buffers (keeping more would not bound memory),
-when it stays full for ``full_timeout`` (V2Ray's ``downlinkOnly``-style deadline), or when its
-socket takes nothing for ``write_timeout``. The tunnel's total is bounded too
-(``tunnel_buffer``: the sessions holding most go first). One timer per connection checks the
-deadlines of the sessions holding bytes, so nothing is timed per payload.
+when it stays full for ``full_timeout`` (V2Ray's ``downlinkOnly``-style deadline; not while
+paused: it costs the others nothing), or, with either kind of peer, when its socket takes
+nothing for ``write_timeout``. The tunnel's total is bounded too (``tunnel_buffer``: the
+sessions holding most go first). One timer per connection checks the deadlines of the sessions
+holding bytes, so nothing is timed per payload.
 
 Writing: frames queue for the tunnel; senders wait while ``WRITE_BUFFER`` bytes are queued.
 Control frames (End, KeepAlive) never wait, so they are bounded separately: a peer that leaves
@@ -51,6 +62,9 @@ from gevent.event import Event
 
 from revproxy.log import log
 from revproxy.mux.frame import (
+    FLOW_HELLO,
+    FLOW_PAUSE,
+    FLOW_RESUME,
     MAX_STREAM_PAYLOAD,
     NETWORK_UDP,
     OPTION_DATA,
@@ -62,7 +76,9 @@ from revproxy.mux.frame import (
     Frame,
     FrameDecoder,
     MuxError,
+    decode_flow,
     encode_end,
+    encode_flow,
     encode_keep,
     encode_keep_chunks,
     encode_keepalive,
@@ -80,6 +96,7 @@ CONTROL_LIMIT = 64 * 1024
 REPLY_LIMIT = 16 * 1024
 
 _EOF = b""
+_HELLO = encode_flow(0, FLOW_HELLO)
 _KEEP_OVERHEAD = len(encode_keep(0, b"\0")) - 1  # the header of a Keep frame with data
 # A UDP session carries one datagram per frame; V2Ray's packet reader (common/mux/reader.go)
 # fails the whole tunnel on a larger one, so larger datagrams are dropped both ways.
@@ -107,6 +124,7 @@ class FlowLimits:
     tunnel_buffer: int = 32 * 1024 * 1024  # all sessions of one tunnel together
     tunnel_write_timeout: float = 60.0  # a tunnel that takes nothing this long is closed
     check_every: float = 0.5  # how often the deadlines are checked
+    signals: bool = True  # offer the peer PAUSE/RESUME (FLOW_HELLO); V2Ray's ends never do
 
 
 DEFAULT_LIMITS = FlowLimits()
@@ -117,8 +135,8 @@ class MuxSession:
 
     __slots__ = ("conn", "id", "network", "buffer_size", "sink", "on_end", "acks", "_end",
                  "_items", "_buffered", "_taken", "_full_since", "_stalled_since", "_unwaited",
-                 "_space", "_readable", "_timeout", "_ended_local", "_ended_remote", "closed",
-                 "bytes_in", "bytes_out")
+                 "_pausing", "paused", "_on_resume", "_space", "_readable", "_timeout",
+                 "_ended_local", "_ended_remote", "closed", "bytes_in", "bytes_out")
 
     def __init__(self, conn: MuxConnection, session_id: int, network: int,
                  buffer_size: int | None = None) -> None:
@@ -142,6 +160,9 @@ class MuxSession:
         self._full_since = 0.0  # when the session last became full; 0.0: not full
         self._stalled_since = 0.0  # last progress of a blocked socket; 0.0: not blocked
         self._unwaited = False  # full, no progress in its allowance: the reader goes on
+        self._pausing = False  # the peer was asked to stop sending (FLOW_PAUSE)
+        self.paused = False  # the peer asked us to stop sending
+        self._on_resume: Callable[[], None] | None = None  # a paused sender waits for this
         self._space: Event | None = None  # set when the consumer takes bytes (made on demand)
         self._readable = Event()
         self._timeout: float | None = None
@@ -213,14 +234,20 @@ class MuxSession:
         self._buffered = held
         conn = self.conn
         conn.buffered += size
+        if (held >= self.buffer_size >> 1 and conn.peer_flow and not self._pausing
+                and self.network != NETWORK_UDP):  # (UDP drops)
+            self._pausing = True
+            conn.send_flow(self.id, FLOW_PAUSE)
         if held >= self.buffer_size:
-            if held >= conn.limits.hold_factor * self.buffer_size:
+            # (What a paused session receives beyond that was in flight when it paused: the
+            # tunnel's bound covers it, the tunnel's socket buffers are not the session's.)
+            if held >= conn.limits.hold_factor * self.buffer_size and not self._pausing:
                 self.reset(f"{held} bytes held: the peer sends faster than they are taken")
                 return
             if not self._full_since:
                 self._full_since = time.monotonic()
                 conn.track(self)
-                if not self._unwaited and self.network != NETWORK_UDP:  # (UDP drops)
+                if not (self._unwaited or self._pausing or self.network == NETWORK_UDP):
                     conn.filled.append(self)  # the reader waits for it after this read
         if conn.buffered > conn.limits.tunnel_buffer:
             conn.relieve()
@@ -232,12 +259,48 @@ class MuxSession:
         self._buffered -= size
         self._taken += size
         self.conn.buffered -= size
+        if self._pausing and self._buffered <= self.buffer_size >> 2:
+            self._pausing = False
+            self.conn.send_flow(self.id, FLOW_RESUME)
         if self._full_since:
             if self._buffered < self.buffer_size:
                 self._full_since = 0.0
                 self._unwaited = False
             if self._space is not None:
                 self._space.set()  # progress: a waiting reader waits on
+
+    # -- the peer's flow control (FLOW_PAUSE/FLOW_RESUME): what this side sends
+    def peer_signal(self, pause: bool) -> None:
+        """The peer asks to stop sending on this session (``pause``) or to go on."""
+        if self.network == NETWORK_UDP:
+            return  # datagrams are never paused: the receiver drops what it cannot keep
+        self.paused = pause
+        if not pause:
+            self._wake_sender()
+
+    def when_resumed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the peer resumes the session, or it ends or fails."""
+        self._on_resume = callback
+
+    def _wake_sender(self) -> None:
+        resumed, self._on_resume = self._on_resume, None
+        if resumed is not None:
+            resumed()
+
+    def _wait_resumed(self) -> None:
+        """A greenlet's ``send`` on a paused session waits for RESUME, at most the write
+        timeout (the peer resets a session it cannot deliver long before that)."""
+        resumed = Event()
+        deadline = time.monotonic() + self.conn.limits.write_timeout
+        while self.paused and self._end is None and not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("mux: the peer kept the session paused")
+            resumed.clear()
+            self._on_resume = resumed.set
+            resumed.wait(left)
+        if isinstance(self._end, Exception):
+            raise ConnectionResetError("mux: session failed while paused")
 
     def mark_stalled(self, since: float) -> None:
         """The socket took nothing since ``since`` (monotonic); 0.0: it takes everything."""
@@ -259,6 +322,8 @@ class MuxSession:
         self._readable.set()
         if self._end is None:
             self._end = marker
+            if self._on_resume is not None:
+                self._wake_sender()
             if self.on_end is not None:
                 self.on_end(None if isinstance(marker, bytes) else marker)
 
@@ -270,6 +335,8 @@ class MuxSession:
         self._items.append(error)
         self._readable.set()
         self._end = error
+        if self._on_resume is not None:
+            self._wake_sender()
         if self.on_end is not None:
             self.on_end(error)
 
@@ -344,6 +411,8 @@ class MuxSession:
         return item
 
     def send(self, data: bytes | memoryview) -> None:
+        if self.paused:
+            self._wait_resumed()  # (a splice never gets here paused: it stops reading)
         if self.closed or self._ended_local:
             raise ConnectionResetError("mux: session closed")
         self.bytes_out += len(data)
@@ -390,6 +459,7 @@ class MuxConnection:
         self.closed = False
         self.last_received = time.monotonic()
         self.peer_sends_keepalive = False
+        self.peer_flow = False  # the peer said FLOW_HELLO: it honours PAUSE and RESUME
         self.bytes_received = 0
         self.bytes_sent = 0
         self.buffered = 0  # bytes all sessions hold for their consumers
@@ -543,6 +613,10 @@ class MuxConnection:
         if self._out_size < WRITE_BUFFER and self._control_queued < REPLY_LIMIT:
             self._queue_control(encode_end(session_id, False))
 
+    def send_flow(self, session_id: int, signal: int) -> None:
+        """Queue a flow-control signal for the peer; never waits."""
+        self._queue_control(encode_flow(session_id, signal))
+
     def send_keepalive(self) -> None:
         """Queue a KeepAlive frame; never waits. Skipped when frames are queued already: the
         peer hears from us anyway."""
@@ -578,7 +652,8 @@ class MuxConnection:
         for session in list(self._tracked):
             if session.closed or not session._buffered:
                 self._tracked.discard(session)
-            elif session._full_since and now - session._full_since >= limits.full_timeout:
+            elif (session._full_since and not session._pausing
+                  and now - session._full_since >= limits.full_timeout):
                 session.reset(f"full for {limits.full_timeout:g} s")
             elif (session._stalled_since
                   and now - session._stalled_since >= limits.write_timeout):
@@ -619,6 +694,8 @@ class MuxConnection:
         self._timer = get_hub().loop.timer(period, period)
         self._timer.start(self._check)
         try:
+            if self.limits.signals:
+                self._queue_control(_HELLO)
             while True:
                 data = self.tunnel.recv()
                 if not data:
@@ -680,9 +757,21 @@ class MuxConnection:
             if session is not None:
                 session._remote_end(error=bool(frame.option & OPTION_ERROR))
         elif status == STATUS_KEEPALIVE:
-            self.peer_sends_keepalive = True
+            if frame.payload is None:
+                self.peer_sends_keepalive = True
+            else:
+                self._flow_signal(frame.session_id, frame.payload)
         else:
             raise MuxError(f"unknown frame status {status}")
+
+    def _flow_signal(self, session_id: int, payload: bytes) -> None:
+        signal = decode_flow(payload)
+        if signal == FLOW_HELLO:
+            self.peer_flow = True
+        elif signal is not None:
+            session = self.sessions.get(session_id)
+            if session is not None:
+                session.peer_signal(signal == FLOW_PAUSE)
 
     def on_new(self, frame: Frame) -> None:
         raise NotImplementedError

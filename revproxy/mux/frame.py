@@ -179,6 +179,34 @@ def encode_keepalive() -> bytes:
     return _KEEPALIVE
 
 
+# revproxy's per-session flow control rides in KeepAlive frames with data, which V2Ray reads and
+# discards (common/mux/server.go and client.go, handleStatusKeepAlive): a *signal* is the magic
+# and one byte. HELLO (session 0) says "I honour PAUSE and RESUME"; PAUSE asks the peer to stop
+# sending on a session, RESUME to go on (mux/connection.py).
+FLOW_MAGIC = b"revproxy-flow/1:"
+FLOW_HELLO = 0
+FLOW_PAUSE = 1
+FLOW_RESUME = 2
+
+
+def encode_flow(session_id: int, signal: int) -> bytes:
+    """A KeepAlive frame carrying a flow-control ``signal`` for ``session_id``."""
+    _check_u16("session_id", session_id)
+    if not FLOW_HELLO <= signal <= FLOW_RESUME:
+        raise ValueError(f"unknown flow signal {signal}")
+    data = FLOW_MAGIC + bytes((signal,))
+    return _HEAD.pack(4, session_id, STATUS_KEEPALIVE, OPTION_DATA) + _U16.pack(len(data)) + data
+
+
+def decode_flow(payload: bytes) -> int | None:
+    """The flow-control signal a KeepAlive frame's data carries; None for any other data
+    (discarded, as V2Ray discards it)."""
+    if len(payload) != len(FLOW_MAGIC) + 1 or not payload.startswith(FLOW_MAGIC):
+        return None
+    signal = payload[-1]
+    return signal if signal <= FLOW_RESUME else None
+
+
 # ---------------------------------------------------------------------------------------------
 # Decoding
 

@@ -6,7 +6,8 @@ payloads to ``_write``, which sends them to the socket at once; what the socket 
 waits in order (counted against the session's buffer, see mux/connection.py) and goes out when
 libev reports the socket writable. The tunnel reader never waits for the socket. The socket is
 read when libev reports it readable and its data queued on the tunnel, unless the tunnel's write
-queue is full: then reading waits until the tunnel writer has taken the queue.
+queue is full (then reading waits until the tunnel writer has taken the queue) or the session's
+peer asked for a pause (then it waits for RESUME).
 
 This module knows the session only by ``SplicedSession`` (no import of connection.py, which
 imports this one).
@@ -75,6 +76,9 @@ class SplicedSession(Protocol):
     on_end: Callable[[Exception | None], None] | None
     sink: Callable[[bytes], None] | None
     acks: Acknowledging | None
+    paused: bool
+
+    def when_resumed(self, callback: Callable[[], None]) -> None: ...
 
     def attach_sink(self, sink: Callable[[bytes], None]) -> None: ...
 
@@ -254,7 +258,12 @@ class SocketSplice:
 
     # -- socket → session
     def _readable(self) -> None:
-        conn = self.session.conn
+        session = self.session
+        if session.paused:  # the session's peer asked for a pause: the socket waits
+            self._reader.stop()
+            session.when_resumed(self._resume)
+            return
+        conn = session.conn
         if conn.congested:
             self._reader.stop()
             conn.when_uncongested(self._resume)
@@ -272,17 +281,17 @@ class SocketSplice:
             if self._write_done:
                 self._finish()  # the session's End goes out as it closes
                 return
-            self.session.close_write()
+            session.close_write()
             self.watch.shorten(self.policy.downlink_only)
             return
         self.stream.bytes_received += len(data)
         try:
-            self.session.send(data)
+            session.send(data)
         except OSError:  # the session or its tunnel is gone: cut
             self._finish(reset=True)
 
     def _resume(self) -> None:
-        if not self._finished and not self._read_done:
+        if not self._finished and not self._read_done and not self._reader.active:
             self._reader.start(self._readable)
 
     def _finish(self, reset: bool = False, keep_socket: bool = False) -> None:

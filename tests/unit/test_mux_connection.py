@@ -8,10 +8,13 @@ from gevent import socket
 
 from revproxy.mux.client import MuxClient
 from revproxy.mux.frame import (
+    FLOW_HELLO,
     NETWORK_TCP,
     NETWORK_UDP,
     STATUS_END,
+    STATUS_KEEPALIVE,
     FrameDecoder,
+    decode_flow,
     encode_end,
     encode_keep,
     encode_keepalive,
@@ -108,13 +111,27 @@ class RawPeer:
                                 lambda s, f: self.accepted.append(s), "server")
         self.runner = gevent.spawn(self.server.run)
         self.decoder = FrameDecoder()
+        self.signals = []  # (session id, flow signal) as the server sent them
 
     def frames(self):
+        """The next frames the server sent, less its flow-control signals (kept apart)."""
         with gevent.Timeout(TIMEOUT):
             while True:
-                frames = self.decoder.feed(self.sock.recv(65536))
+                frames = []
+                for frame in self.decoder.feed(self.sock.recv(65536)):
+                    if frame.status == STATUS_KEEPALIVE and frame.payload is not None:
+                        self.signals.append((frame.session_id, decode_flow(frame.payload)))
+                    else:
+                        frames.append(frame)
                 if frames:
                     return frames
+
+
+def test_each_end_says_hello_first():
+    peer = RawPeer()
+    peer.sock.sendall(encode_keep(99, b"data"))
+    peer.frames()
+    assert peer.signals[0] == (0, FLOW_HELLO)
 
 
 def test_keep_for_unknown_session_is_answered_with_end():

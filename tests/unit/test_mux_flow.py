@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket as stdsocket
+import struct
 
 import gevent
 import gevent.queue
@@ -26,9 +27,14 @@ from revproxy.mux.connection import (
     SessionReset,
 )
 from revproxy.mux.frame import (
+    FLOW_HELLO,
+    FLOW_PAUSE,
+    FLOW_RESUME,
     MAX_STREAM_PAYLOAD,
     NETWORK_TCP,
     NETWORK_UDP,
+    STATUS_KEEPALIVE,
+    encode_flow,
     encode_keep,
     encode_new,
 )
@@ -50,7 +56,7 @@ ONE_DELIVERY = RECV_SIZE + MAX_STREAM_PAYLOAD
 def limits(**changes: float) -> FlowLimits:
     """Small buffers, quick checks, no deadline unless a test sets one."""
     base = FlowLimits(buffer_size=BUFFER, stall_wait=0.2, hold_factor=2, full_timeout=NEVER,
-                      write_timeout=NEVER, check_every=0.05)
+                      write_timeout=NEVER, check_every=0.05, signals=False)
     return dataclasses.replace(base, **changes)
 
 
@@ -448,3 +454,167 @@ def test_the_allowance_without_progress_is_four_round_trips_of_a_far_socket(make
     session.acks = _Acks(0.2)
     assert session.allowance(tunnel.client.limits, False) == pytest.approx(0.8)
     session.close()
+
+
+# -- with the peer's PAUSE/RESUME signals (both ends revproxy)
+#
+# The tests above are a revproxy end facing a peer that offers no signals, as V2Ray's ends do.
+# Between two revproxy ends a full session asks its peer to stop sending on it instead: the
+# reader never waits for it. The reader's allowance is set beyond every timeout here, so a
+# reader that waited would fail the test rather than slow it.
+
+
+def encode_keepalive_with(data: bytes) -> bytes:
+    """A KeepAlive frame for session 0 carrying ``data`` (V2Ray reads and discards these)."""
+    return struct.pack(">HHBBH", 4, 0, STATUS_KEEPALIVE, 1, len(data)) + data
+
+
+def signalled(**changes: float) -> FlowLimits:
+    """As ``limits``, with signals; a bound far above what a paused session holds (what was
+    in flight when the pause went out: the peer's write queue and the socket pair's buffers)."""
+    return limits(**{"signals": True, "stall_wait": NEVER / 2, "hold_factor": 16, **changes})
+
+
+def test_a_visitor_that_stops_reading_is_paused_and_the_others_never_wait(make_tunnel):
+    tunnel = make_tunnel(signalled())
+    peak = Peak(tunnel.client)
+    stalled, backend, session = tunnel.visit(rcvbuf=4096)
+    data = bytes(range(256)) * (64 * BUFFER // 256)  # four times the hold limit
+    sender = gevent.spawn(backend.sendall, data)
+    wait_until(lambda: session._pausing, "the stalled session to be paused")
+    others_keep_flowing(tunnel)
+    assert not session.closed and not sender.dead  # the backend waits, nothing is reset
+    assert peak.value < 16 * BUFFER
+    received = bytearray()
+    with gevent.Timeout(TIMEOUT):  # the visitor reads again: every byte, in order
+        while len(received) < len(data):
+            received += stalled.recv(65536)
+    assert received == data
+    sender.get(timeout=TIMEOUT)
+    assert peak.stop() < 16 * BUFFER
+    wait_until(lambda: not session._pausing and tunnel.client.buffered == 0,
+               "the session to be resumed and drained")
+
+
+def test_a_slow_reader_paces_its_backend_while_the_others_never_wait(make_tunnel):
+    tunnel = make_tunnel(signalled())
+    slow, backend, session = tunnel.visit(rcvbuf=4096)
+    data = bytes(range(256)) * (16 * BUFFER // 256)
+    sender = gevent.spawn(backend.sendall, data)
+    others = gevent.spawn(others_keep_flowing, tunnel)
+    received = bytearray()
+    with gevent.Timeout(TIMEOUT):
+        while len(received) < len(data):
+            received += slow.recv(16384)
+            gevent.sleep(0.001)
+    assert received == data
+    sender.get(timeout=TIMEOUT)
+    others.get(timeout=TIMEOUT)
+    assert not session.closed
+
+
+def test_a_backend_that_stops_reading_pauses_the_upload_and_loses_nothing(make_tunnel):
+    tunnel = make_tunnel(signalled(), backend_rcvbuf=4096)
+    visitor, backend, session = tunnel.visit()
+    data = bytes(range(256)) * (64 * BUFFER // 256)
+    uploader = gevent.spawn(visitor.sendall, data)
+    wait_until(lambda: session.paused, "the visitor's session to be paused by the bridge")
+    peak = Peak(tunnel.server)
+    others_keep_flowing(tunnel)
+    assert not uploader.dead and tunnel.server.active_sessions == 6  # waiting, not reset
+    received = bytearray()
+    with gevent.Timeout(TIMEOUT):  # the backend reads again
+        while len(received) < len(data):
+            received += backend.recv(65536)
+    assert received == data
+    uploader.get(timeout=TIMEOUT)
+    assert peak.stop() < 16 * BUFFER
+
+
+def test_a_greenlet_sending_on_a_paused_session_waits_for_resume(make_tunnel):
+    tunnel = make_tunnel(signalled(write_timeout=NEVER))
+    session = tunnel.client.open_session(NETWORK_TCP, "backend.example", 80)
+    backend = tunnel.backends.get(timeout=TIMEOUT)
+    tunnel.server.send_flow(session.id, FLOW_PAUSE)
+    wait_until(lambda: session.paused, "the pause to arrive")
+    sender = gevent.spawn(session.send, b"after the pause")
+    gevent.sleep(0.1)
+    assert not sender.dead  # still waiting
+    tunnel.server.send_flow(session.id, FLOW_RESUME)
+    sender.get(timeout=TIMEOUT)
+    with gevent.Timeout(TIMEOUT):
+        assert backend.recv(100) == b"after the pause"
+    session.close()
+
+
+def test_a_sender_paused_too_long_gives_up_and_a_reset_wakes_it(make_tunnel):
+    tunnel = make_tunnel(signalled(write_timeout=0.3))
+    session = tunnel.client.open_session(NETWORK_TCP, "backend.example", 80)
+    tunnel.backends.get(timeout=TIMEOUT)
+    tunnel.server.send_flow(session.id, FLOW_PAUSE)
+    wait_until(lambda: session.paused, "the pause to arrive")
+    with pytest.raises(TimeoutError), gevent.Timeout(TIMEOUT):
+        session.send(b"never resumed")
+    other = tunnel.client.open_session(NETWORK_TCP, "backend.example", 80)
+    tunnel.backends.get(timeout=TIMEOUT)
+    tunnel.server.send_flow(other.id, FLOW_PAUSE)
+    wait_until(lambda: other.paused, "the second pause to arrive")
+    sender = gevent.spawn(other.send, b"x")
+    gevent.sleep(0.05)
+    tunnel.server.sessions[other.id].reset("test")
+    with pytest.raises(ConnectionResetError), gevent.Timeout(TIMEOUT):
+        sender.get()
+
+
+def test_udp_sessions_and_unknown_data_ignore_signals(make_tunnel):
+    tunnel = make_tunnel(signalled())
+    udp = tunnel.client.open_session(NETWORK_UDP, "127.0.0.1", 53)
+    tunnel.server.send_flow(udp.id, FLOW_PAUSE)
+    tunnel.server._queue_control(encode_keepalive_with(b"someone else's data"))
+    tcp_session = tunnel.client.open_session(NETWORK_TCP, "backend.example", 80)
+    tunnel.server.send_flow(tcp_session.id, FLOW_PAUSE)  # after the others: a marker
+    wait_until(lambda: tcp_session.paused, "the signals to arrive")
+    assert not udp.paused and not tunnel.client.closed
+
+
+def test_without_the_peers_hello_no_pause_is_sent(make_tunnel):
+    """A peer that did not say hello (V2Ray) is never sent PAUSE: the reader's allowance
+    applies instead (the tests above this section)."""
+    tunnel = make_tunnel(limits())
+    assert not tunnel.client.peer_flow
+    stalled, backend, session = tunnel.visit(rcvbuf=4096)
+    gevent.spawn(backend.sendall, b"s" * (3 * BUFFER // 2))
+    wait_until(lambda: session._full_since, "the stalled session to be full")
+    assert not session._pausing
+
+
+def test_a_peer_that_says_hello_but_ignores_pause_meets_the_tunnel_bound():
+    """What a paused session receives is bounded by the tunnel's bound, not its own (it was in
+    flight): a peer that goes on sending after PAUSE loses that session at the tunnel bound."""
+    peer, theirs = socket.socketpair()
+    made: list = []
+
+    def accept(session, frame) -> None:
+        outer, inner = tcp_pair(rcvbuf=4096)  # a backend that never reads
+        made.extend((outer, inner))
+        relay(session, SocketStream(inner))
+
+    server = MuxServer(SocketStream(plain(theirs)), accept, "server",
+                       signalled(tunnel_buffer=4 * BUFFER))
+    runner = gevent.spawn(server.run)
+    peak = Peak(server)
+    peer.sendall(encode_flow(0, FLOW_HELLO) + encode_new(1, NETWORK_TCP, "a.b", 1))
+    wait_until(lambda: server.sessions, "the session")
+    session = server.sessions[1]
+    frame = encode_keep(1, b"f" * MAX_STREAM_PAYLOAD)
+    with gevent.Timeout(TIMEOUT):
+        while not session.closed:
+            peer.sendall(frame * 8)
+            gevent.sleep(0)
+    assert peak.stop() < 4 * BUFFER + ONE_DELIVERY
+    assert not server.closed and server.buffered == 0
+    server.close()
+    runner.join(TIMEOUT)
+    peer.close()
+    for sock in made:
+        sock.close()

@@ -10,6 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from revproxy.mux.frame import (
+    FLOW_HELLO,
+    FLOW_MAGIC,
+    FLOW_PAUSE,
+    FLOW_RESUME,
     MAX_METADATA,
     NETWORK_TCP,
     NETWORK_UDP,
@@ -22,7 +26,9 @@ from revproxy.mux.frame import (
     Frame,
     FrameDecoder,
     MuxError,
+    decode_flow,
     encode_end,
+    encode_flow,
     encode_keep,
     encode_keep_chunks,
     encode_keepalive,
@@ -323,3 +329,32 @@ def test_mutated_frames_only_raise_mux_error(
         FrameDecoder().feed(bytes(wire))
     except MuxError:
         pass
+
+
+# -- revproxy's flow-control signals (KeepAlive frames with data; V2Ray discards their data)
+
+
+@pytest.mark.parametrize("signal", [FLOW_HELLO, FLOW_PAUSE, FLOW_RESUME])
+def test_a_flow_signal_is_a_keepalive_frame_with_data(signal):
+    (frame,) = decode_all(encode_flow(513, signal))
+    assert (frame.session_id, frame.status, frame.option) == (513, STATUS_KEEPALIVE, OPTION_DATA)
+    assert frame.payload == FLOW_MAGIC + bytes((signal,))
+    assert decode_flow(frame.payload) == signal
+
+
+def test_a_flow_signal_has_this_layout():
+    assert encode_flow(7, FLOW_PAUSE) == (struct.pack(">HHBBH", 4, 7, 4, 1, 17)
+                                          + b"revproxy-flow/1:" + bytes((1,)))
+
+
+@pytest.mark.parametrize("bad", [(70000, FLOW_PAUSE), (1, 3), (1, -1)])
+def test_flow_signals_out_of_range_are_refused(bad):
+    with pytest.raises(ValueError):
+        encode_flow(*bad)
+
+
+@given(st.binary(max_size=40))
+def test_other_keepalive_data_is_no_signal(data):
+    signal = decode_flow(data)
+    if signal is not None:
+        assert data == FLOW_MAGIC + bytes((signal,)) and signal <= FLOW_RESUME
