@@ -435,6 +435,8 @@ class MuxSession:
         if self._buffered:
             self._drop_held()  # (nothing held: nothing full, stalled or waited for)
         self._readable.set()
+        if self._on_resume is not None:
+            self._wake_sender()  # a sender waiting for RESUME gets its error
 
     def settimeout(self, seconds: float | None) -> None:
         self._timeout = seconds

@@ -547,7 +547,7 @@ def test_a_greenlet_sending_on_a_paused_session_waits_for_resume(make_tunnel):
     session.close()
 
 
-def test_a_sender_paused_too_long_gives_up_and_a_reset_wakes_it(make_tunnel):
+def test_a_sender_paused_too_long_gives_up_and_a_reset_or_close_wakes_it(make_tunnel):
     tunnel = make_tunnel(signalled(write_timeout=0.3))
     session = tunnel.client.open_session(NETWORK_TCP, "backend.example", 80)
     tunnel.backends.get(timeout=TIMEOUT)
@@ -562,6 +562,15 @@ def test_a_sender_paused_too_long_gives_up_and_a_reset_wakes_it(make_tunnel):
     sender = gevent.spawn(other.send, b"x")
     gevent.sleep(0.05)
     tunnel.server.sessions[other.id].reset("test")
+    with pytest.raises(ConnectionResetError), gevent.Timeout(TIMEOUT):
+        sender.get()
+    third = tunnel.client.open_session(NETWORK_TCP, "backend.example", 80)
+    tunnel.backends.get(timeout=TIMEOUT)
+    tunnel.server.send_flow(third.id, FLOW_PAUSE)
+    wait_until(lambda: third.paused, "the third pause to arrive")
+    sender = gevent.spawn(third.send, b"x")
+    gevent.sleep(0.05)
+    third.close()  # closed on this side meanwhile
     with pytest.raises(ConnectionResetError), gevent.Timeout(TIMEOUT):
         sender.get()
 
