@@ -87,7 +87,7 @@ from revproxy.mux.splice import Acknowledging, SessionReset, SocketSplice
 from revproxy.net.stream import RECV_SIZE, SocketStream, TunnelStream
 from revproxy.policy import SessionPolicy
 
-WRITE_BUFFER = 1024 * 1024  # data bytes queued for the tunnel before senders wait
+WRITE_BUFFER = 256 * 1024  # data bytes queued for the tunnel before senders wait
 # End/KeepAlive bytes queued and not yet taken by the tunnel (8,192 End frames): past this the
 # peer is not reading and the tunnel is closed (control frames never wait, so they need a bound).
 CONTROL_LIMIT = 64 * 1024
