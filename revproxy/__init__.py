@@ -19,7 +19,8 @@ below; ``tests/unit/test_layers.py`` keeps it so and forbids import cycles.
     one forked worker). ``statetable`` is the shared-memory table: a new **state-table
     column** goes into its row structs and layout docstring (``WorkerRow``/``TunnelRow``),
     then into ``cluster`` (what workers publish and read) and ``status`` (what ``revproxy
-    status`` shows). ``handoff`` passes a visitor's socket between workers.
+    status`` shows). ``handoff`` passes a visitor's socket between workers; ``runfiles``
+    keeps the master's pid file.
 ``instance``
     One configuration wired up: the inbounds, outbounds, dispatcher, portals and bridges of a
     ``Config``. A new protocol is hooked in here (``build_inbound``/``build_outbound``).

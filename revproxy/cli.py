@@ -90,7 +90,7 @@ def master_pid(args: argparse.Namespace) -> int:
         config = _load(args)
         path = config.server.pid_file
         if path is None:
-            from revproxy.server.supervisor import default_pid_path
+            from revproxy.server.runfiles import default_pid_path
 
             path = default_pid_path(config.source)
             if not os.path.exists(path):

@@ -31,7 +31,7 @@ back-off; the API process is restarted on a reload, to serve the new configurati
 Under systemd (``Type=notify``) the master says READY=1 once the first generation runs,
 RELOADING=1 and READY=1 around a reload, STOPPING=1 as it stops (server/notify.py). Without
 ``server.pidFile`` it writes a pid file named after its configuration files in the runtime
-directory (``default_pid_path``), where ``revproxy status|reload|stop -c`` look.
+directory (``runfiles.default_pid_path``), where ``revproxy status|reload|stop -c`` look.
 
 A worker's heartbeat lives in the state table; a worker whose heartbeat stops is killed and
 replaced. Workers die with the master: the kernel kills them when it exits (see
@@ -44,9 +44,7 @@ drive the master with a fake process table and time of their own.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import re
 import select
 import signal
 import socket
@@ -76,6 +74,12 @@ from revproxy.net.listen import (
 )
 from revproxy.server import handoff
 from revproxy.server.notify import Notifier
+from revproxy.server.runfiles import (
+    own_default_pid_path,
+    remove_pid_file,
+    remove_stale_state_files,
+    write_pid_file,
+)
 from revproxy.server.spec import (
     BOOT_ERROR,
     WorkerSpec,
@@ -236,7 +240,7 @@ class Supervisor:
         state_path = config.server.state_file
         if not state_path:
             state_path = default_state_path(os.getpid())
-            _remove_stale_state_files(os.path.dirname(state_path))
+            remove_stale_state_files(os.path.dirname(state_path))
         try:
             table = StateTable.create(state_path, os.getpid(),
                                       private_directory=not config.server.state_file)
@@ -248,7 +252,7 @@ class Supervisor:
         try:
             self.handoff_dir = handoff.create_directory()
             self._own_runtime_files(config)
-            self._write_pid_file(config.server.pid_file or _own_default(config.source))
+            self._write_pid_file(config.server.pid_file or own_default_pid_path(config.source))
             self._listen_for_metrics(config)
         except OSError as exc:
             log.error("master: %s", exc)
@@ -866,13 +870,7 @@ class Supervisor:
         if self.handoff_dir:
             handoff.remove_directory(self.handoff_dir)
         if self.pid_file:
-            try:
-                fd = os.open(self.pid_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                with open(fd) as f:
-                    if f.read().strip() == str(os.getpid()):
-                        os.unlink(self.pid_file)
-            except OSError:
-                pass
+            remove_pid_file(self.pid_file, os.getpid())
         if self.table is not None:
             path = self.table.path
             self.table.close()
@@ -884,84 +882,12 @@ class Supervisor:
                         log.warning("master: cannot remove %s: %s", path, exc)
 
 
-def write_pid_file(path: str, pid: int) -> None:
-    """Write ``pid`` to ``path`` atomically. The temporary file has an unpredictable name and
-    is created with O_EXCL | O_NOFOLLOW, and the rename replaces whatever ``path`` is (a
-    link included) instead of writing through it: the master (root) never writes into a
-    file someone else planted in a directory the service user may own."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, 0o755, exist_ok=True)
-    # not tempfile.mkstemp: tempfile pulls in shutil, random and the compressors, and every
-    # worker would inherit that memory; this is what mkstemp does
-    temp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(8).hex()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o644)
-    try:
-        try:
-            os.fchmod(fd, 0o644)  # whatever the umask: `revproxy reload` reads it
-            os.write(fd, f"{pid}\n".encode())
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
-
-
-def default_pid_path(source: str) -> str:
-    """The pid file of a master started without ``server.pidFile``: in the runtime directory
-    (that of ``default_state_path``), named after the configuration it was given (the files
-    and confdirs, as absolute paths), so ``revproxy status -c FILE`` finds it."""
-    files = getattr(source, "files", None) or (source,)
-    dirs = getattr(source, "confdirs", ())
-    key = "\0".join([*(os.path.abspath(f) for f in files), "", *(os.path.abspath(d)
-                                                                   for d in dirs)])
-    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    directory = os.path.dirname(default_state_path(os.getpid()))
-    return os.path.join(directory, f"revproxy-{digest}.pid")
-
-
-def _own_default(source: str) -> str:
-    """default_pid_path, in a directory that is ours (or root's): under a shared /tmp a
-    directory someone else made is refused, not written into."""
-    path = default_pid_path(source)
-    directory = os.path.dirname(path)
-    if os.path.isdir(directory) and os.lstat(directory).st_uid not in (0, os.geteuid()):
-        raise OSError(f"{directory} belongs to uid {os.lstat(directory).st_uid}, not to us")
-    return path
-
-
 def _api_socket(directory: str) -> str:
     return os.path.join(directory, "api.sock")  # revproxy.server.api.API_SOCKET
 
 
 def _cpus() -> int:
     return os.cpu_count() or 1
-
-
-def _remove_stale_state_files(directory: str) -> None:
-    """Default state tables are named after their master; those of dead masters (killed
-    before they could clean up) are removed."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        match = re.fullmatch(r"revproxy-(\d+)\.state", name)
-        if match is None:
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
-        except PermissionError:
-            pass  # alive, someone else's
 
 
 def _describe_exit(code: int) -> str:

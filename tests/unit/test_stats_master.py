@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from revproxy.server.notify import Notifier
-from revproxy.server.supervisor import FIRST_HELPER_DELAY, default_pid_path
+from revproxy.server.runfiles import default_pid_path
+from revproxy.server.supervisor import FIRST_HELPER_DELAY
 from tests.unit.test_supervisor import Master, keep_logging  # noqa: F401 - a fixture
 
 

@@ -23,6 +23,7 @@ from revproxy.cli import main as cli_main
 from revproxy.config import load_config
 from revproxy.config.sections import MAX_WORKERS
 from revproxy.log import log
+from revproxy.server.runfiles import write_pid_file
 from revproxy.server.spec import BOOT_ERROR, MASTER_GONE, WorkerSpec, die_with_master
 from revproxy.server.statetable import (
     TUNNEL_ACTIVE,
@@ -40,7 +41,6 @@ from revproxy.server.supervisor import (
     MAX_RESPAWN_DELAY,
     Child,
     Supervisor,
-    write_pid_file,
 )
 
 WALL = 1_700_000_000.0  # the wall clock is the fake monotonic one plus this
