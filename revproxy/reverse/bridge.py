@@ -37,6 +37,9 @@ from revproxy.mux.server import MuxServer
 from revproxy.net.session import Session, Target
 from revproxy.net.stream import TunnelStream
 from revproxy.net.tasks import Tasks
+from revproxy.proxy.shadowsocks.outbound import ShadowsocksServer
+from revproxy.proxy.vless.outbound import VLESSServer
+from revproxy.proxy.vmess.outbound import VMessServer
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, ControlError, decode_control
 from revproxy.reverse.directory import Role, TunnelDirectory
 from revproxy.reverse.tunnel import PeerWatch, Tunnel, tunnel_stream
@@ -267,8 +270,8 @@ class TunnelPool:
                     log.info("bridge %s: tunnel %s closed", self.name, tunnel.name)
                 else:
                     self._dial_failed(now, tunnel, "the portal closed it without a word "
-                                      "(a wrong id, a clock off by minutes, or no VMess "
-                                      "server there?)" if not tunnel.mux.bytes_received else
+                                      f"({_silence_hint(self.server)})"
+                                      if not tunnel.mux.bytes_received else
                                       "the portal closed it before registering it")
                 continue
             if tunnel.draining:
@@ -397,6 +400,18 @@ class TunnelPool:
         log.info("bridge %s: tunnel %s opened", self.name, tunnel.name)
         if self._wants_tunnel():
             self._wake.set()  # more to dial (minimum not reached yet)
+
+
+def _silence_hint(server: object | None) -> str:
+    """Why a portal may close a tunnel before it sends a byte, for the protocol of the
+    outbound that dials it (``server``: one of its servers; None: it lists none)."""
+    if isinstance(server, VMessServer):
+        return "a wrong id, a clock off by minutes, or no VMess server there?"
+    if isinstance(server, VLESSServer):
+        return "a wrong id, or no VLESS server there?"
+    if isinstance(server, ShadowsocksServer):
+        return "a wrong password or method, or no Shadowsocks server there?"
+    return "a wrong id or password, or no portal there?"
 
 
 def _hostport(host: str, port: int) -> str:
