@@ -4,7 +4,10 @@ The table is a fixed-size regular file mapped ``MAP_SHARED`` by the supervisor, 
 its forked workers and read by ``revproxy status``. Every row has exactly one writer, its
 owner; readers never see a torn row because each row starts with a u32 sequence counter (a
 seqlock): the writer makes it odd, packs the fields with one precompiled ``Struct.pack_into``
-and makes it even; a reader retries while the counter is odd or changed under it. The one
+and makes it even; a reader retries while the counter is odd or changed under it. The counter
+is stored with one aligned 4-byte copy (an mmap slice assignment), never with ``pack_into``:
+that zero-fills its bytes before it writes them, and a reader that caught the counter at 0,
+an even value, before and after its copy accepted a half-written row. The one
 exception to "one writer per row" is the supervisor clearing (FREE) the rows of a worker slot
 after that worker died: the owner is gone, so there is still a single writer. Worker slot *i*
 owns tunnel rows ``[64*i, 64*i + 64)``, so tunnel rows need no allocation lock. The seqlock
@@ -220,12 +223,18 @@ def _text(raw: bytes) -> str:
     return raw.rstrip(b"\x00").decode("utf-8", "replace")
 
 
+def _store_seq(buf: mmap.mmap, offset: int, value: int) -> None:
+    """A sequence counter's new value in one 4-byte copy: readers see the old or the new
+    value, never the zeros ``pack_into`` writes first."""
+    buf[offset:offset + 4] = _SEQ.pack(value)
+
+
 def _publish(buf: mmap.mmap, offset: int, body: struct.Struct, values: tuple) -> None:
     """Seqlock write of one row: counter odd, every field in one pack_into, counter even."""
     odd = ((_SEQ.unpack_from(buf, offset)[0] + 1) | 1) & _U32  # odd even if a writer died
-    _SEQ.pack_into(buf, offset, odd)
+    _store_seq(buf, offset, odd)
     body.pack_into(buf, offset + 4, *values)
-    _SEQ.pack_into(buf, offset, (odd + 1) & _U32)
+    _store_seq(buf, offset, (odd + 1) & _U32)
 
 
 def _read(buf: mmap.mmap, offset: int, row: struct.Struct) -> tuple | None:
@@ -547,14 +556,14 @@ class StateTable:
         if not any(mine):
             return
         fold = _SEQ.unpack_from(self._buf, FOLD_SEQ_OFFSET)[0]
-        _SEQ.pack_into(self._buf, FOLD_SEQ_OFFSET, (fold + 1) | 1)
+        _store_seq(self._buf, FOLD_SEQ_OFFSET, ((fold + 1) | 1) & _U32)
         try:
             departed = _block(self._buf, DEPARTED)
             _publish(self._buf, BLOCKS_OFFSET + DEPARTED * BLOCK_SIZE, _BLOCK_BODY,
                      tuple((a + b) & _U64 for a, b in zip(departed, mine, strict=True)))
             _publish(self._buf, BLOCKS_OFFSET + slot * BLOCK_SIZE, _BLOCK_BODY, _ZERO_BLOCK)
         finally:
-            _SEQ.pack_into(self._buf, FOLD_SEQ_OFFSET, ((fold + 1) | 1) + 1 & _U32)
+            _store_seq(self._buf, FOLD_SEQ_OFFSET, ((fold + 1) | 1) + 1 & _U32)
 
     def totals(self, slots: Iterable[int] | None = None
                ) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -409,6 +409,39 @@ def test_readers_never_see_a_torn_row(table: StateTable) -> None:
         os.close(ready_w)
 
 
+def test_a_row_counter_only_ever_shows_values_its_writer_stored(table: StateTable) -> None:
+    # The counter must never pass through a value nobody published: pack_into zero-fills
+    # before it writes, and a 0 read before and after a copy (0 is even) let a torn row in.
+    ready_r, ready_w = os.pipe()
+    offset = statetable.WORKERS_OFFSET + 9 * statetable.WORKER_ROW_SIZE
+
+    def writer() -> None:
+        row = counted_worker(1)
+        write_worker(table, 9, row)
+        os.write(ready_w, b"1")
+        while True:
+            write_worker(table, 9, row)
+
+    pid = in_child(writer)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        with open(table.path, "rb") as raw, \
+                mmap.mmap(raw.fileno(), 0, prot=mmap.PROT_READ) as view:
+            seq = struct.Struct("<I")
+            last, changes, deadline = 2, 0, time.monotonic() + 5.0
+            while changes < 20_000 and time.monotonic() < deadline:
+                now = seq.unpack_from(view, offset)[0]
+                assert now >= last, f"counter read {now} after {last}"
+                changes += now != last
+                last = now
+        assert changes >= 1000  # the child really was writing all along
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+        os.close(ready_w)
+
+
 # the shared replay filter
 
 
