@@ -127,6 +127,15 @@ def wait_for(predicate, what: str) -> None:
         time.sleep(0.1)
 
 
+def stalled_visitor(port: int) -> socket.socket:
+    """A visitor asking for the big download with a 4 KiB receive buffer, not reading."""
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", port))
+    stalled.sendall(f"GET /blob/{STALLED_SIZE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    return stalled
+
+
 def other_visitors(port: int) -> list[Loop]:
     loops = [Loop(port) for _ in range(OTHERS)]
     for loop in loops:
@@ -148,10 +157,7 @@ def finish(loops: list[Loop]) -> None:
 def test_a_stalled_visitor_is_paused_and_the_others_are_served(fault_backend, tmp_path):
     with ends(tmp_path, fault_backend, "revproxy", "revproxy") as (public, revproxy_ends):
         memory = PeakMemory(revproxy_ends)
-        stalled = socket.socket()
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it reads only later
-        stalled.connect(("127.0.0.1", public))
-        stalled.sendall(f"GET /blob/{STALLED_SIZE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        stalled = stalled_visitor(public)  # it reads only later
         loops = other_visitors(public)
         finish(loops)
         assert tcp_state(stalled) == TCP_ESTABLISHED  # waiting, not reset
@@ -169,10 +175,7 @@ def test_a_stalled_visitor_is_reset_and_the_others_are_served(combo, fault_backe
                                                               tmp_path):
     with ends(tmp_path, fault_backend, *combo) as (public, revproxy_ends):
         memory = PeakMemory(revproxy_ends)
-        stalled = socket.socket()
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it never reads
-        stalled.connect(("127.0.0.1", public))
-        stalled.sendall(f"GET /blob/{STALLED_SIZE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        stalled = stalled_visitor(public)  # and it never reads
         loops = other_visitors(public)
         wait_for(lambda: tcp_state(stalled) != TCP_ESTABLISHED, "the stalled visitor's end")
         finish(loops)

@@ -162,6 +162,17 @@ def others_keep_flowing(tunnel: Tunnel, visitors: int = 5) -> None:
     assert [g.value for g in done] == [20] * visitors
 
 
+def read_exactly(sock, size: int, chunk: int = 65536, pause: float = 0.0) -> bytearray:
+    """Read ``size`` bytes, ``chunk`` at most per read, ``pause`` s apart."""
+    received = bytearray()
+    with gevent.Timeout(TIMEOUT):
+        while len(received) < size:
+            received += sock.recv(chunk)
+            if pause:
+                gevent.sleep(pause)
+    return received
+
+
 def read_until_closed(sock) -> tuple[int, Exception | None]:
     """Read everything; (bytes read, the error that ended it or None for an orderly end)."""
     total = 0
@@ -201,11 +212,7 @@ def test_others_flow_while_one_visitor_does_not_read_and_it_loses_nothing(make_t
     others_keep_flowing(tunnel)
     assert not session.closed  # full, but within its deadline and bounds
     assert tunnel.client.buffered < 2 * BUFFER
-    received = bytearray()
-    with gevent.Timeout(TIMEOUT):  # the visitor reads again: every byte, in order
-        while len(received) < len(data):
-            received += stalled.recv(65536)
-    assert received == data
+    assert read_exactly(stalled, len(data)) == data  # the visitor reads again: every byte, in order
     sender.get(timeout=TIMEOUT)
     wait_until(lambda: tunnel.client.buffered == 0, "the buffers to drain")
 
@@ -218,12 +225,7 @@ def test_a_slow_reader_gets_everything_and_the_tunnel_waits_for_it(make_tunnel):
     slow, backend, session = tunnel.visit(rcvbuf=4096)
     data = bytes(range(256)) * (8 * BUFFER // 256)  # four hold limits
     sender = gevent.spawn(backend.sendall, data)
-    received = bytearray()
-    with gevent.Timeout(TIMEOUT):
-        while len(received) < len(data):
-            received += slow.recv(16384)
-            gevent.sleep(0.001)
-    assert received == data
+    assert read_exactly(slow, len(data), 16384, 0.001)  # slower than the tunnel == data
     sender.get(timeout=TIMEOUT)
     assert not session.closed
     assert peak.stop() < BUFFER + ONE_DELIVERY  # the reader waited at the buffer size
@@ -240,12 +242,7 @@ def test_a_slow_reader_behind_a_big_send_buffer_is_not_taken_for_a_stalled_one(m
     slow, backend, session = tunnel.visit(rcvbuf=4096, sndbuf=1024 * 1024)
     data = bytes(range(256)) * ((2 * 1024 * 1024 + 6 * small) // 256)
     sender = gevent.spawn(backend.sendall, data)
-    received = bytearray()
-    with gevent.Timeout(TIMEOUT):
-        while len(received) < len(data):
-            received += slow.recv(4096)
-            gevent.sleep(0.008)
-    assert received == data
+    assert read_exactly(slow, len(data), 4096, 0.008) == data
     sender.get(timeout=TIMEOUT)
     assert not session.closed
 
@@ -485,11 +482,7 @@ def test_a_visitor_that_stops_reading_is_paused_and_the_others_never_wait(make_t
     others_keep_flowing(tunnel)
     assert not session.closed and not sender.dead  # the backend waits, nothing is reset
     assert peak.value < 16 * BUFFER
-    received = bytearray()
-    with gevent.Timeout(TIMEOUT):  # the visitor reads again: every byte, in order
-        while len(received) < len(data):
-            received += stalled.recv(65536)
-    assert received == data
+    assert read_exactly(stalled, len(data)) == data  # the visitor reads again: every byte, in order
     sender.get(timeout=TIMEOUT)
     assert peak.stop() < 16 * BUFFER
     wait_until(lambda: not session._pausing and tunnel.client.buffered == 0,
@@ -502,12 +495,7 @@ def test_a_slow_reader_paces_its_backend_while_the_others_never_wait(make_tunnel
     data = bytes(range(256)) * (16 * BUFFER // 256)
     sender = gevent.spawn(backend.sendall, data)
     others = gevent.spawn(others_keep_flowing, tunnel)
-    received = bytearray()
-    with gevent.Timeout(TIMEOUT):
-        while len(received) < len(data):
-            received += slow.recv(16384)
-            gevent.sleep(0.001)
-    assert received == data
+    assert read_exactly(slow, len(data), 16384, 0.001)  # slower than the tunnel == data
     sender.get(timeout=TIMEOUT)
     others.get(timeout=TIMEOUT)
     assert not session.closed
@@ -522,11 +510,7 @@ def test_a_backend_that_stops_reading_pauses_the_upload_and_loses_nothing(make_t
     peak = Peak(tunnel.server)
     others_keep_flowing(tunnel)
     assert not uploader.dead and tunnel.server.active_sessions == 6  # waiting, not reset
-    received = bytearray()
-    with gevent.Timeout(TIMEOUT):  # the backend reads again
-        while len(received) < len(data):
-            received += backend.recv(65536)
-    assert received == data
+    assert read_exactly(backend, len(data)) == data  # the backend reads again
     uploader.get(timeout=TIMEOUT)
     assert peak.stop() < 16 * BUFFER
 
@@ -547,32 +531,29 @@ def test_a_greenlet_sending_on_a_paused_session_waits_for_resume(make_tunnel):
     session.close()
 
 
-def test_a_sender_paused_too_long_gives_up_and_a_reset_or_close_wakes_it(make_tunnel):
-    tunnel = make_tunnel(signalled(write_timeout=0.3))
+def paused_session(tunnel: Tunnel):
+    """A new client session its peer (the server) has paused."""
     session = tunnel.client.open_session(NETWORK_TCP, "backend.example", 80)
     tunnel.backends.get(timeout=TIMEOUT)
     tunnel.server.send_flow(session.id, FLOW_PAUSE)
     wait_until(lambda: session.paused, "the pause to arrive")
+    return session
+
+
+def test_a_sender_paused_too_long_gives_up_and_a_reset_or_close_wakes_it(make_tunnel):
+    tunnel = make_tunnel(signalled(write_timeout=0.3))
     with pytest.raises(TimeoutError), gevent.Timeout(TIMEOUT):
-        session.send(b"never resumed")
-    other = tunnel.client.open_session(NETWORK_TCP, "backend.example", 80)
-    tunnel.backends.get(timeout=TIMEOUT)
-    tunnel.server.send_flow(other.id, FLOW_PAUSE)
-    wait_until(lambda: other.paused, "the second pause to arrive")
-    sender = gevent.spawn(other.send, b"x")
-    gevent.sleep(0.05)
-    tunnel.server.sessions[other.id].reset("test")
-    with pytest.raises(ConnectionResetError), gevent.Timeout(TIMEOUT):
-        sender.get()
-    third = tunnel.client.open_session(NETWORK_TCP, "backend.example", 80)
-    tunnel.backends.get(timeout=TIMEOUT)
-    tunnel.server.send_flow(third.id, FLOW_PAUSE)
-    wait_until(lambda: third.paused, "the third pause to arrive")
-    sender = gevent.spawn(third.send, b"x")
-    gevent.sleep(0.05)
-    third.close()  # closed on this side meanwhile
-    with pytest.raises(ConnectionResetError), gevent.Timeout(TIMEOUT):
-        sender.get()
+        paused_session(tunnel).send(b"never resumed")
+    for end in ("reset by the peer", "closed on this side"):
+        session = paused_session(tunnel)
+        sender = gevent.spawn(session.send, b"x")
+        gevent.sleep(0.05)
+        if end == "reset by the peer":
+            tunnel.server.sessions[session.id].reset("test")
+        else:
+            session.close()
+        with pytest.raises(ConnectionResetError), gevent.Timeout(TIMEOUT):
+            sender.get()
 
 
 def test_udp_sessions_and_unknown_data_ignore_signals(make_tunnel):
