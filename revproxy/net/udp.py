@@ -319,9 +319,13 @@ class PacketSessions:
 
     def _readable(self) -> None:
         """Hub callback: read what waits, ``READ_BATCH`` datagrams at most (the watcher
-        calls again while more wait: a flood does not starve the sessions)."""
+        calls again while more wait: a flood does not starve the sessions). A socket that
+        serves one source (its own connected socket, or a listener with one session) reads
+        one datagram, as ``DatagramSocket`` does: a closed-loop source has one in flight, and
+        reading on would cost a system call and an exception for each; one left waiting is
+        read in the loop's next turn (its poll is level-triggered)."""
         recvfrom, sessions = self.sock.recvfrom, self.sessions
-        for _ in range(READ_BATCH):
+        for _ in range(1 if len(sessions) == 1 else READ_BATCH):
             if self.closed:
                 return
             try:

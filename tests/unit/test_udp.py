@@ -4,6 +4,7 @@ side, datagram boundaries through the relay and a mux UDP session, oversized dat
 from __future__ import annotations
 
 import os
+import select
 import socket
 import time
 
@@ -140,6 +141,53 @@ def test_the_table_of_sources_is_bounded() -> None:
     finally:
         for client in clients:
             client.close()
+        server.close()
+
+
+def test_one_sessions_socket_reads_one_datagram_a_turn_and_many_read_on() -> None:
+    """A socket serving one source reads a datagram per callback (the next waits for the
+    loop's next turn, nothing lost); with several sources (or none yet) it reads on."""
+    got: dict[tuple, list[bytes]] = {}
+    server = PacketSessions(_bound(), lambda stream: None)  # not started: turns by hand
+    address = server.sock.getsockname()
+    a, b = _client(), _client()
+
+    def collect(source: tuple) -> None:
+        server.sessions[source].attach_sink(got.setdefault(source, []).append)
+
+    def settle() -> None:  # (loopback queues a datagram within sendto; never hang)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([server.sock], [], [], 0.5)
+            if readable:
+                return
+
+    try:
+        a.sendto(b"a1", address)
+        settle()
+        server._readable()  # no session yet: reads on, opens a's
+        collect(a.getsockname())
+        for word in (b"a2", b"a3"):
+            a.sendto(word, address)
+        settle()
+        server._readable()
+        assert got[a.getsockname()] == [b"a1", b"a2"]  # one datagram this turn
+        server._readable()
+        assert got[a.getsockname()] == [b"a1", b"a2", b"a3"]
+        b.sendto(b"b1", address)
+        settle()
+        server._readable()
+        collect(b.getsockname())
+        for word in (b"a4", b"a5"):
+            a.sendto(word, address)
+        b.sendto(b"b2", address)
+        settle()
+        server._readable()  # two sessions: everything waiting, in one turn
+        assert got[a.getsockname()][3:] == [b"a4", b"a5"]
+        assert got[b.getsockname()] == [b"b1", b"b2"]
+    finally:
+        a.close()
+        b.close()
         server.close()
 
 
