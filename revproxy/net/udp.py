@@ -21,6 +21,15 @@ with a ``DatagramSplice`` instead of a greenlet per direction: a datagram then g
 socket read (a hub callback) through the other port's ``send`` (which never waits: what does
 not fit is dropped, as UDP may) with no greenlet switch and no queue.
 
+A datagram that went out is mostly answered within tens of microseconds (a request to a
+server, across the tunnel and back). Sleeping in the poll until then costs more than the
+answer's way: the wake-up of a process whose CPU went idle is an interrupt to another CPU,
+dear on a virtual machine (a round trip through a portal and a bridge on one host has six of
+them). So after a datagram goes out the loop *lingers*: for ``LINGER`` seconds it polls
+without sleeping, handing the CPU to any other runnable process at each turn
+(``sched_yield``), as Go's scheduler spins before it parks a thread. A busy loop never gets
+there; an idle one spends at most ``LINGER`` per datagram.
+
 A session that must be served by another worker (its tunnel is there) moves as a socket of
 its own: ``connected_socket`` binds a second socket to the same address, connected to the
 source, and the kernel delivers that source's datagrams to it (a connected socket matches
@@ -32,6 +41,7 @@ session at once, and it closes the socket when the session ends, idle or not).
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import time
 from collections import deque
@@ -53,10 +63,46 @@ MAX_SOURCES = 1024  # sessions at once per socket
 QUEUE_BYTES = 16 * 1024  # datagrams waiting for one session's consumer
 MAX_DATAGRAM = 65535  # the largest UDP payload (IPv4's is 65507)
 READ_BATCH = 64  # datagrams read in one hub callback at most: then the others run
+LINGER = 100e-6  # seconds the loop polls without sleeping after a datagram went out
 _READ = 1  # libev's EV_READ
 _LOST = (errno.EAGAIN, errno.EMSGSIZE, errno.ENOBUFS)  # a datagram lost, the socket fine
 
 Sink = Callable[[bytes], None]
+
+
+class _Linger:
+    """The loop's lingering after a datagram went out (see the module's docstring): a libev
+    idle watcher, which makes the loop poll with no timeout while it runs."""
+
+    __slots__ = ("loop", "watcher", "until")
+
+    def __init__(self) -> None:
+        self.loop: Any = None
+        self.watcher: Any = None
+        self.until = 0.0
+
+    def start(self) -> None:
+        """Linger for ``LINGER`` seconds from now."""
+        self.until = _clock() + LINGER
+        watcher = self.watcher
+        if watcher is None or self.loop is not get_hub().loop:  # (a fork: a new loop)
+            self.loop = get_hub().loop
+            watcher = self.watcher = self.loop.idle()
+        if not watcher.active:
+            watcher.start(self._turn)
+
+    def _turn(self) -> None:
+        """Each turn of the loop while nothing else is pending."""
+        if _clock() >= self.until:
+            self.watcher.stop()
+        else:
+            _sched_yield()
+
+
+_clock = time.perf_counter
+_sched_yield = os.sched_yield
+_linger = _Linger()
+linger = _linger.start
 
 
 @runtime_checkable
@@ -183,6 +229,8 @@ class SourceStream:
                 sink(data)
             except OSError:  # the other side is gone
                 self.close()
+                return
+            linger()  # the answer comes back soon
             return
         if self.closed or self._queued + len(data) > QUEUE_BYTES:
             return
@@ -439,6 +487,8 @@ class DatagramSocket:
         except OSError as exc:
             if exc.errno not in _LOST:
                 raise
+            return
+        linger()  # the answer comes back soon
 
     def attach_sink(self, sink: Sink) -> None:
         """Push datagrams to ``sink`` from now on, read in a hub callback."""

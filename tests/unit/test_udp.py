@@ -15,6 +15,7 @@ from gevent import socket as gsocket
 from revproxy.mux.client import MuxClient
 from revproxy.mux.connection import MAX_UDP_PAYLOAD
 from revproxy.mux.frame import NETWORK_UDP
+from revproxy.net import udp as udp_module
 from revproxy.net.listen import bind_datagram
 from revproxy.net.relay import relay
 from revproxy.net.session import Session
@@ -188,6 +189,27 @@ def test_one_sessions_socket_reads_one_datagram_a_turn_and_many_read_on() -> Non
     finally:
         a.close()
         b.close()
+        server.close()
+
+
+def test_a_datagram_sent_makes_the_loop_linger_a_bounded_while() -> None:
+    """After a datagram goes out the loop polls without sleeping (an idle watcher is
+    active), for ``LINGER`` seconds only: then it sleeps in the poll again."""
+    server = PacketSessions(_bound(), lambda stream: None)
+    out = DatagramSocket(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    out.sock.connect(server.sock.getsockname())
+    watcher = None
+    try:
+        out.send(b"request")
+        watcher = udp_module._linger.watcher
+        assert watcher is not None and watcher.active
+        deadline = time.monotonic() + 3
+        while watcher.active and time.monotonic() < deadline:
+            gevent.sleep(0.001)
+        assert not watcher.active
+        assert udp_module.LINGER <= 0.001  # (a while shorter than any wait worth a sleep)
+    finally:
+        out.close()
         server.close()
 
 
