@@ -32,6 +32,18 @@ def download(port: int, size: int) -> bytes:
         conn.close()
 
 
+def whole_then_cut(port: int, size: int) -> None:
+    """A download of ``size`` bytes arrives whole; one larger than the nonce limit times the
+    largest chunk is cut, never carried on a reused nonce."""
+    body = download(port, size)
+    assert len(body) == size
+    assert hashlib.sha256(body).hexdigest() == blob_sha256(size)
+    too_big = 40 * 2**20
+    assert too_big > NONCE_LIMIT * MAX_WRITE_PAYLOAD
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        download(port, too_big)
+
+
 def test_one_session_outlasts_the_old_nonce_budget_and_never_wraps(backend, tmp_path,
                                                                    monkeypatch):
     monkeypatch.setenv("REVPROXY_NONCE_LIMIT", str(NONCE_LIMIT))  # the children inherit it
@@ -42,14 +54,7 @@ def test_one_session_outlasts_the_old_nonce_budget_and_never_wraps(backend, tmp_
         wait_served(public, procs=(portal, bridge))
         size = 20 * 2**20
         assert size > NONCE_LIMIT * OLD_CHUNK
-        body = download(public, size)
-        assert len(body) == size
-        assert hashlib.sha256(body).hexdigest() == blob_sha256(size)
-
-        too_big = 40 * 2**20
-        assert too_big > NONCE_LIMIT * MAX_WRITE_PAYLOAD
-        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
-            download(public, too_big)
+        whole_then_cut(public, size)
 
         wait_served(public, procs=(portal, bridge))  # a new tunnel serves
         assert request(public) == (200, PAGE)

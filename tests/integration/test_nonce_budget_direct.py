@@ -8,26 +8,10 @@ the limit times the largest chunk is cut, never carried on a reused nonce."""
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-
-import pytest
-
-from revproxy.proxy.vmess.body import MAX_WRITE_PAYLOAD
-from tests.integration.backend import blob_sha256
 from tests.integration.conftest import USER_ID, free_port, start_end, wait_served
+from tests.integration.test_nonce_budget import NONCE_LIMIT, whole_then_cut
 
-NONCE_LIMIT = 512
 OLD_CHUNK = 32 * 1024  # what a chunk carried on average when the relay read 64 KiB a time
-
-
-def download(port: int, size: int) -> bytes:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request("GET", f"/blob/{size}")
-        return conn.getresponse().read()
-    finally:
-        conn.close()
 
 
 def server_config(port: int) -> dict:
@@ -57,14 +41,7 @@ def test_a_direct_download_seals_a_chunk_per_read_and_never_wraps(backend, tmp_p
         wait_served(public, procs=(server, client))
         size = 24 * 2**20
         assert size > NONCE_LIMIT * OLD_CHUNK * 1.4
-        body = download(public, size)
-        assert len(body) == size
-        assert hashlib.sha256(body).hexdigest() == blob_sha256(size)
-
-        too_big = 40 * 2**20
-        assert too_big > NONCE_LIMIT * MAX_WRITE_PAYLOAD
-        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
-            download(public, too_big)
+        whole_then_cut(public, size)
         wait_served(public, procs=(server, client))  # the next connection is served
         assert server.alive() and client.alive()
     finally:
