@@ -135,7 +135,7 @@ class MuxSession:
 
     __slots__ = ("conn", "id", "network", "buffer_size", "sink", "on_end", "acks", "_end",
                  "_items", "_buffered", "_taken", "_full_since", "_stalled_since", "_unwaited",
-                 "_pausing", "paused", "_on_resume", "_space", "_readable", "_timeout",
+                 "_paused_peer", "paused", "_on_resume", "_space", "_readable", "_timeout",
                  "_ended_local", "_ended_remote", "closed", "bytes_in", "bytes_out")
 
     def __init__(self, conn: MuxConnection, session_id: int, network: int,
@@ -160,7 +160,7 @@ class MuxSession:
         self._full_since = 0.0  # when the session last became full; 0.0: not full
         self._stalled_since = 0.0  # last progress of a blocked socket; 0.0: not blocked
         self._unwaited = False  # full, no progress in its allowance: the reader goes on
-        self._pausing = False  # the peer was asked to stop sending (FLOW_PAUSE)
+        self._paused_peer = False  # the peer was asked to stop sending (FLOW_PAUSE)
         self.paused = False  # the peer asked us to stop sending
         self._on_resume: Callable[[], None] | None = None  # a paused sender waits for this
         self._space: Event | None = None  # set when the consumer takes bytes (made on demand)
@@ -234,20 +234,20 @@ class MuxSession:
         self._buffered = held
         conn = self.conn
         conn.buffered += size
-        if (held >= self.buffer_size >> 1 and conn.peer_flow and not self._pausing
+        if (held >= self.buffer_size >> 1 and conn.peer_flow and not self._paused_peer
                 and self.network != NETWORK_UDP):  # (UDP drops)
-            self._pausing = True
+            self._paused_peer = True
             conn.send_flow(self.id, FLOW_PAUSE)
         if held >= self.buffer_size:
             # (What a paused session receives beyond that was in flight when it paused: the
             # tunnel's bound covers it, the tunnel's socket buffers are not the session's.)
-            if held >= conn.limits.hold_factor * self.buffer_size and not self._pausing:
+            if held >= conn.limits.hold_factor * self.buffer_size and not self._paused_peer:
                 self.reset(f"{held} bytes held: the peer sends faster than they are taken")
                 return
             if not self._full_since:
                 self._full_since = time.monotonic()
                 conn.track(self)
-                if not (self._unwaited or self._pausing or self.network == NETWORK_UDP):
+                if not (self._unwaited or self._paused_peer or self.network == NETWORK_UDP):
                     conn.filled.append(self)  # the reader waits for it after this read
         if conn.buffered > conn.limits.tunnel_buffer:
             conn.relieve()
@@ -259,8 +259,8 @@ class MuxSession:
         self._buffered -= size
         self._taken += size
         self.conn.buffered -= size
-        if self._pausing and self._buffered <= self.buffer_size >> 2:
-            self._pausing = False
+        if self._paused_peer and self._buffered <= self.buffer_size >> 2:
+            self._paused_peer = False
             self.conn.send_flow(self.id, FLOW_RESUME)
         if self._full_since:
             if self._buffered < self.buffer_size:
@@ -654,7 +654,7 @@ class MuxConnection:
         for session in list(self._tracked):
             if session.closed or not session._buffered:
                 self._tracked.discard(session)
-            elif (session._full_since and not session._pausing
+            elif (session._full_since and not session._paused_peer
                   and now - session._full_since >= limits.full_timeout):
                 session.reset(f"full for {limits.full_timeout:g} s")
             elif (session._stalled_since

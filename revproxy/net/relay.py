@@ -20,6 +20,7 @@ direct VMess connection after ~2 GiB one way instead of ~4 GiB.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -262,12 +263,15 @@ class _Pumps:
 
 
 def _reader(src: Stream, dst: Stream) -> Callable[[], bytes]:
-    """What the pump from ``src`` to ``dst`` calls to read: ``src.recv``, or, when ``dst``
-    seals its writes in chunks smaller than a read, ``_ChunkReads``."""
+    """What the pump from ``src`` to ``dst`` calls to read: ``src.recv``, or, when ``src`` is
+    a byte-stream socket and ``dst`` seals its writes in chunks smaller than a read,
+    ``_ChunkReads``."""
     size = getattr(dst, "seal_size", 0)  # (a Prefixed stream forwards it)
-    if not 0 < size < RECV_SIZE:
-        return src.recv
-    return _ChunkReads(src, size).recv
+    inner = src.stream if isinstance(src, Prefixed) else src
+    if (0 < size < RECV_SIZE and isinstance(inner, SocketStream)
+            and inner.sock.type == socket.SOCK_STREAM):
+        return _ChunkReads(src, inner, size).recv
+    return src.recv  # (a datagram stream's reads are datagrams: never cut)
 
 
 class _ChunkReads:
@@ -278,15 +282,14 @@ class _ChunkReads:
     read brings beyond ``size`` is kept and given out next, topped up from the socket if it
     has more. In between, while the socket has data, it is read directly, ``size`` bytes at a
     time. A ``Prefixed`` socket's early bytes come from its first ``recv``, before any direct
-    read. Reads of other streams are only cut."""
+    read."""
 
     __slots__ = ("stream", "size", "_socket", "_direct", "_rest")
 
-    def __init__(self, stream: Stream, size: int) -> None:
+    def __init__(self, stream: Stream, socket_stream: SocketStream, size: int) -> None:
         self.stream = stream
         self.size = size
-        inner = stream.stream if isinstance(stream, Prefixed) else stream
-        self._socket = inner if isinstance(inner, SocketStream) else None
+        self._socket = socket_stream
         self._direct = False
         self._rest = b""
 
@@ -297,7 +300,7 @@ class _ChunkReads:
             self._rest = rest[size:]
             return rest[:size]
         counted = self._socket
-        if counted is not None and (self._direct or rest):
+        if self._direct or rest:
             want = size - len(rest)
             try:
                 data = counted.sock.recv(want)

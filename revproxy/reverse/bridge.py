@@ -37,9 +37,6 @@ from revproxy.mux.server import MuxServer
 from revproxy.net.session import Session, Target
 from revproxy.net.stream import TunnelStream
 from revproxy.net.tasks import Tasks
-from revproxy.proxy.shadowsocks.outbound import ShadowsocksServer
-from revproxy.proxy.vless.outbound import VLESSServer
-from revproxy.proxy.vmess.outbound import VMessServer
 from revproxy.reverse.control import CONTROL_DOMAIN, STATE_ACTIVE, ControlError, decode_control
 from revproxy.reverse.directory import Role, TunnelDirectory
 from revproxy.reverse.tunnel import PeerWatch, Tunnel, tunnel_stream
@@ -403,15 +400,9 @@ class TunnelPool:
 
 
 def _silence_hint(server: object | None) -> str:
-    """Why a portal may close a tunnel before it sends a byte, for the protocol of the
-    outbound that dials it (``server``: one of its servers; None: it lists none)."""
-    if isinstance(server, VMessServer):
-        return "a wrong id, a clock off by minutes, or no VMess server there?"
-    if isinstance(server, VLESSServer):
-        return "a wrong id, or no VLESS server there?"
-    if isinstance(server, ShadowsocksServer):
-        return "a wrong password or method, or no Shadowsocks server there?"
-    return "a wrong id or password, or no portal there?"
+    """Why a portal may close a tunnel before it sends a byte: the ``refusal_hint`` of the
+    protocol of ``server`` (one of the outbound's servers; None: it lists none)."""
+    return getattr(server, "refusal_hint", "a wrong id or password, or no portal there?")
 
 
 def _hostport(host: str, port: int) -> str:

@@ -478,14 +478,14 @@ def test_a_visitor_that_stops_reading_is_paused_and_the_others_never_wait(make_t
     stalled, backend, session = tunnel.visit(rcvbuf=4096)
     data = bytes(range(256)) * (64 * BUFFER // 256)  # four times the hold limit
     sender = gevent.spawn(backend.sendall, data)
-    wait_until(lambda: session._pausing, "the stalled session to be paused")
+    wait_until(lambda: session._paused_peer, "the stalled session to be paused")
     others_keep_flowing(tunnel)
     assert not session.closed and not sender.dead  # the backend waits, nothing is reset
     assert peak.value < 16 * BUFFER
     assert read_exactly(stalled, len(data)) == data  # the visitor reads again: every byte, in order
     sender.get(timeout=TIMEOUT)
     assert peak.stop() < 16 * BUFFER
-    wait_until(lambda: not session._pausing and tunnel.client.buffered == 0,
+    wait_until(lambda: not session._paused_peer and tunnel.client.buffered == 0,
                "the session to be resumed and drained")
 
 
@@ -575,7 +575,7 @@ def test_without_the_peers_hello_no_pause_is_sent(make_tunnel):
     stalled, backend, session = tunnel.visit(rcvbuf=4096)
     gevent.spawn(backend.sendall, b"s" * (3 * BUFFER // 2))
     wait_until(lambda: session._full_since, "the stalled session to be full")
-    assert not session._pausing
+    assert not session._paused_peer
 
 
 def test_a_peer_that_says_hello_but_ignores_pause_meets_the_tunnel_bound():

@@ -27,6 +27,9 @@ class ShadowsocksServer:
     method: Method
     key: bytes
 
+    # Why such a server may close a connection before it answers (for a bridge's warning).
+    refusal_hint = "a wrong password or method, or no Shadowsocks server there?"
+
 
 class ShadowsocksOutbound:
     def __init__(self, tag: str, servers: Sequence[ShadowsocksServer],

@@ -32,6 +32,9 @@ class VLESSServer:
     port: int
     users: tuple[User, ...]
 
+    # Why such a server may close a connection before it answers (for a bridge's warning).
+    refusal_hint = "a wrong id, or no VLESS server there?"
+
 
 class VLESSOutbound:
     def __init__(self, tag: str, servers: Sequence[VLESSServer],

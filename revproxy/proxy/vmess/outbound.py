@@ -29,6 +29,9 @@ class VMessServer:
     user: User
     security: int
 
+    # Why such a server may close a connection before it answers (for a bridge's warning).
+    refusal_hint = "a wrong id, a clock off by minutes, or no VMess server there?"
+
 
 class VMessOutbound:
     def __init__(self, tag: str, servers: Sequence[VMessServer],
